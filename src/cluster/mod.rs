@@ -1,0 +1,260 @@
+//! Cluster membership and the `Raft` entry point: bootstrap a node, run it, stop it.
+
+mod address_book;
+
+pub use address_book::AddressBook;
+
+use std::net::SocketAddr;
+use std::ops::Deref;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use raft::eraftpb::ConfState;
+use raft::RawNode;
+use slog::Logger;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+
+use crate::client::ClientPool;
+use crate::config::{Config, Peers};
+use crate::error::{Error, Result};
+use crate::node::{RaftNode, Role, RunLoop, Shared, SoftStatus, Waiters};
+use crate::state_machine::AbstractStateMachine;
+use crate::storage::{LmdbStorage, LogStore, SnapshotEnvelope};
+use crate::transport::{GrpcTransport, RaftGrpcService, Transport};
+
+/// How long a stopping node waits for in-flight RPCs before closing its server anyway.
+const SERVER_DRAIN: Duration = Duration::from_secs(2);
+
+struct Parts<F: AbstractStateMachine> {
+    run_loop: RunLoop<LmdbStorage, F>,
+    listener: TcpListener,
+    service: RaftGrpcService,
+    stopped_tx: watch::Sender<bool>,
+}
+
+/// A pontoon node: bootstrap it, spawn `run()`, use it through its `RaftNode` (`Deref`).
+///
+/// ```no_run
+/// # use pontoon::{Raft, Config, AbstractStateMachine};
+/// # async fn demo<F: AbstractStateMachine>(fsm: F) -> pontoon::Result<()> {
+/// let raft = Raft::bootstrap(1, "127.0.0.1:60061", fsm, Config::default(), pontoon::default_logger()).await?;
+/// tokio::spawn(raft.clone().run());
+/// let response = raft.propose(b"command".to_vec()).await?;
+/// # Ok(()) }
+/// ```
+pub struct Raft<F: AbstractStateMachine> {
+    node: RaftNode,
+    parts: Arc<Mutex<Option<Parts<F>>>>,
+    local_addr: SocketAddr,
+}
+
+impl<F: AbstractStateMachine> Clone for Raft<F> {
+    fn clone(&self) -> Self {
+        Raft {
+            node: self.node.clone(),
+            parts: self.parts.clone(),
+            local_addr: self.local_addr,
+        }
+    }
+}
+
+impl<F: AbstractStateMachine> Deref for Raft<F> {
+    type Target = RaftNode;
+    fn deref(&self) -> &RaftNode {
+        &self.node
+    }
+}
+
+impl<F: AbstractStateMachine> Raft<F> {
+    /// Prepare node `node_id`, listening on `raft_addr`, with state machine `fsm`.
+    ///
+    /// - A brand-new data dir with `config.initial_peers` starts a static cluster of those peers.
+    /// - A brand-new data dir without it starts a single-node cluster of this node.
+    /// - An existing data dir resumes: its log, hard state, members and latest snapshot are
+    ///   loaded (the state machine is restored from the snapshot and the log after it is replayed
+    ///   as raft commits it); `initial_peers` is ignored.
+    ///
+    /// Fails with a clear error when the address cannot be bound or the data dir belongs to
+    /// another node or cluster. Nothing runs until `run()` is spawned.
+    pub async fn bootstrap(
+        node_id: u64,
+        raft_addr: impl Into<String>,
+        mut fsm: F,
+        config: Config,
+        logger: Logger,
+    ) -> Result<Self> {
+        let raft_addr = raft_addr.into();
+        config.validate(node_id)?;
+        let logger = logger.new(slog::o!("node" => node_id));
+        let listener = TcpListener::bind(&raft_addr).await.map_err(|e| {
+            Error::Io(std::io::Error::new(
+                e.kind(),
+                format!("cannot listen on raft address {raft_addr}: {e}"),
+            ))
+        })?;
+        let local_addr = listener.local_addr()?;
+
+        let store = {
+            let dir = config.data_dir.clone();
+            let cluster = config.cluster_id.clone();
+            let map = config.initial_map_size;
+            tokio::task::spawn_blocking(move || LmdbStorage::open(dir, node_id, &cluster, map))
+                .await
+                .map_err(|e| Error::Other(format!("storage thread failed: {e}")))??
+        };
+
+        let blocking_store = store.clone();
+        let initial_peers = config.initial_peers.clone();
+        let own_addr = raft_addr.clone();
+        let (peers, resumed) = tokio::task::spawn_blocking(move || -> Result<(Peers, bool)> {
+            if blocking_store.is_initialized()? {
+                return Ok((blocking_store.peers()?, true));
+            }
+            let peers = initial_peers.unwrap_or_else(|| Peers::from([(node_id, own_addr)]));
+            let voters: Vec<u64> = peers.keys().copied().collect();
+            blocking_store.initialize(ConfState::from((voters, vec![])), &peers)?;
+            Ok((peers, false))
+        })
+        .await
+        .map_err(|e| Error::Other(format!("storage thread failed: {e}")))??;
+
+        let mut applied = 0;
+        if let Some(snapshot) = store.latest_snapshot()? {
+            let envelope = SnapshotEnvelope::decode(snapshot.get_data())?;
+            fsm.restore(envelope.user_data).await?;
+            applied = snapshot.get_metadata().index;
+        }
+        if let Some(stored) = peers.get(&node_id) {
+            if stored != &raft_addr {
+                slog::warn!(logger, "raft address differs from the one members know"; "given" => &raft_addr, "stored" => stored);
+            }
+        }
+        slog::info!(logger, "node prepared"; "resumed" => resumed, "applied" => applied, "peers" => ?peers, "listen" => %local_addr);
+
+        let mut raft_config = config.raft.clone();
+        raft_config.id = node_id;
+        raft_config.applied = applied;
+        let raw = RawNode::new(&raft_config, store.clone(), &logger)?;
+
+        let (mailbox_tx, mailbox_rx) = mpsc::channel(config.mailbox_capacity);
+        let initial = SoftStatus {
+            role: raw.raft.state.into(),
+            term: raw.raft.term,
+            leader_id: raw.raft.leader_id,
+            commit: raw.raft.raft_log.committed,
+            applied,
+        };
+        let (status_tx, status_rx) = watch::channel(initial);
+        let (stopped_tx, stopped_rx) = watch::channel(false);
+        let book = AddressBook::new(peers.clone());
+        let transport = GrpcTransport::new(node_id, &config, mailbox_tx.clone(), logger.clone());
+        transport.set_peers(&peers);
+
+        let node = RaftNode {
+            shared: Arc::new(Shared {
+                id: node_id,
+                addr: raft_addr,
+                config: config.clone(),
+                mailbox: mailbox_tx,
+                status: status_rx,
+                stopped: stopped_rx,
+                peers: book.clone(),
+                clients: ClientPool::default(),
+            }),
+        };
+        let run_loop = RunLoop {
+            raw,
+            store,
+            fsm,
+            mailbox: mailbox_rx,
+            transport: transport as Arc<dyn Transport>,
+            peers: book,
+            config,
+            status_tx,
+            logger,
+            waiters: Waiters::new(node_id),
+            applied,
+            commit_dirty: false,
+            pending_conf: None,
+            peers_dirty: false,
+        };
+        let service = RaftGrpcService::new(node.clone());
+        Ok(Raft {
+            node,
+            parts: Arc::new(Mutex::new(Some(Parts {
+                run_loop,
+                listener,
+                service,
+                stopped_tx,
+            }))),
+            local_addr,
+        })
+    }
+
+    /// The handle to this node.
+    pub fn raft_node(&self) -> &RaftNode {
+        &self.node
+    }
+
+    /// The address the gRPC server is bound to (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serve RPCs and drive the run loop until `quit()` (or a fatal error). Spawn it:
+    /// `tokio::spawn(raft.clone().run())`. When it returns, storage is closed and the port freed.
+    pub async fn run(self) -> Result<()> {
+        let parts = self
+            .parts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .ok_or(Error::AlreadyRunning)?;
+        let Parts {
+            run_loop,
+            listener,
+            service,
+            stopped_tx,
+        } = parts;
+        let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let mut server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .add_service(service.into_server())
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = shutdown_rx.await;
+                }),
+        );
+        let logger = run_loop.logger.clone();
+        // The loop owns the storage; when `run` returns, the loop and every storage handle are
+        // dropped, which closes the LMDB environment.
+        let outcome = run_loop.run().await;
+        let _ = shutdown_tx.send(());
+        if tokio::time::timeout(SERVER_DRAIN, &mut server).await.is_err() {
+            server.abort();
+            let _ = server.await;
+        }
+        slog::info!(logger, "node stopped");
+        let _ = stopped_tx.send(true);
+        outcome
+    }
+}
+
+/// A terminal logger at info level: what pontoon uses when the application has none.
+pub fn default_logger() -> Logger {
+    use slog::Drain;
+    let decorator = slog_term::TermDecorator::new().stderr().build();
+    let drain = slog_term::FullFormat::new(decorator).build().fuse();
+    let drain = slog_async::Async::new(drain).chan_size(4096).build().fuse();
+    let drain = slog::LevelFilter::new(drain, slog::Level::Info).fuse();
+    Logger::root(drain, slog::o!())
+}
+
+impl Role {
+    /// True for the leader.
+    pub fn is_leader(self) -> bool {
+        self == Role::Leader
+    }
+}

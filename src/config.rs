@@ -1,0 +1,179 @@
+//! Node configuration. Embeds raft-rs' `raft::Config` and adds what the framework owns: where data
+//! lives, which cluster this is, timing, snapshot policy and resource limits.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// Node id -> raft address (`host:port`) for every member.
+pub type Peers = BTreeMap<u64, String>;
+
+/// Configuration of one pontoon node. `Config::default()` is a sane production starting point;
+/// `data_dir` and, for a static cluster, `initial_peers` are what most users set.
+#[derive(Clone)]
+pub struct Config {
+    /// raft-rs settings (election/heartbeat ticks, inflight limits, pre-vote, ...). `id` and
+    /// `applied` are filled in by pontoon.
+    pub raft: raft::Config,
+    /// Name of the cluster. Every RPC carries it and the data dir records it: a node of another
+    /// cluster, or a data dir written by one, is refused.
+    pub cluster_id: String,
+    /// Directory of this node's LMDB environment. Created when missing.
+    pub data_dir: PathBuf,
+    /// Members of a static cluster (including this node). Used only when the data dir is new.
+    pub initial_peers: Option<Peers>,
+    /// How often raft's logical clock ticks.
+    pub tick_interval: Duration,
+    /// Take a snapshot and compact the log once this many entries were applied since the last one.
+    pub snapshot_threshold: u64,
+    /// Entries kept below the snapshot index when compacting, for followers slightly behind.
+    pub compaction_margin: u64,
+    /// Deadline of a proposal (local or forwarded). On expiry the outcome is unknown.
+    pub propose_timeout: Duration,
+    /// Deadline of one RPC to a peer.
+    pub rpc_timeout: Duration,
+    /// Capacity of the run loop's mailbox; callers wait (bounded by their deadline) when it is full.
+    pub mailbox_capacity: usize,
+    /// Capacity of each peer's outbound queue; when full, messages are dropped (raft retransmits).
+    pub peer_queue_capacity: usize,
+    /// At most this many raft messages travel in one RPC.
+    pub max_batch_messages: usize,
+    /// Largest gRPC message accepted or sent, in bytes.
+    pub max_message_bytes: usize,
+    /// Largest proposal accepted, in bytes.
+    pub max_proposal_bytes: usize,
+    /// Initial LMDB map size in bytes; it grows on demand.
+    pub initial_map_size: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let raft = raft::Config {
+            election_tick: 10,
+            heartbeat_tick: 3,
+            max_inflight_msgs: 256,
+            max_size_per_msg: 1024 * 1024,
+            pre_vote: true,
+            check_quorum: true,
+            ..Default::default()
+        };
+        Config {
+            raft,
+            cluster_id: "pontoon".to_string(),
+            data_dir: PathBuf::from("./pontoon-data"),
+            initial_peers: None,
+            tick_interval: Duration::from_millis(100),
+            snapshot_threshold: 10_000,
+            compaction_margin: 1_000,
+            propose_timeout: Duration::from_secs(10),
+            rpc_timeout: Duration::from_secs(5),
+            mailbox_capacity: 16 * 1024,
+            peer_queue_capacity: 8 * 1024,
+            max_batch_messages: 512,
+            max_message_bytes: 64 * 1024 * 1024,
+            max_proposal_bytes: 8 * 1024 * 1024,
+            initial_map_size: 1 << 30,
+        }
+    }
+}
+
+impl std::fmt::Debug for Config {
+    // raft::Config has no Debug; show what identifies the setup.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("cluster_id", &self.cluster_id)
+            .field("data_dir", &self.data_dir)
+            .field("initial_peers", &self.initial_peers)
+            .field("tick_interval", &self.tick_interval)
+            .field("election_tick", &self.raft.election_tick)
+            .field("heartbeat_tick", &self.raft.heartbeat_tick)
+            .field("snapshot_threshold", &self.snapshot_threshold)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Config {
+    /// Check the settings that raft-rs does not check itself, then raft-rs' own validation.
+    pub fn validate(&self, node_id: u64) -> Result<()> {
+        if node_id == 0 {
+            return Err(Error::Config("node id 0 is reserved by raft; use 1 or above".into()));
+        }
+        if self.cluster_id.is_empty() {
+            return Err(Error::Config("cluster_id must not be empty".into()));
+        }
+        if self.tick_interval.is_zero() {
+            return Err(Error::Config("tick_interval must be above zero".into()));
+        }
+        if self.snapshot_threshold == 0 {
+            return Err(Error::Config("snapshot_threshold must be above zero".into()));
+        }
+        if self.mailbox_capacity == 0 || self.peer_queue_capacity == 0 || self.max_batch_messages == 0
+        {
+            return Err(Error::Config("queue capacities must be above zero".into()));
+        }
+        if let Some(peers) = &self.initial_peers {
+            if !peers.contains_key(&node_id) {
+                return Err(Error::Config(format!(
+                    "initial_peers {peers:?} does not contain this node's id {node_id}"
+                )));
+            }
+            if peers.contains_key(&0) {
+                return Err(Error::Config("initial_peers contains id 0".into()));
+            }
+        }
+        let mut raft = self.raft.clone();
+        raft.id = node_id;
+        raft.validate().map_err(|e| Error::Config(e.to_string()))
+    }
+}
+
+/// Parse `1=127.0.0.1:60061,2=127.0.0.1:60062` into a peer map.
+pub fn parse_peers(spec: &str) -> Result<Peers> {
+    let mut peers = Peers::new();
+    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addr) = part
+            .split_once('=')
+            .ok_or_else(|| Error::Config(format!("peer {part:?} is not of the form ID=HOST:PORT")))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .map_err(|_| Error::Config(format!("peer id {id:?} is not a number")))?;
+        if id == 0 {
+            return Err(Error::Config("peer id 0 is reserved".into()));
+        }
+        if peers.insert(id, addr.trim().to_string()).is_some() {
+            return Err(Error::Config(format!("peer id {id} appears twice")));
+        }
+    }
+    if peers.is_empty() {
+        return Err(Error::Config("the peer list is empty".into()));
+    }
+    Ok(peers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_peers_accepts_list_and_rejects_garbage() {
+        let p = parse_peers("1=127.0.0.1:1,2=127.0.0.1:2").expect("valid list");
+        assert_eq!(p.len(), 2);
+        assert_eq!(p[&2], "127.0.0.1:2");
+        assert!(parse_peers("1=a,1=b").is_err());
+        assert!(parse_peers("x=a").is_err());
+        assert!(parse_peers("0=a").is_err());
+        assert!(parse_peers("").is_err());
+    }
+
+    #[test]
+    fn validate_rejects_missing_self_and_zero_id() {
+        let mut c = Config::default();
+        assert!(c.validate(0).is_err());
+        c.initial_peers = Some(parse_peers("2=a").expect("valid"));
+        assert!(c.validate(1).is_err());
+        assert!(c.validate(2).is_ok());
+    }
+}

@@ -1,0 +1,103 @@
+//! The framework's error type: what a user of `Raft` / `RaftNode` sees.
+//!
+//! Each layer has its own enum (`StorageError`, `TransportError`); they are converted here at the
+//! boundary so callers match on one type. Messages say what happened and, where there is one, what
+//! to do about it.
+
+use crate::storage::StorageError;
+
+/// Result alias used throughout pontoon and by user state machines.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Everything a pontoon call can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// This node is not the leader and the call must run on the leader. `leader_id` is the
+    /// current leader when known, so a client can go there directly.
+    #[error("this node is not the leader (leader: {})", leader_hint(*.leader_id, .leader_addr))]
+    NotLeader {
+        leader_id: Option<u64>,
+        leader_addr: Option<String>,
+    },
+    /// No leader is known (an election is under way or a quorum is unreachable). Retry later.
+    #[error("no leader is known right now (election in progress or quorum lost); retry later")]
+    NoLeader,
+    /// The proposal is definitely not in the log: raft dropped it, or another entry took its
+    /// index after a leader change. It is safe to retry.
+    #[error("proposal was not committed ({0}); it is safe to retry")]
+    ProposalDropped(String),
+    /// The call did not finish in time. For a proposal this means the outcome is UNKNOWN: the
+    /// entry may still be committed and applied later. Do not assume it failed.
+    #[error("{0} timed out; for a proposal the outcome is unknown (it may still be applied)")]
+    Timeout(String),
+    /// The node stopped or the connection broke after the proposal was handed over: the entry may
+    /// or may not be committed. Check before retrying a non-idempotent command.
+    #[error("outcome unknown: {0}; the entry may still be applied")]
+    OutcomeUnknown(String),
+    /// The user's state machine returned an error while applying or restoring.
+    #[error("state machine error: {0}")]
+    StateMachine(String),
+    /// Encoding or decoding of user data failed.
+    #[error("encoding error: {0}")]
+    Encoding(String),
+    /// The local storage failed or refused to open.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// A peer could not be reached or answered with a transport-level error.
+    #[error("transport error: {0}")]
+    Transport(String),
+    /// A request was refused because it belongs to another cluster.
+    #[error("cluster id mismatch: this node is in cluster {local:?}, the other side in {remote:?}")]
+    ClusterMismatch { local: String, remote: String },
+    /// The input was refused as given (too large, malformed, unknown id, ...).
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// Configuration rejected before starting.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// An error from raft-rs itself.
+    #[error("raft: {0}")]
+    Raft(#[from] raft::Error),
+    /// The node is shutting down or has stopped; the call was not carried out.
+    #[error("node is shutting down")]
+    ShuttingDown,
+    /// `Raft::run` was called a second time on the same instance.
+    #[error("this Raft instance is already running or has run")]
+    AlreadyRunning,
+    /// An I/O error outside storage (binding the listen address, ...).
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    /// Anything else, with a message.
+    #[error("{0}")]
+    Other(String),
+}
+
+fn leader_hint(id: Option<u64>, addr: &Option<String>) -> String {
+    match (id, addr) {
+        (Some(id), Some(addr)) => format!("node {id} at {addr}"),
+        (Some(id), None) => format!("node {id}"),
+        _ => "unknown".to_string(),
+    }
+}
+
+impl Error {
+    /// True when retrying the same call later can succeed without risking a duplicate apply.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Error::NotLeader { .. } | Error::NoLeader | Error::ProposalDropped(_)
+        )
+    }
+}
+
+impl From<Box<bincode::ErrorKind>> for Error {
+    fn from(e: Box<bincode::ErrorKind>) -> Self {
+        Error::Encoding(e.to_string())
+    }
+}
+
+impl From<serde_json::Error> for Error {
+    fn from(e: serde_json::Error) -> Self {
+        Error::Encoding(e.to_string())
+    }
+}

@@ -1,0 +1,37 @@
+//! # pontoon
+//!
+//! Turn a state machine into a replicated, fault-tolerant service. You write an
+//! `AbstractStateMachine` (`apply` / `snapshot` / `restore`) and an `AbstractLogEntry`
+//! (`encode` / `decode`); pontoon drives raft-rs, persists to LMDB, and talks to peers over gRPC.
+//!
+//! ```no_run
+//! # use pontoon::{Raft, Config, AbstractStateMachine};
+//! # async fn demo<F: AbstractStateMachine>(fsm: F) -> pontoon::Result<()> {
+//! let mut config = Config::default();
+//! config.data_dir = "./data/node-1".into();
+//! config.initial_peers = Some(pontoon::parse_peers("1=127.0.0.1:60061,2=127.0.0.1:60062,3=127.0.0.1:60063")?);
+//! let raft = Raft::bootstrap(1, "127.0.0.1:60061", fsm, config, pontoon::default_logger()).await?;
+//! tokio::spawn(raft.clone().run());
+//! let answer = raft.propose(b"set x 1".to_vec()).await?; // what `apply` returned
+//! # Ok(()) }
+//! ```
+
+pub mod client;
+pub mod cluster;
+pub mod config;
+pub mod error;
+pub mod node;
+pub mod state_machine;
+pub mod storage;
+pub mod transport;
+
+pub use cluster::{default_logger, Raft};
+pub use config::{parse_peers, Config, Peers};
+pub use error::{Error, Result};
+pub use node::{NodeStatus, RaftNode, Role};
+pub use state_machine::{AbstractLogEntry, AbstractStateMachine};
+
+/// Re-exports so applications need not depend on these crates directly.
+pub use async_trait::async_trait;
+pub use raft;
+pub use slog;

@@ -1,0 +1,37 @@
+//! The run loop's mailbox: every request to the loop is one `Command`.
+//!
+//! Senders never touch raft state; the loop drains the mailbox at the start of each turn, so
+//! everything that arrived together lands in one Ready (the basis of group commit).
+
+use raft::eraftpb::Message;
+use raft::SnapshotStatus;
+use tokio::sync::oneshot;
+
+use super::proposals::ProposalReply;
+use super::status::NodeStatus;
+use crate::error::Result;
+
+/// A request to the run loop.
+pub enum Command {
+    /// Propose a user entry; answered after it is applied (or definitely failed).
+    Propose { data: Vec<u8>, reply: ProposalReply },
+    /// An inbound raft message from a peer.
+    Raft(Box<Message>),
+    /// Start an election now.
+    Campaign { reply: oneshot::Sender<Result<()>> },
+    /// Ask the leader to hand leadership to `target`.
+    TransferLeader {
+        target: u64,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    /// Full status for `inspect()`.
+    Inspect { reply: oneshot::Sender<NodeStatus> },
+    /// Take a snapshot now; answers with its index.
+    MakeSnapshot { reply: oneshot::Sender<Result<u64>> },
+    /// Transport feedback: a message to this peer could not be delivered.
+    ReportUnreachable(u64),
+    /// Transport feedback: a snapshot to this peer was delivered or failed.
+    ReportSnapshot(u64, SnapshotStatus),
+    /// Flush and stop. `RaftNode::quit` waits for the whole node to stop, not for a reply.
+    Quit,
+}

@@ -1,0 +1,212 @@
+//! Proposal identity and the waiters that answer `propose` calls.
+//!
+//! Every entry this node proposes carries a `ProposalContext` in `Entry.context`: the proposing
+//! node, a per-process random nonce and a sequence number. The nonce keeps a restarted node from
+//! mistaking its own pre-restart entries (replayed from the log) for new proposals.
+//!
+//! Each waiter also remembers the log index its entry was appended at. When that index is applied
+//! with a different entry, the proposal was truncated by a new leader: the waiter gets a definite
+//! `ProposalDropped` error instead of waiting for its timeout.
+
+use std::collections::{BTreeMap, HashMap};
+
+use tokio::sync::oneshot;
+
+use crate::error::{Error, Result};
+
+/// What kind of entry a context marks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntryKind {
+    /// An entry of the user's state machine.
+    User = 0,
+}
+
+/// The identity a proposal carries through the log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProposalContext {
+    pub kind: EntryKind,
+    pub node_id: u64,
+    pub nonce: u64,
+    pub seq: u64,
+}
+
+const CONTEXT_LEN: usize = 25;
+
+impl ProposalContext {
+    /// Fixed 25-byte encoding: kind u8 | node u64 | nonce u64 | seq u64 (big-endian).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(CONTEXT_LEN);
+        out.push(self.kind as u8);
+        out.extend_from_slice(&self.node_id.to_be_bytes());
+        out.extend_from_slice(&self.nonce.to_be_bytes());
+        out.extend_from_slice(&self.seq.to_be_bytes());
+        out
+    }
+
+    /// Decode a context; anything else (empty, another length, unknown kind) is `None`.
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() != CONTEXT_LEN {
+            return None;
+        }
+        let kind = match bytes[0] {
+            0 => EntryKind::User,
+            _ => return None,
+        };
+        let word = |i: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&bytes[i..i + 8]);
+            u64::from_be_bytes(b)
+        };
+        Some(ProposalContext {
+            kind,
+            node_id: word(1),
+            nonce: word(9),
+            seq: word(17),
+        })
+    }
+}
+
+/// The reply channel of one `propose` call.
+pub type ProposalReply = oneshot::Sender<Result<Vec<u8>>>;
+
+struct Waiter {
+    index: u64,
+    reply: ProposalReply,
+}
+
+/// Pending proposals of this node, keyed by sequence number and by log index.
+pub struct Waiters {
+    node_id: u64,
+    nonce: u64,
+    next_seq: u64,
+    by_seq: HashMap<u64, Waiter>,
+    by_index: BTreeMap<u64, u64>,
+}
+
+impl Waiters {
+    pub fn new(node_id: u64) -> Self {
+        Waiters {
+            node_id,
+            nonce: rand::random(),
+            next_seq: 1,
+            by_seq: HashMap::new(),
+            by_index: BTreeMap::new(),
+        }
+    }
+
+    /// A fresh context for the next user proposal.
+    pub fn next_context(&mut self) -> ProposalContext {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        ProposalContext {
+            kind: EntryKind::User,
+            node_id: self.node_id,
+            nonce: self.nonce,
+            seq,
+        }
+    }
+
+    /// Register the waiter of a proposal that raft appended at `index`.
+    pub fn register(&mut self, ctx: ProposalContext, index: u64, reply: ProposalReply) {
+        self.by_seq.insert(ctx.seq, Waiter { index, reply });
+        self.by_index.insert(index, ctx.seq);
+    }
+
+    /// How many proposals are waiting.
+    pub fn len(&self) -> usize {
+        self.by_seq.len()
+    }
+
+    /// True when no proposal is waiting.
+    #[cfg(test)]
+    pub fn is_empty(&self) -> bool {
+        self.by_seq.is_empty()
+    }
+
+    /// The entry at `index` was applied with `ctx` and produced `result`: answer its waiter (if
+    /// this node proposed it) and fail every waiter whose index is now taken by another entry.
+    pub fn on_applied(&mut self, index: u64, ctx: Option<ProposalContext>, result: Result<Vec<u8>>) {
+        let mut result = Some(result);
+        if let Some(ctx) = ctx {
+            if ctx.node_id == self.node_id && ctx.nonce == self.nonce {
+                if let Some(waiter) = self.by_seq.remove(&ctx.seq) {
+                    self.by_index.remove(&waiter.index);
+                    if let Some(r) = result.take() {
+                        let _ = waiter.reply.send(r);
+                    }
+                }
+            }
+        }
+        self.fail_up_to(index, || {
+            Error::ProposalDropped("its log index was taken by another leader's entry".into())
+        });
+    }
+
+    /// Fail the waiters whose entries sit at or below `index` (they were overwritten).
+    fn fail_up_to(&mut self, index: u64, err: impl Fn() -> Error) {
+        while let Some((&i, &seq)) = self.by_index.first_key_value() {
+            if i > index {
+                break;
+            }
+            self.by_index.remove(&i);
+            if let Some(w) = self.by_seq.remove(&seq) {
+                let _ = w.reply.send(Err(err()));
+            }
+        }
+    }
+
+    /// Fail every waiter (shutdown, fatal storage error).
+    pub fn fail_all(&mut self, err: impl Fn() -> Error) {
+        self.by_index.clear();
+        for (_, w) in self.by_seq.drain() {
+            let _ = w.reply.send(Err(err()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn context_round_trips_and_rejects_foreign_bytes() {
+        let ctx = ProposalContext {
+            kind: EntryKind::User,
+            node_id: 7,
+            nonce: 99,
+            seq: 3,
+        };
+        assert_eq!(ProposalContext::decode(&ctx.encode()), Some(ctx));
+        assert_eq!(ProposalContext::decode(b""), None);
+        let mut bad = ctx.encode();
+        bad[0] = 9;
+        assert_eq!(ProposalContext::decode(&bad), None);
+    }
+
+    #[test]
+    fn waiter_gets_result_of_its_own_entry() {
+        let mut w = Waiters::new(1);
+        let ctx = w.next_context();
+        let (tx, mut rx) = oneshot::channel();
+        w.register(ctx, 5, tx);
+        w.on_applied(5, Some(ctx), Ok(b"ok".to_vec()));
+        assert_eq!(rx.try_recv().expect("answered").expect("ok"), b"ok");
+        assert!(w.is_empty());
+    }
+
+    #[test]
+    fn waiter_whose_index_is_overwritten_gets_dropped_error() {
+        let mut w = Waiters::new(1);
+        let ctx = w.next_context();
+        let (tx, mut rx) = oneshot::channel();
+        w.register(ctx, 5, tx);
+        // Another node's entry (different nonce) lands at index 5.
+        let other = ProposalContext {
+            nonce: ctx.nonce.wrapping_add(1),
+            ..ctx
+        };
+        w.on_applied(5, Some(other), Ok(vec![]));
+        assert!(matches!(rx.try_recv(), Ok(Err(Error::ProposalDropped(_)))));
+        assert!(w.is_empty());
+    }
+}

@@ -1,0 +1,449 @@
+//! The run loop: the one task that owns the `RawNode` and the state machine.
+//!
+//! See the module docs of `node` for the order of a turn. The loop never awaits the network; it
+//! awaits only its mailbox, its tick, the user's state machine and the storage thread.
+
+use std::sync::Arc;
+
+use protobuf::Message as PbMessage;
+use raft::eraftpb::{ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType, Snapshot};
+use raft_proto::ConfChangeI;
+use raft::{RawNode, StateRole};
+use serde::{Deserialize, Serialize};
+use slog::Logger;
+use tokio::sync::{mpsc, watch};
+use tokio::time::MissedTickBehavior;
+
+use super::mailbox::Command;
+use super::proposals::{ProposalContext, Waiters};
+use super::status::{NodeStatus, PeerStatus, Role, SoftStatus};
+use crate::cluster::AddressBook;
+use crate::config::{Config, Peers};
+use crate::error::{Error, Result};
+use crate::state_machine::AbstractStateMachine;
+use crate::storage::{LogStore, PersistBatch, SnapshotEnvelope};
+use crate::transport::Transport;
+
+/// What a conf-change entry carries in its context: the addresses of the nodes it adds, so every
+/// node learns them when it applies the change.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ConfChangeContext {
+    pub addrs: Peers,
+}
+
+/// Everything the loop owns.
+pub(crate) struct RunLoop<S: LogStore, F: AbstractStateMachine> {
+    pub(crate) raw: RawNode<S>,
+    pub(crate) store: S,
+    pub(crate) fsm: F,
+    pub(crate) mailbox: mpsc::Receiver<Command>,
+    pub(crate) transport: Arc<dyn Transport>,
+    pub(crate) peers: AddressBook,
+    pub(crate) config: Config,
+    pub(crate) status_tx: watch::Sender<SoftStatus>,
+    pub(crate) logger: Logger,
+    pub(crate) waiters: Waiters,
+    /// Index of the last entry given to the state machine (or restored from a snapshot).
+    pub(crate) applied: u64,
+    /// The commit index moved (LightReady) but is not written yet; it rides on the next write.
+    pub(crate) commit_dirty: bool,
+    /// A conf change applied since the last write.
+    pub(crate) pending_conf: Option<(raft::eraftpb::ConfState, u64)>,
+    pub(crate) peers_dirty: bool,
+}
+
+impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
+    /// Run until `quit` (or a fatal storage / state machine error). Always flushes what it can.
+    pub(crate) async fn run(mut self) -> Result<()> {
+        let mut ticker = tokio::time::interval(self.config.tick_interval);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let drain_limit = self.config.mailbox_capacity;
+        let outcome = loop {
+            // 1. Wait for the next message or tick, then drain the mailbox without waiting.
+            let mut quit = false;
+            tokio::select! {
+                _ = ticker.tick() => { self.raw.tick(); }
+                cmd = self.mailbox.recv() => match cmd {
+                    Some(cmd) => quit |= self.handle(cmd).await,
+                    None => quit = true,
+                },
+            }
+            for _ in 0..drain_limit {
+                match self.mailbox.try_recv() {
+                    Ok(cmd) => quit |= self.handle(cmd).await,
+                    Err(_) => break,
+                }
+            }
+            // 2-9. Handle the Ready this produced.
+            if let Err(e) = self.on_ready().await {
+                slog::crit!(self.logger, "run loop stopped by a fatal error"; "error" => %e);
+                break Err(e);
+            }
+            self.publish_status();
+            if quit {
+                break Ok(());
+            }
+        };
+        let flushed = self.flush().await;
+        self.waiters.fail_all(|| {
+            Error::OutcomeUnknown("the node stopped before the entry was applied".into())
+        });
+        self.status_tx.send_modify(|s| s.role = Role::Stopped);
+        slog::info!(self.logger, "run loop stopped"; "applied" => self.applied);
+        outcome.and(flushed)
+    }
+
+    /// Handle one mailbox command; true when it asks the loop to stop.
+    async fn handle(&mut self, cmd: Command) -> bool {
+        match cmd {
+            Command::Propose { data, reply } => self.propose(data, reply),
+            Command::Raft(msg) => {
+                if let Err(e) = self.raw.step(*msg) {
+                    slog::debug!(self.logger, "raft refused a message"; "error" => %e);
+                }
+            }
+            Command::Campaign { reply } => {
+                let _ = reply.send(self.raw.campaign().map_err(Error::from));
+            }
+            Command::TransferLeader { target, reply } => {
+                let result = if self.raw.raft.state != StateRole::Leader {
+                    Err(self.not_leader())
+                } else if !self.raw.raft.prs().conf().voters().contains(target) {
+                    Err(Error::InvalidRequest(format!("node {target} is not a voter of this cluster")))
+                } else {
+                    self.raw.transfer_leader(target);
+                    Ok(())
+                };
+                let _ = reply.send(result);
+            }
+            Command::Inspect { reply } => {
+                let _ = reply.send(self.node_status());
+            }
+            Command::MakeSnapshot { reply } => {
+                let _ = reply.send(self.take_snapshot().await);
+            }
+            Command::ReportUnreachable(id) => self.raw.report_unreachable(id),
+            Command::ReportSnapshot(id, status) => self.raw.report_snapshot(id, status),
+            Command::Quit => return true,
+        }
+        false
+    }
+
+    fn not_leader(&self) -> Error {
+        let leader = self.raw.raft.leader_id;
+        if leader == raft::INVALID_ID {
+            Error::NotLeader {
+                leader_id: None,
+                leader_addr: None,
+            }
+        } else {
+            Error::NotLeader {
+                leader_id: Some(leader),
+                leader_addr: self.peers.get(leader),
+            }
+        }
+    }
+
+    fn propose(&mut self, data: Vec<u8>, reply: super::proposals::ProposalReply) {
+        if self.raw.raft.state != StateRole::Leader {
+            let _ = reply.send(Err(self.not_leader()));
+            return;
+        }
+        if data.len() > self.config.max_proposal_bytes {
+            let _ = reply.send(Err(Error::InvalidRequest(format!(
+                "proposal of {} bytes exceeds the limit of {} bytes",
+                data.len(),
+                self.config.max_proposal_bytes
+            ))));
+            return;
+        }
+        let ctx = self.waiters.next_context();
+        let before = self.raw.raft.raft_log.last_index();
+        match self.raw.propose(ctx.encode(), data) {
+            Ok(()) => {
+                let index = self.raw.raft.raft_log.last_index();
+                if index == before {
+                    let _ = reply.send(Err(Error::ProposalDropped("raft did not append it".into())));
+                } else {
+                    self.waiters.register(ctx, index, reply);
+                }
+            }
+            Err(raft::Error::ProposalDropped) => {
+                let _ = reply.send(Err(Error::ProposalDropped(
+                    "raft dropped it (leader transfer in progress or too much uncommitted log)".into(),
+                )));
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e.into()));
+            }
+        }
+    }
+
+    /// Steps 2-9 of a turn (see the `node` module docs).
+    async fn on_ready(&mut self) -> Result<()> {
+        if !self.raw.has_ready() {
+            return Ok(());
+        }
+        // 2. Take the Ready.
+        let mut ready = self.raw.ready();
+        // 3. Messages that may leave before this node's own write (leader appends).
+        self.transport.send(ready.take_messages());
+        // 4. A snapshot from the leader: persist it, then restore the state machine from it.
+        if !ready.snapshot().is_empty() {
+            self.install_snapshot(ready.snapshot().clone()).await?;
+        }
+        // 5. Apply committed entries.
+        self.apply_committed(ready.take_committed_entries()).await?;
+        // 6. Persist entries + hard state (+ conf state, address book) in one transaction.
+        let mut batch = PersistBatch {
+            entries: ready.take_entries(),
+            ..Default::default()
+        };
+        if ready.hs().is_some() || self.commit_dirty {
+            batch.hard_state = Some(self.raw.raft.hard_state());
+            self.commit_dirty = false;
+        }
+        self.take_pending_meta(&mut batch);
+        self.persist(batch).await?;
+        // 7. Messages that must wait for this node's write (votes, follower acks).
+        self.transport.send(ready.take_persisted_messages());
+        // 8. Advance, then handle the LightReady the same way.
+        let mut light = self.raw.advance(ready);
+        if light.commit_index().is_some() {
+            self.commit_dirty = true;
+        }
+        self.transport.send(light.take_messages());
+        self.apply_committed(light.take_committed_entries()).await?;
+        self.raw.advance_apply_to(self.applied);
+        // Conf changes applied from the LightReady are written now, not at some later turn.
+        let mut meta = PersistBatch::default();
+        self.take_pending_meta(&mut meta);
+        self.persist(meta).await?;
+        // 9. Snapshot policy.
+        let snap_index = self.store.snapshot_metadata().index;
+        if self.applied.saturating_sub(snap_index) >= self.config.snapshot_threshold {
+            self.take_snapshot().await?;
+        }
+        Ok(())
+    }
+
+    fn take_pending_meta(&mut self, batch: &mut PersistBatch) {
+        batch.conf_state = self.pending_conf.take();
+        if self.peers_dirty {
+            batch.peers = Some(self.peers.to_peers());
+            self.peers_dirty = false;
+        }
+        if batch.conf_state.is_some() && batch.hard_state.is_none() {
+            batch.hard_state = Some(self.raw.raft.hard_state());
+        }
+    }
+
+    /// Write a batch on the blocking pool, so the fsync never stalls the async runtime.
+    async fn persist(&self, batch: PersistBatch) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.persist(batch))
+            .await
+            .map_err(|e| Error::Other(format!("storage thread failed: {e}")))??;
+        Ok(())
+    }
+
+    async fn install_snapshot(&mut self, snapshot: Snapshot) -> Result<()> {
+        let index = snapshot.get_metadata().index;
+        let envelope = SnapshotEnvelope::decode(snapshot.get_data())?;
+        let store = self.store.clone();
+        let peers = envelope.peers.clone();
+        tokio::task::spawn_blocking(move || store.install_snapshot(&snapshot, &peers))
+            .await
+            .map_err(|e| Error::Other(format!("storage thread failed: {e}")))??;
+        self.fsm.restore(envelope.user_data).await?;
+        self.peers.replace(envelope.peers);
+        self.transport.set_peers(&self.peers.to_peers());
+        self.applied = index;
+        slog::info!(self.logger, "installed snapshot from leader"; "index" => index);
+        Ok(())
+    }
+
+    async fn apply_committed(&mut self, entries: Vec<Entry>) -> Result<()> {
+        for mut entry in entries {
+            let index = entry.index;
+            if index <= self.applied {
+                continue;
+            }
+            match entry.get_entry_type() {
+                EntryType::EntryNormal => {
+                    let ctx = ProposalContext::decode(entry.get_context());
+                    let data = entry.take_data();
+                    let result = if data.is_empty() && ctx.is_none() {
+                        // The empty entry a new leader appends: nothing to apply.
+                        Ok(Vec::new())
+                    } else {
+                        self.fsm.apply(Vec::from(data)).await
+                    };
+                    self.waiters.on_applied(index, ctx, result);
+                }
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                    self.apply_conf_change(&entry)?;
+                    self.waiters.on_applied(index, None, Ok(Vec::new()));
+                }
+            }
+            self.applied = index;
+        }
+        Ok(())
+    }
+
+    fn apply_conf_change(&mut self, entry: &Entry) -> Result<()> {
+        let index = entry.index;
+        let cc: ConfChangeV2 = if entry.get_entry_type() == EntryType::EntryConfChange {
+            ConfChange::parse_from_bytes(entry.get_data())
+                .map_err(|e| Error::Encoding(format!("conf change at {index}: {e}")))?
+                .into_v2()
+        } else {
+            ConfChangeV2::parse_from_bytes(entry.get_data())
+                .map_err(|e| Error::Encoding(format!("conf change at {index}: {e}")))?
+        };
+        if index <= self.store.conf_state_index() {
+            // Replayed after a restart: the stored conf state already includes it.
+            return Ok(());
+        }
+        let cs = self.raw.apply_conf_change(&cc)?;
+        if !entry.get_context().is_empty() {
+            match bincode::deserialize::<ConfChangeContext>(entry.get_context()) {
+                Ok(ctx) => {
+                    for (id, addr) in ctx.addrs {
+                        self.peers.insert(id, addr);
+                    }
+                }
+                Err(e) => {
+                    slog::warn!(self.logger, "conf change context unreadable; addresses unchanged"; "index" => index, "error" => %e)
+                }
+            }
+        }
+        for change in cc.get_changes() {
+            if change.get_change_type() == ConfChangeType::RemoveNode {
+                self.peers.remove(change.node_id);
+            }
+        }
+        slog::info!(self.logger, "membership changed"; "index" => index, "voters" => ?cs.voters, "learners" => ?cs.learners);
+        self.transport.set_peers(&self.peers.to_peers());
+        self.pending_conf = Some((cs, index));
+        self.peers_dirty = true;
+        Ok(())
+    }
+
+    /// Snapshot the state machine at the applied index, store it, and compact the log below it
+    /// (keeping `compaction_margin` entries for followers slightly behind).
+    async fn take_snapshot(&mut self) -> Result<u64> {
+        let index = self.applied;
+        if index == 0 {
+            return Err(Error::InvalidRequest("nothing applied yet, nothing to snapshot".into()));
+        }
+        let term = self.raw.raft.raft_log.term(index)?;
+        let user_data = self.fsm.snapshot().await?;
+        let envelope = SnapshotEnvelope {
+            peers: self.peers.to_peers(),
+            user_data,
+        };
+        let mut snapshot = Snapshot::default();
+        snapshot.set_data(envelope.encode()?.into());
+        let meta = snapshot.mut_metadata();
+        meta.index = index;
+        meta.term = term;
+        meta.set_conf_state(self.raw.raft.prs().conf().to_conf_state());
+        let compact_to = index.saturating_sub(self.config.compaction_margin);
+        let store = self.store.clone();
+        let size = snapshot.get_data().len();
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            store.save_snapshot(&snapshot)?;
+            if compact_to > 1 {
+                store.compact(compact_to)?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| Error::Other(format!("storage thread failed: {e}")))??;
+        slog::info!(self.logger, "snapshot taken"; "index" => index, "term" => term, "bytes" => size, "compacted_below" => compact_to);
+        Ok(index)
+    }
+
+    /// Write what is still only in memory (the latest commit index) before stopping.
+    async fn flush(&mut self) -> Result<()> {
+        let mut batch = PersistBatch::default();
+        if self.commit_dirty {
+            batch.hard_state = Some(self.raw.raft.hard_state());
+            self.commit_dirty = false;
+        }
+        self.take_pending_meta(&mut batch);
+        self.persist(batch).await
+    }
+
+    fn publish_status(&mut self) {
+        let raft = &self.raw.raft;
+        let next = SoftStatus {
+            role: raft.state.into(),
+            term: raft.term,
+            leader_id: raft.leader_id,
+            commit: raft.raft_log.committed,
+            applied: self.applied,
+        };
+        let logger = &self.logger;
+        self.status_tx.send_if_modified(|cur| {
+            if *cur == next {
+                return false;
+            }
+            if cur.role != next.role || cur.leader_id != next.leader_id {
+                slog::info!(logger, "role changed"; "role" => ?next.role, "term" => next.term, "leader" => next.leader_id);
+            }
+            *cur = next;
+            true
+        });
+    }
+
+    fn node_status(&self) -> NodeStatus {
+        let raft = &self.raw.raft;
+        let status = self.raw.status();
+        let conf = raft.prs().conf();
+        let book = self.peers.to_peers();
+        let mut ids: Vec<u64> = conf.voters().ids().iter().collect();
+        ids.extend(conf.learners().iter().copied());
+        ids.sort_unstable();
+        ids.dedup();
+        let peers = ids
+            .into_iter()
+            .map(|id| {
+                let progress = status.progress.and_then(|p| p.get(id));
+                PeerStatus {
+                    id,
+                    addr: book.get(&id).cloned(),
+                    role: if conf.learners().contains(&id) {
+                        "learner".into()
+                    } else {
+                        "voter".into()
+                    },
+                    matched: progress.map(|p| p.matched),
+                    next_index: progress.map(|p| p.next_idx),
+                    state: progress.map(|p| format!("{:?}", p.state)),
+                }
+            })
+            .collect();
+        let snap = self.store.snapshot_metadata();
+        NodeStatus {
+            id: raft.id,
+            cluster_id: self.config.cluster_id.clone(),
+            role: raft.state.into(),
+            term: raft.term,
+            vote: raft.vote,
+            leader_id: raft.leader_id,
+            commit_index: raft.raft_log.committed,
+            applied_index: self.applied,
+            first_index: raft.raft_log.first_index(),
+            last_index: raft.raft_log.last_index(),
+            snapshot_index: snap.index,
+            snapshot_term: snap.term,
+            pending_proposals: self.waiters.len(),
+            peers,
+        }
+    }
+}

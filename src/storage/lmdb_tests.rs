@@ -1,0 +1,306 @@
+//! `LmdbStorage` checked against raft-rs' `MemStorage` on the same operation sequences.
+
+use protobuf::Message as PbMessage;
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use raft::storage::MemStorage;
+use raft::{GetEntriesContext, Storage};
+
+use super::*;
+
+fn entry(index: u64, term: u64) -> Entry {
+    let mut e = Entry::default();
+    e.index = index;
+    e.term = term;
+    e.set_data(format!("data-{index}-{term}").into_bytes().into());
+    e
+}
+
+fn snapshot(index: u64, term: u64, voters: Vec<u64>) -> Snapshot {
+    let mut s = Snapshot::default();
+    s.mut_metadata().index = index;
+    s.mut_metadata().term = term;
+    s.mut_metadata().set_conf_state(ConfState::from((voters, vec![])));
+    s.set_data(b"snap".to_vec().into());
+    s
+}
+
+fn open(dir: &tempfile::TempDir) -> LmdbStorage {
+    LmdbStorage::open(dir.path(), 1, "test", 1 << 20).expect("open")
+}
+
+enum Op {
+    Append(Vec<Entry>),
+    Compact(u64),
+    ApplySnapshot(Snapshot),
+}
+
+fn apply(ops: &[Op], lmdb: &LmdbStorage, mem: &MemStorage) {
+    for op in ops {
+        match op {
+            Op::Append(ents) => {
+                mem.wl().append(ents).expect("mem append");
+                lmdb.persist(PersistBatch {
+                    entries: ents.clone(),
+                    ..Default::default()
+                })
+                .expect("lmdb append");
+            }
+            Op::Compact(i) => {
+                mem.wl().compact(*i).expect("mem compact");
+                lmdb.compact(*i).expect("lmdb compact");
+            }
+            Op::ApplySnapshot(s) => {
+                mem.wl().apply_snapshot(s.clone()).expect("mem snapshot");
+                lmdb.install_snapshot(s, &Peers::new()).expect("lmdb snapshot");
+            }
+        }
+    }
+}
+
+fn outcome<T: PartialEq + std::fmt::Debug>(r: raft::Result<T>) -> String {
+    match r {
+        Ok(v) => format!("ok {v:?}"),
+        Err(raft::Error::Store(raft::StorageError::Compacted)) => "compacted".into(),
+        Err(raft::Error::Store(raft::StorageError::Unavailable)) => "unavailable".into(),
+        Err(e) => format!("other error {e}"),
+    }
+}
+
+/// Compare first/last index, term of every index and every in-bounds entries range.
+/// `term(first - 1)` is compared only where MemStorage keeps it (at its snapshot index): LMDB
+/// storage keeps the term of the last compacted entry as raft's `Storage` docs ask.
+fn assert_same(lmdb: &LmdbStorage, mem: &MemStorage, snap_index: u64) {
+    let first = mem.first_index().expect("first");
+    let last = mem.last_index().expect("last");
+    assert_eq!(lmdb.first_index().expect("first"), first, "first_index");
+    assert_eq!(lmdb.last_index().expect("last"), last, "last_index");
+    for idx in 0..last + 3 {
+        if idx + 1 == first && idx != snap_index {
+            assert!(
+                lmdb.term(idx).is_ok(),
+                "lmdb keeps the term of the last compacted entry {idx}"
+            );
+            continue;
+        }
+        assert_eq!(outcome(lmdb.term(idx)), outcome(mem.term(idx)), "term({idx})");
+    }
+    for low in first.saturating_sub(2).max(1)..=last {
+        for high in low + 1..=last + 1 {
+            for max in [None, Some(0), Some(40), Some(u64::MAX)] {
+                let ctx = GetEntriesContext::empty(false);
+                assert_eq!(
+                    outcome(lmdb.entries(low, high, max, ctx)),
+                    outcome(mem.entries(low, high, max, GetEntriesContext::empty(false))),
+                    "entries({low}, {high}, {max:?})"
+                );
+            }
+        }
+    }
+}
+
+fn check_sequence(ops: Vec<Op>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lmdb = open(&dir);
+    let mem = MemStorage::new();
+    apply(&ops, &lmdb, &mem);
+    let snap_index = ops
+        .iter()
+        .filter_map(|op| match op {
+            Op::ApplySnapshot(s) => Some(s.get_metadata().index),
+            _ => None,
+        })
+        .next_back()
+        .unwrap_or(0);
+    assert_same(&lmdb, &mem, snap_index);
+    // The same state must come back after reopening the data dir.
+    drop(lmdb);
+    let reopened = open(&dir);
+    assert_same(&reopened, &mem, snap_index);
+}
+
+#[test]
+fn append_matches_memstorage() {
+    check_sequence(vec![Op::Append((1..=10).map(|i| entry(i, 1)).collect())]);
+}
+
+#[test]
+fn conflicting_suffix_is_truncated_like_memstorage() {
+    check_sequence(vec![
+        Op::Append((1..=10).map(|i| entry(i, 1)).collect()),
+        // A new leader overwrites 6.. with term 2 and a shorter log.
+        Op::Append((6..=8).map(|i| entry(i, 2)).collect()),
+    ]);
+    check_sequence(vec![
+        Op::Append((1..=5).map(|i| entry(i, 1)).collect()),
+        Op::Append(vec![entry(3, 3)]),
+        Op::Append((4..=9).map(|i| entry(i, 3)).collect()),
+    ]);
+}
+
+#[test]
+fn compaction_matches_memstorage() {
+    check_sequence(vec![
+        Op::Append((1..=20).map(|i| entry(i, 1 + i / 7)).collect()),
+        Op::Compact(8),
+        Op::Append((21..=25).map(|i| entry(i, 4)).collect()),
+        Op::Compact(5), // below the compacted index: no-op
+        Op::Compact(22),
+    ]);
+}
+
+#[test]
+fn snapshot_apply_matches_memstorage() {
+    check_sequence(vec![
+        Op::Append((1..=10).map(|i| entry(i, 1)).collect()),
+        Op::ApplySnapshot(snapshot(15, 2, vec![1, 2, 3])),
+        Op::Append((16..=20).map(|i| entry(i, 2)).collect()),
+    ]);
+}
+
+#[test]
+fn snapshot_apply_sets_hard_state_and_conf_state() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lmdb = open(&dir);
+    let mut hs = HardState::default();
+    hs.term = 1;
+    hs.vote = 2;
+    lmdb.persist(PersistBatch {
+        hard_state: Some(hs),
+        ..Default::default()
+    })
+    .expect("hs");
+    let snap = snapshot(9, 3, vec![1, 2]);
+    lmdb.install_snapshot(&snap, &Peers::from([(1, "a".to_string())]))
+        .expect("install");
+    let state = lmdb.initial_state().expect("state");
+    assert_eq!(state.hard_state.term, 3);
+    assert_eq!(state.hard_state.commit, 9);
+    assert_eq!(state.hard_state.vote, 2);
+    assert_eq!(state.conf_state.voters, vec![1, 2]);
+    assert_eq!(lmdb.peers().expect("peers")[&1], "a");
+    let stored = lmdb.snapshot(0, 2).expect("snapshot");
+    assert_eq!(stored.get_metadata().index, 9);
+    assert_eq!(stored.get_data(), b"snap");
+    // A snapshot older than the compacted log is refused and changes nothing.
+    assert!(lmdb.install_snapshot(&snapshot(3, 1, vec![1]), &Peers::new()).is_err());
+    assert_eq!(lmdb.first_index().expect("first"), 10);
+}
+
+#[test]
+fn gap_and_compacted_appends_are_refused_without_changes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lmdb = open(&dir);
+    lmdb.persist(PersistBatch {
+        entries: (1..=5).map(|i| entry(i, 1)).collect(),
+        ..Default::default()
+    })
+    .expect("append");
+    let gap = lmdb.persist(PersistBatch {
+        entries: vec![entry(8, 1)],
+        ..Default::default()
+    });
+    assert!(matches!(gap, Err(StorageError::InvalidOperation(_))));
+    lmdb.compact(4).expect("compact");
+    let below = lmdb.persist(PersistBatch {
+        entries: vec![entry(2, 2)],
+        ..Default::default()
+    });
+    assert!(matches!(below, Err(StorageError::InvalidOperation(_))));
+    assert_eq!(lmdb.last_index().expect("last"), 5);
+    assert_eq!(lmdb.term(5).expect("term"), 1);
+}
+
+#[test]
+fn hard_state_and_entries_survive_reopen_from_one_batch() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let lmdb = open(&dir);
+        let mut hs = HardState::default();
+        hs.term = 4;
+        hs.vote = 1;
+        hs.commit = 3;
+        lmdb.persist(PersistBatch {
+            entries: (1..=3).map(|i| entry(i, 4)).collect(),
+            hard_state: Some(hs),
+            conf_state: Some((ConfState::from((vec![1, 2, 3], vec![])), 2)),
+            peers: Some(Peers::from([(2, "b".to_string())])),
+        })
+        .expect("persist");
+    }
+    let lmdb = open(&dir);
+    let state = lmdb.initial_state().expect("state");
+    assert_eq!((state.hard_state.term, state.hard_state.vote, state.hard_state.commit), (4, 1, 3));
+    assert_eq!(state.conf_state.voters, vec![1, 2, 3]);
+    assert_eq!(lmdb.conf_state_index(), 2);
+    assert_eq!(lmdb.peers().expect("peers")[&2], "b");
+    let e = lmdb
+        .entries(1, 4, None, GetEntriesContext::empty(false))
+        .expect("entries");
+    assert_eq!(e.len(), 3);
+    assert_eq!(e[2].write_to_bytes().expect("enc"), entry(3, 4).write_to_bytes().expect("enc"));
+}
+
+#[test]
+fn data_dir_of_another_cluster_or_node_is_refused_and_left_untouched() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    drop(open(&dir));
+    let before = std::fs::read(dir.path().join("data.mdb")).expect("read");
+    let foreign = LmdbStorage::open(dir.path(), 1, "other", 1 << 20);
+    assert!(matches!(foreign, Err(StorageError::ForeignCluster { .. })), "got {:?}", foreign.err());
+    let wrong_node = LmdbStorage::open(dir.path(), 2, "test", 1 << 20);
+    assert!(matches!(wrong_node, Err(StorageError::WrongNode { found: 1, expected: 2, .. })));
+    assert_eq!(std::fs::read(dir.path().join("data.mdb")).expect("read"), before);
+    let msg = LmdbStorage::open(dir.path(), 1, "other", 1 << 20)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(msg.contains("belongs to cluster \"test\""), "{msg}");
+}
+
+#[test]
+fn non_lmdb_file_is_refused_with_a_clear_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("data.mdb"), b"this is not lmdb at all, just text").expect("write");
+    let err = LmdbStorage::open(dir.path(), 1, "test", 1 << 20);
+    assert!(matches!(err, Err(StorageError::NotADataDir { .. })), "got {:?}", err.err());
+    let file = dir.path().join("plain-file");
+    std::fs::write(&file, b"x").expect("write");
+    assert!(matches!(
+        LmdbStorage::open(&file, 1, "test", 1 << 20),
+        Err(StorageError::NotADataDir { .. })
+    ));
+}
+
+#[test]
+fn map_grows_instead_of_failing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Start with a tiny 64 KiB map and write well over it.
+    let lmdb = LmdbStorage::open(dir.path(), 1, "test", 64 * 1024).expect("open");
+    for chunk in 0..20u64 {
+        let entries = (0..50)
+            .map(|i| {
+                let index = chunk * 50 + i + 1;
+                let mut e = entry(index, 1);
+                e.set_data(vec![7u8; 1024].into());
+                e
+            })
+            .collect();
+        lmdb.persist(PersistBatch {
+            entries,
+            ..Default::default()
+        })
+        .expect("persist grows the map");
+    }
+    assert_eq!(lmdb.last_index().expect("last"), 1000);
+}
+
+#[test]
+fn peek_identity_reads_without_creating() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sub = dir.path().join("node");
+    assert_eq!(LmdbStorage::peek_identity(&sub).expect("peek"), None);
+    assert!(!sub.exists());
+    drop(LmdbStorage::open(&sub, 5, "c", 1 << 20).expect("open"));
+    let id = LmdbStorage::peek_identity(&sub).expect("peek").expect("some");
+    assert_eq!((id.node_id, id.cluster_id.as_str()), (5, "c"));
+}

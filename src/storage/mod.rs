@@ -1,0 +1,73 @@
+//! The log store: raft's `Storage` plus the write path the run loop needs.
+//!
+//! Invariants every `LogStore` keeps:
+//! - `persist` is atomic and durable: when it returns `Ok`, the entries, hard state and conf
+//!   state of the batch survive a crash together, or (on `Err`) none of them was written.
+//! - Appending entries that start at index `i` removes every stored entry at `i` or above first
+//!   (the conflicting suffix raft asked to overwrite).
+//! - `term(first_index() - 1)` answers: the term of the last compacted entry is kept, as raft's
+//!   `Storage` documentation asks.
+//!
+//! `LmdbStorage` is the default (one LMDB env per node, one write transaction per Ready).
+
+mod envelope;
+mod error;
+mod lmdb;
+
+pub use envelope::{SnapshotEnvelope, ENVELOPE_VERSION};
+pub use error::StorageError;
+pub use lmdb::{LmdbStorage, StoredIdentity, FORMAT_VERSION};
+
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
+
+use crate::config::Peers;
+
+/// One Ready's worth of state to make durable in a single transaction.
+#[derive(Debug, Default)]
+pub struct PersistBatch {
+    /// New log entries; they replace any stored entries at or after their first index.
+    pub entries: Vec<Entry>,
+    /// The hard state (term, vote, commit) to store, when it changed.
+    pub hard_state: Option<HardState>,
+    /// The conf state after applying the conf change at the given log index.
+    pub conf_state: Option<(ConfState, u64)>,
+    /// The address book, when it changed.
+    pub peers: Option<Peers>,
+}
+
+impl PersistBatch {
+    /// True when there is nothing to write (no transaction, no fsync).
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+            && self.hard_state.is_none()
+            && self.conf_state.is_none()
+            && self.peers.is_none()
+    }
+}
+
+/// A raft log store: what the run loop needs beyond `raft::Storage`.
+///
+/// All methods may block on disk; the run loop calls the writing ones off the async runtime.
+pub trait LogStore: raft::Storage + Clone + Send + Sync + 'static {
+    /// Durably write a batch (see the module invariants).
+    fn persist(&self, batch: PersistBatch) -> Result<(), StorageError>;
+    /// Replace the log with a snapshot received from the leader: store its data and metadata,
+    /// drop every entry, and adopt its conf state and address book.
+    fn install_snapshot(&self, snapshot: &Snapshot, peers: &Peers) -> Result<(), StorageError>;
+    /// Store a snapshot this node made of its own state (the log is left as it is).
+    fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), StorageError>;
+    /// Remove every entry below `compact_index`. Requires `compact_index <= last_index() + 1`.
+    fn compact(&self, compact_index: u64) -> Result<(), StorageError>;
+    /// The latest stored snapshot's metadata (index 0 when there is none).
+    fn snapshot_metadata(&self) -> SnapshotMetadata;
+    /// The latest stored snapshot, data included, if any.
+    fn latest_snapshot(&self) -> Result<Option<Snapshot>, StorageError>;
+    /// The stored address book.
+    fn peers(&self) -> Result<Peers, StorageError>;
+    /// The log index of the conf change the stored conf state reflects (0 = initial).
+    fn conf_state_index(&self) -> u64;
+    /// Whether this store holds a raft state already (a restart) or is brand new.
+    fn is_initialized(&self) -> Result<bool, StorageError>;
+    /// Record the initial membership of a brand-new static cluster.
+    fn initialize(&self, conf_state: ConfState, peers: &Peers) -> Result<(), StorageError>;
+}

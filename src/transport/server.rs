@@ -1,0 +1,142 @@
+//! The tonic service every node serves: raft message delivery plus the framework RPCs.
+//!
+//! Every request is checked for the cluster id first; a request from another cluster is refused
+//! with `PERMISSION_DENIED` and nothing reaches the run loop. Malformed raft messages are refused
+//! with `INVALID_ARGUMENT`; the service keeps serving.
+
+use protobuf::Message as PbMessage;
+use raft::eraftpb::Message;
+use tonic::{Request, Response, Status};
+
+use super::pb;
+use super::pb::raft_service_server::RaftService;
+use crate::error::Error;
+use crate::node::RaftNode;
+
+/// The gRPC service of one node.
+pub struct RaftGrpcService {
+    node: RaftNode,
+}
+
+impl RaftGrpcService {
+    pub fn new(node: RaftNode) -> Self {
+        RaftGrpcService { node }
+    }
+
+    /// Wrap into the tonic server type with the configured message size limits.
+    pub fn into_server(self) -> pb::raft_service_server::RaftServiceServer<Self> {
+        let limit = self.node.shared.config.max_message_bytes;
+        pb::raft_service_server::RaftServiceServer::new(self)
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit)
+    }
+
+    fn check_cluster(&self, cluster_id: &str) -> Result<(), Status> {
+        let local = self.node.cluster_id();
+        if cluster_id != local {
+            return Err(Status::permission_denied(format!(
+                "cluster id mismatch: this node belongs to cluster {local:?}, the request to {cluster_id:?}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl RaftService for RaftGrpcService {
+    async fn send_messages(
+        &self,
+        request: Request<pb::MessageBatch>,
+    ) -> Result<Response<pb::SendAck>, Status> {
+        let batch = request.into_inner();
+        self.check_cluster(&batch.cluster_id)?;
+        // Decode the whole batch first: a malformed batch is refused whole.
+        let mut messages = Vec::with_capacity(batch.messages.len());
+        for (i, bytes) in batch.messages.iter().enumerate() {
+            let msg = Message::parse_from_bytes(bytes).map_err(|e| {
+                Status::invalid_argument(format!("message {i} of the batch is not a raft message: {e}"))
+            })?;
+            if msg.to != self.node.id() {
+                return Err(Status::invalid_argument(format!(
+                    "message {i} is addressed to node {}, this is node {}",
+                    msg.to,
+                    self.node.id()
+                )));
+            }
+            if msg.from != batch.from {
+                return Err(Status::invalid_argument(format!(
+                    "message {i} claims sender {} inside a batch from node {}",
+                    msg.from, batch.from
+                )));
+            }
+            messages.push(msg);
+        }
+        for msg in messages {
+            self.node
+                .deliver(msg)
+                .await
+                .map_err(|_| Status::unavailable("node is shutting down"))?;
+        }
+        Ok(Response::new(pb::SendAck {}))
+    }
+
+    async fn propose(
+        &self,
+        request: Request<pb::ProposeRequest>,
+    ) -> Result<Response<pb::ProposeResponse>, Status> {
+        let req = request.into_inner();
+        self.check_cluster(&req.cluster_id)?;
+        let mut resp = pb::ProposeResponse::default();
+        match self.node.propose_local(req.data).await {
+            Ok(result) => {
+                resp.set_status(pb::ProposeStatus::Ok);
+                resp.result = result;
+            }
+            Err(e) => {
+                let status = match &e {
+                    Error::NotLeader {
+                        leader_id,
+                        leader_addr,
+                    } => {
+                        resp.leader_id = leader_id.unwrap_or(0);
+                        resp.leader_addr = leader_addr.clone().unwrap_or_default();
+                        pb::ProposeStatus::NotLeader
+                    }
+                    Error::NoLeader => pb::ProposeStatus::NotLeader,
+                    Error::ProposalDropped(_) => pb::ProposeStatus::Dropped,
+                    Error::StateMachine(_) => pb::ProposeStatus::ApplyFailed,
+                    Error::InvalidRequest(_) => pb::ProposeStatus::Rejected,
+                    Error::ShuttingDown => pb::ProposeStatus::ShuttingDown,
+                    _ => pb::ProposeStatus::UnknownOutcome,
+                };
+                resp.set_status(status);
+                resp.error = e.to_string();
+            }
+        }
+        Ok(Response::new(resp))
+    }
+
+    async fn debug_node(
+        &self,
+        request: Request<pb::DebugNodeRequest>,
+    ) -> Result<Response<pb::DebugNodeResponse>, Status> {
+        self.check_cluster(&request.get_ref().cluster_id)?;
+        let status = self
+            .node
+            .inspect()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let json = serde_json::to_string(&status).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(pb::DebugNodeResponse { json }))
+    }
+
+    async fn get_peers(
+        &self,
+        request: Request<pb::GetPeersRequest>,
+    ) -> Result<Response<pb::GetPeersResponse>, Status> {
+        self.check_cluster(&request.get_ref().cluster_id)?;
+        Ok(Response::new(pb::GetPeersResponse {
+            peers: self.node.get_peers().into_iter().collect(),
+        }))
+    }
+}
