@@ -98,7 +98,9 @@ impl Config {
     /// Check the settings that raft-rs does not check itself, then raft-rs' own validation.
     pub fn validate(&self, node_id: u64) -> Result<()> {
         if node_id == 0 {
-            return Err(Error::Config("node id 0 is reserved by raft; use 1 or above".into()));
+            return Err(Error::Config(
+                "node id 0 is reserved by raft; use 1 or above".into(),
+            ));
         }
         if self.cluster_id.is_empty() {
             return Err(Error::Config("cluster_id must not be empty".into()));
@@ -107,9 +109,13 @@ impl Config {
             return Err(Error::Config("tick_interval must be above zero".into()));
         }
         if self.snapshot_threshold == 0 {
-            return Err(Error::Config("snapshot_threshold must be above zero".into()));
+            return Err(Error::Config(
+                "snapshot_threshold must be above zero".into(),
+            ));
         }
-        if self.mailbox_capacity == 0 || self.peer_queue_capacity == 0 || self.max_batch_messages == 0
+        if self.mailbox_capacity == 0
+            || self.peer_queue_capacity == 0
+            || self.max_batch_messages == 0
         {
             return Err(Error::Config("queue capacities must be above zero".into()));
         }
@@ -133,9 +139,9 @@ impl Config {
 pub fn parse_peers(spec: &str) -> Result<Peers> {
     let mut peers = Peers::new();
     for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (id, addr) = part
-            .split_once('=')
-            .ok_or_else(|| Error::Config(format!("peer {part:?} is not of the form ID=HOST:PORT")))?;
+        let (id, addr) = part.split_once('=').ok_or_else(|| {
+            Error::Config(format!("peer {part:?} is not of the form ID=HOST:PORT"))
+        })?;
         let id: u64 = id
             .trim()
             .parse()

@@ -47,7 +47,9 @@ pub enum Error {
     #[error("transport error: {0}")]
     Transport(String),
     /// A request was refused because it belongs to another cluster.
-    #[error("cluster id mismatch: this node is in cluster {local:?}, the other side in {remote:?}")]
+    #[error(
+        "cluster id mismatch: this node is in cluster {local:?}, the other side in {remote:?}"
+    )]
     ClusterMismatch { local: String, remote: String },
     /// The input was refused as given (too large, malformed, unknown id, ...).
     #[error("invalid request: {0}")]

@@ -232,7 +232,10 @@ impl<F: AbstractStateMachine> Raft<F> {
         // dropped, which closes the LMDB environment.
         let outcome = run_loop.run().await;
         let _ = shutdown_tx.send(());
-        if tokio::time::timeout(SERVER_DRAIN, &mut server).await.is_err() {
+        if tokio::time::timeout(SERVER_DRAIN, &mut server)
+            .await
+            .is_err()
+        {
             server.abort();
             let _ = server.await;
         }

@@ -78,11 +78,14 @@ impl RaftNode {
     /// Wait until some leader is known and return its id.
     pub async fn wait_for_leader(&self, timeout: Duration) -> Result<u64> {
         let mut rx = self.shared.status.clone();
-        let found = tokio::time::timeout(timeout, rx.wait_for(|s| s.leader_id != 0 || s.role == Role::Stopped))
-            .await
-            .map_err(|_| Error::NoLeader)?
-            .map_err(|_| Error::ShuttingDown)?
-            .clone();
+        let found = tokio::time::timeout(
+            timeout,
+            rx.wait_for(|s| s.leader_id != 0 || s.role == Role::Stopped),
+        )
+        .await
+        .map_err(|_| Error::NoLeader)?
+        .map_err(|_| Error::ShuttingDown)?
+        .clone();
         if found.role == Role::Stopped {
             return Err(Error::ShuttingDown);
         }
@@ -132,7 +135,8 @@ impl RaftNode {
 
     async fn propose_local_until(&self, data: Vec<u8>, deadline: Instant) -> Result<Vec<u8>> {
         let (reply, rx) = oneshot::channel();
-        self.send_until(Command::Propose { data, reply }, deadline).await?;
+        self.send_until(Command::Propose { data, reply }, deadline)
+            .await?;
         match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(Error::OutcomeUnknown("the node stopped".into())),
@@ -140,11 +144,20 @@ impl RaftNode {
         }
     }
 
-    async fn forward_propose(&self, leader: u64, data: &[u8], deadline: Instant) -> Result<Vec<u8>> {
-        let addr = self.shared.peers.get(leader).ok_or_else(|| Error::NotLeader {
-            leader_id: None,
-            leader_addr: None,
-        })?;
+    async fn forward_propose(
+        &self,
+        leader: u64,
+        data: &[u8],
+        deadline: Instant,
+    ) -> Result<Vec<u8>> {
+        let addr = self
+            .shared
+            .peers
+            .get(leader)
+            .ok_or_else(|| Error::NotLeader {
+                leader_id: None,
+                leader_addr: None,
+            })?;
         let mut client = self.shared.clients.get(&addr, &self.shared.config)?;
         let request = pb::ProposeRequest {
             cluster_id: self.shared.config.cluster_id.clone(),
@@ -152,7 +165,9 @@ impl RaftNode {
         };
         let response = match tokio::time::timeout_at(deadline, client.propose(request)).await {
             Err(_) => return Err(Error::Timeout("forwarded proposal".into())),
-            Ok(Err(status)) if status.code() == tonic::Code::Unavailable && is_connect_error(&status) => {
+            Ok(Err(status))
+                if status.code() == tonic::Code::Unavailable && is_connect_error(&status) =>
+            {
                 // The leader could not be reached at all: nothing was handed over.
                 return Err(Error::NotLeader {
                     leader_id: None,
@@ -193,12 +208,16 @@ impl RaftNode {
     /// (`NotLeader` otherwise).
     pub async fn transfer_leader(&self, target: u64) -> Result<()> {
         let (reply, rx) = oneshot::channel();
-        self.request(Command::TransferLeader { target, reply }, rx).await??;
+        self.request(Command::TransferLeader { target, reply }, rx)
+            .await??;
         let mut status = self.shared.status.clone();
-        tokio::time::timeout(self.shared.config.propose_timeout, status.wait_for(|s| s.leader_id == target))
-            .await
-            .map_err(|_| Error::Timeout(format!("leader transfer to {target}")))?
-            .map_err(|_| Error::ShuttingDown)?;
+        tokio::time::timeout(
+            self.shared.config.propose_timeout,
+            status.wait_for(|s| s.leader_id == target),
+        )
+        .await
+        .map_err(|_| Error::Timeout(format!("leader transfer to {target}")))?
+        .map_err(|_| Error::ShuttingDown)?;
         Ok(())
     }
 

@@ -125,7 +125,12 @@ impl Waiters {
 
     /// The entry at `index` was applied with `ctx` and produced `result`: answer its waiter (if
     /// this node proposed it) and fail every waiter whose index is now taken by another entry.
-    pub fn on_applied(&mut self, index: u64, ctx: Option<ProposalContext>, result: Result<Vec<u8>>) {
+    pub fn on_applied(
+        &mut self,
+        index: u64,
+        ctx: Option<ProposalContext>,
+        result: Result<Vec<u8>>,
+    ) {
         let mut result = Some(result);
         if let Some(ctx) = ctx {
             if ctx.node_id == self.node_id && ctx.nonce == self.nonce {

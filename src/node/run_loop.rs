@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use protobuf::Message as PbMessage;
 use raft::eraftpb::{ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType, Snapshot};
-use raft_proto::ConfChangeI;
 use raft::{RawNode, StateRole};
+use raft_proto::ConfChangeI;
 use serde::{Deserialize, Serialize};
 use slog::Logger;
 use tokio::sync::{mpsc, watch};
@@ -109,7 +109,9 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
                 let result = if self.raw.raft.state != StateRole::Leader {
                     Err(self.not_leader())
                 } else if !self.raw.raft.prs().conf().voters().contains(target) {
-                    Err(Error::InvalidRequest(format!("node {target} is not a voter of this cluster")))
+                    Err(Error::InvalidRequest(format!(
+                        "node {target} is not a voter of this cluster"
+                    )))
                 } else {
                     self.raw.transfer_leader(target);
                     Ok(())
@@ -163,14 +165,16 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
             Ok(()) => {
                 let index = self.raw.raft.raft_log.last_index();
                 if index == before {
-                    let _ = reply.send(Err(Error::ProposalDropped("raft did not append it".into())));
+                    let _ =
+                        reply.send(Err(Error::ProposalDropped("raft did not append it".into())));
                 } else {
                     self.waiters.register(ctx, index, reply);
                 }
             }
             Err(raft::Error::ProposalDropped) => {
                 let _ = reply.send(Err(Error::ProposalDropped(
-                    "raft dropped it (leader transfer in progress or too much uncommitted log)".into(),
+                    "raft dropped it (leader transfer in progress or too much uncommitted log)"
+                        .into(),
                 )));
             }
             Err(e) => {
@@ -338,7 +342,9 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
     async fn take_snapshot(&mut self) -> Result<u64> {
         let index = self.applied;
         if index == 0 {
-            return Err(Error::InvalidRequest("nothing applied yet, nothing to snapshot".into()));
+            return Err(Error::InvalidRequest(
+                "nothing applied yet, nothing to snapshot".into(),
+            ));
         }
         let term = self.raw.raft.raft_log.term(index)?;
         let user_data = self.fsm.snapshot().await?;

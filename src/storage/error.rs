@@ -23,7 +23,9 @@ pub enum StorageError {
         expected: u64,
     },
     /// The data dir was written by a newer or unknown pontoon storage format.
-    #[error("data dir {path} has storage format version {found}, this build reads version {supported}")]
+    #[error(
+        "data dir {path} has storage format version {found}, this build reads version {supported}"
+    )]
     UnsupportedFormat {
         path: PathBuf,
         found: u32,

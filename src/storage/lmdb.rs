@@ -272,10 +272,16 @@ impl LmdbStorage {
     }
 }
 
-fn open_env(path: &Path, map_size: usize, read_only: bool) -> Result<Env<WithoutTls>, StorageError> {
+fn open_env(
+    path: &Path,
+    map_size: usize,
+    read_only: bool,
+) -> Result<Env<WithoutTls>, StorageError> {
     let mut options = EnvOpenOptions::new().read_txn_without_tls();
     let page = 4096;
-    options.map_size(map_size.div_ceil(page).max(1) * page).max_dbs(8);
+    options
+        .map_size(map_size.div_ceil(page).max(1) * page)
+        .max_dbs(8);
     if read_only {
         // SAFETY: READ_ONLY only restricts what this handle may do.
         unsafe { options.flags(heed::EnvFlags::READ_ONLY) };
@@ -315,8 +321,13 @@ fn read_identity(
             supported: FORMAT_VERSION,
         });
     }
-    let node_id = u64_from(meta.get(rtxn, K_NODE)?.ok_or_else(|| missing(K_NODE))?, K_NODE)?;
-    let cluster = meta.get(rtxn, K_CLUSTER)?.ok_or_else(|| missing(K_CLUSTER))?;
+    let node_id = u64_from(
+        meta.get(rtxn, K_NODE)?.ok_or_else(|| missing(K_NODE))?,
+        K_NODE,
+    )?;
+    let cluster = meta
+        .get(rtxn, K_CLUSTER)?
+        .ok_or_else(|| missing(K_CLUSTER))?;
     let cluster_id = String::from_utf8(cluster.to_vec()).map_err(|e| corrupt(K_CLUSTER, e))?;
     Ok(StoredIdentity {
         node_id,
@@ -352,7 +363,10 @@ impl Inner {
     fn load_cache(&self) -> Result<Cache, StorageError> {
         let rtxn = self.env.read_txn()?;
         let truncated = match self.meta.get(&rtxn, K_TRUNCATED)? {
-            Some(b) if b.len() == 16 => (u64_from(&b[..8], K_TRUNCATED)?, u64_from(&b[8..], K_TRUNCATED)?),
+            Some(b) if b.len() == 16 => (
+                u64_from(&b[..8], K_TRUNCATED)?,
+                u64_from(&b[8..], K_TRUNCATED)?,
+            ),
             Some(_) => return Err(corrupt(K_TRUNCATED, "not 16 bytes")),
             None => (0, 0),
         };
@@ -361,7 +375,9 @@ impl Inner {
             None => truncated.0,
         };
         let snapshot_meta = match self.meta.get(&rtxn, K_SNAPSHOT_META)? {
-            Some(b) => SnapshotMetadata::parse_from_bytes(b).map_err(|e| corrupt(K_SNAPSHOT_META, e))?,
+            Some(b) => {
+                SnapshotMetadata::parse_from_bytes(b).map_err(|e| corrupt(K_SNAPSHOT_META, e))?
+            }
             None => SnapshotMetadata::default(),
         };
         let conf_state_index = match self.meta.get(&rtxn, K_CONF_STATE)? {
@@ -411,7 +427,8 @@ impl Inner {
         index: u64,
     ) -> Result<(), StorageError> {
         let mut bytes = index.to_be_bytes().to_vec();
-        cs.write_to_vec(&mut bytes).map_err(|e| corrupt(K_CONF_STATE, e))?;
+        cs.write_to_vec(&mut bytes)
+            .map_err(|e| corrupt(K_CONF_STATE, e))?;
         self.meta.put(wtxn, K_CONF_STATE, &bytes)?;
         Ok(())
     }
@@ -507,7 +524,9 @@ impl LogStore for LmdbStorage {
             inner.put_conf_state(wtxn, meta.get_conf_state(), meta.index)?;
             inner.put_truncated(wtxn, meta.index, meta.term)?;
             inner.put_peers(wtxn, peers)?;
-            inner.snapshot.put(wtxn, K_SNAPSHOT_DATA, snapshot.get_data())?;
+            inner
+                .snapshot
+                .put(wtxn, K_SNAPSHOT_DATA, snapshot.get_data())?;
             Ok(())
         })?;
         self.update_cache(|c| {
@@ -523,7 +542,9 @@ impl LogStore for LmdbStorage {
         let meta = snapshot.get_metadata();
         self.write_txn(|inner, wtxn| {
             inner.put_pb(wtxn, K_SNAPSHOT_META, meta)?;
-            inner.snapshot.put(wtxn, K_SNAPSHOT_DATA, snapshot.get_data())?;
+            inner
+                .snapshot
+                .put(wtxn, K_SNAPSHOT_DATA, snapshot.get_data())?;
             Ok(())
         })?;
         self.update_cache(|c| c.snapshot_meta = meta.clone());
@@ -542,9 +563,8 @@ impl LogStore for LmdbStorage {
             )));
         }
         let new_truncated = compact_index - 1;
-        let term = raft::Storage::term(self, new_truncated).map_err(|e| {
-            StorageError::InvalidOperation(format!("term of {new_truncated}: {e}"))
-        })?;
+        let term = raft::Storage::term(self, new_truncated)
+            .map_err(|e| StorageError::InvalidOperation(format!("term of {new_truncated}: {e}")))?;
         self.write_txn(|inner, wtxn| {
             inner.entries.delete_range(wtxn, &(..compact_index))?;
             inner.put_truncated(wtxn, new_truncated, term)?;
@@ -643,7 +663,9 @@ impl raft::Storage for LmdbStorage {
             let (index, bytes) = item.map_err(StorageError::from)?;
             let entry = decode_entry(bytes)?;
             if entry.index != index {
-                return Err(corrupt("entry", format!("key {index} holds entry {}", entry.index)).into());
+                return Err(
+                    corrupt("entry", format!("key {index} holds entry {}", entry.index)).into(),
+                );
             }
             size += u64::from(entry.compute_size());
             // Like raft's limit_size: always return at least one entry.

@@ -19,7 +19,8 @@ fn snapshot(index: u64, term: u64, voters: Vec<u64>) -> Snapshot {
     let mut s = Snapshot::default();
     s.mut_metadata().index = index;
     s.mut_metadata().term = term;
-    s.mut_metadata().set_conf_state(ConfState::from((voters, vec![])));
+    s.mut_metadata()
+        .set_conf_state(ConfState::from((voters, vec![])));
     s.set_data(b"snap".to_vec().into());
     s
 }
@@ -51,7 +52,8 @@ fn apply(ops: &[Op], lmdb: &LmdbStorage, mem: &MemStorage) {
             }
             Op::ApplySnapshot(s) => {
                 mem.wl().apply_snapshot(s.clone()).expect("mem snapshot");
-                lmdb.install_snapshot(s, &Peers::new()).expect("lmdb snapshot");
+                lmdb.install_snapshot(s, &Peers::new())
+                    .expect("lmdb snapshot");
             }
         }
     }
@@ -82,7 +84,11 @@ fn assert_same(lmdb: &LmdbStorage, mem: &MemStorage, snap_index: u64) {
             );
             continue;
         }
-        assert_eq!(outcome(lmdb.term(idx)), outcome(mem.term(idx)), "term({idx})");
+        assert_eq!(
+            outcome(lmdb.term(idx)),
+            outcome(mem.term(idx)),
+            "term({idx})"
+        );
     }
     for low in first.saturating_sub(2).max(1)..=last {
         for high in low + 1..=last + 1 {
@@ -182,7 +188,9 @@ fn snapshot_apply_sets_hard_state_and_conf_state() {
     assert_eq!(stored.get_metadata().index, 9);
     assert_eq!(stored.get_data(), b"snap");
     // A snapshot older than the compacted log is refused and changes nothing.
-    assert!(lmdb.install_snapshot(&snapshot(3, 1, vec![1]), &Peers::new()).is_err());
+    assert!(lmdb
+        .install_snapshot(&snapshot(3, 1, vec![1]), &Peers::new())
+        .is_err());
     assert_eq!(lmdb.first_index().expect("first"), 10);
 }
 
@@ -229,7 +237,14 @@ fn hard_state_and_entries_survive_reopen_from_one_batch() {
     }
     let lmdb = open(&dir);
     let state = lmdb.initial_state().expect("state");
-    assert_eq!((state.hard_state.term, state.hard_state.vote, state.hard_state.commit), (4, 1, 3));
+    assert_eq!(
+        (
+            state.hard_state.term,
+            state.hard_state.vote,
+            state.hard_state.commit
+        ),
+        (4, 1, 3)
+    );
     assert_eq!(state.conf_state.voters, vec![1, 2, 3]);
     assert_eq!(lmdb.conf_state_index(), 2);
     assert_eq!(lmdb.peers().expect("peers")[&2], "b");
@@ -237,7 +252,10 @@ fn hard_state_and_entries_survive_reopen_from_one_batch() {
         .entries(1, 4, None, GetEntriesContext::empty(false))
         .expect("entries");
     assert_eq!(e.len(), 3);
-    assert_eq!(e[2].write_to_bytes().expect("enc"), entry(3, 4).write_to_bytes().expect("enc"));
+    assert_eq!(
+        e[2].write_to_bytes().expect("enc"),
+        entry(3, 4).write_to_bytes().expect("enc")
+    );
 }
 
 #[test]
@@ -246,10 +264,24 @@ fn data_dir_of_another_cluster_or_node_is_refused_and_left_untouched() {
     drop(open(&dir));
     let before = std::fs::read(dir.path().join("data.mdb")).expect("read");
     let foreign = LmdbStorage::open(dir.path(), 1, "other", 1 << 20);
-    assert!(matches!(foreign, Err(StorageError::ForeignCluster { .. })), "got {:?}", foreign.err());
+    assert!(
+        matches!(foreign, Err(StorageError::ForeignCluster { .. })),
+        "got {:?}",
+        foreign.err()
+    );
     let wrong_node = LmdbStorage::open(dir.path(), 2, "test", 1 << 20);
-    assert!(matches!(wrong_node, Err(StorageError::WrongNode { found: 1, expected: 2, .. })));
-    assert_eq!(std::fs::read(dir.path().join("data.mdb")).expect("read"), before);
+    assert!(matches!(
+        wrong_node,
+        Err(StorageError::WrongNode {
+            found: 1,
+            expected: 2,
+            ..
+        })
+    ));
+    assert_eq!(
+        std::fs::read(dir.path().join("data.mdb")).expect("read"),
+        before
+    );
     let msg = LmdbStorage::open(dir.path(), 1, "other", 1 << 20)
         .err()
         .map(|e| e.to_string())
@@ -260,9 +292,17 @@ fn data_dir_of_another_cluster_or_node_is_refused_and_left_untouched() {
 #[test]
 fn non_lmdb_file_is_refused_with_a_clear_error() {
     let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("data.mdb"), b"this is not lmdb at all, just text").expect("write");
+    std::fs::write(
+        dir.path().join("data.mdb"),
+        b"this is not lmdb at all, just text",
+    )
+    .expect("write");
     let err = LmdbStorage::open(dir.path(), 1, "test", 1 << 20);
-    assert!(matches!(err, Err(StorageError::NotADataDir { .. })), "got {:?}", err.err());
+    assert!(
+        matches!(err, Err(StorageError::NotADataDir { .. })),
+        "got {:?}",
+        err.err()
+    );
     let file = dir.path().join("plain-file");
     std::fs::write(&file, b"x").expect("write");
     assert!(matches!(
@@ -301,6 +341,8 @@ fn peek_identity_reads_without_creating() {
     assert_eq!(LmdbStorage::peek_identity(&sub).expect("peek"), None);
     assert!(!sub.exists());
     drop(LmdbStorage::open(&sub, 5, "c", 1 << 20).expect("open"));
-    let id = LmdbStorage::peek_identity(&sub).expect("peek").expect("some");
+    let id = LmdbStorage::peek_identity(&sub)
+        .expect("peek")
+        .expect("some");
     assert_eq!((id.node_id, id.cluster_id.as_str()), (5, "c"));
 }

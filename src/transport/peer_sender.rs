@@ -174,7 +174,9 @@ impl SenderWorker {
             for m in &batch {
                 match m.write_to_bytes() {
                     Ok(b) => encoded.push(b),
-                    Err(e) => slog::error!(self.logger, "cannot encode raft message"; "error" => %e),
+                    Err(e) => {
+                        slog::error!(self.logger, "cannot encode raft message"; "error" => %e)
+                    }
                 }
             }
             let request = pb::MessageBatch {
@@ -182,7 +184,8 @@ impl SenderWorker {
                 from: self.from,
                 messages: encoded,
             };
-            let sent = tokio::time::timeout(self.config.rpc_timeout, client.send_messages(request)).await;
+            let sent =
+                tokio::time::timeout(self.config.rpc_timeout, client.send_messages(request)).await;
             match sent {
                 Ok(Ok(_)) => {
                     if failing {
@@ -197,7 +200,8 @@ impl SenderWorker {
                     }
                 }
                 Ok(Err(status)) => {
-                    self.on_failure(&mut failing, &snapshots, &status.to_string()).await;
+                    self.on_failure(&mut failing, &snapshots, &status.to_string())
+                        .await;
                     if status.code() == tonic::Code::PermissionDenied {
                         // Another cluster answers at this address: retrying faster will not help.
                         backoff = BACKOFF_CAP;

@@ -54,7 +54,9 @@ impl RaftService for RaftGrpcService {
         let mut messages = Vec::with_capacity(batch.messages.len());
         for (i, bytes) in batch.messages.iter().enumerate() {
             let msg = Message::parse_from_bytes(bytes).map_err(|e| {
-                Status::invalid_argument(format!("message {i} of the batch is not a raft message: {e}"))
+                Status::invalid_argument(format!(
+                    "message {i} of the batch is not a raft message: {e}"
+                ))
             })?;
             if msg.to != self.node.id() {
                 return Err(Status::invalid_argument(format!(

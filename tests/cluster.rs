@@ -1,0 +1,251 @@
+//! Black-box tests of a 3-node cluster over real loopback gRPC with LMDB data dirs.
+
+mod support;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use pontoon::transport::pb;
+use pontoon::{Error, Raft};
+use support::{eventually, free_addrs, test_config, test_logger, AppliedLog, TestCluster};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proposals_on_every_node_apply_identically_and_return_apply_result() {
+    let cluster = TestCluster::start(3).await;
+    let leaders: HashSet<u64> = cluster
+        .nodes
+        .values()
+        .map(|n| n.raft.get_leader_id())
+        .collect();
+    assert_eq!(leaders.len(), 1, "exactly one leader");
+    assert_eq!(
+        cluster
+            .nodes
+            .values()
+            .filter(|n| n.raft.is_leader())
+            .count(),
+        1
+    );
+
+    // Sequential proposals on each node: the answer is apply's bytes for that very entry.
+    for round in 0..5 {
+        for id in 1..=3 {
+            let data = format!("seq-{id}-{round}");
+            let answer = String::from_utf8(cluster.propose(id, &data).await).expect("utf8");
+            let (position, entry) = answer.split_once(':').expect("position:entry");
+            assert_eq!(entry, data, "propose returned another entry's result");
+            assert!(position.parse::<usize>().is_ok());
+        }
+    }
+    // Concurrent proposals on all nodes at once (several land in one Ready).
+    let mut tasks = Vec::new();
+    for id in 1..=3u64 {
+        for i in 0..20 {
+            let raft = cluster.node(id).clone();
+            tasks.push(tokio::spawn(async move {
+                let data = format!("par-{id}-{i}");
+                let answer = support::propose_retrying(&raft, &data).await;
+                assert!(String::from_utf8(answer)
+                    .expect("utf8")
+                    .ends_with(&format!(":{data}")));
+            }));
+        }
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+    let log = cluster.wait_all_applied(75).await;
+    assert_eq!(log.len(), 75);
+    let distinct: HashSet<&String> = log.iter().collect();
+    assert_eq!(distinct.len(), 75, "every entry applied exactly once");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_shutdown_elects_a_new_leader_and_writes_continue() {
+    let mut cluster = TestCluster::start(3).await;
+    for i in 0..10 {
+        cluster.propose(1, &format!("before-{i}")).await;
+    }
+    let old_leader = cluster.wait_for_leader().await;
+    cluster.stop_node(old_leader).await;
+    let new_leader = cluster.wait_for_leader().await;
+    assert_ne!(new_leader, old_leader);
+    let survivor = *cluster.nodes.keys().next().expect("a survivor");
+    for i in 0..10 {
+        cluster.propose(survivor, &format!("after-{i}")).await;
+    }
+    let log = cluster.wait_all_applied(20).await;
+    assert!(log.contains(&"before-9".to_string()) && log.contains(&"after-9".to_string()));
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_stopped_during_500_writes_catches_up_after_restart() {
+    let mut cluster = TestCluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    let down = if leader == 3 { 2 } else { 3 };
+    cluster.stop_node(down).await;
+
+    let mut acknowledged = Vec::new();
+    for chunk in 0..10 {
+        let mut tasks = Vec::new();
+        for i in 0..50 {
+            let raft = cluster.node(leader).clone();
+            let data = format!("w-{chunk}-{i}");
+            acknowledged.push(data.clone());
+            tasks.push(tokio::spawn(async move {
+                support::propose_retrying(&raft, &data).await
+            }));
+        }
+        for t in tasks {
+            t.await.expect("task");
+        }
+    }
+    cluster.start_node(down).await;
+    let fsm = cluster.nodes[&down].fsm.clone();
+    eventually(
+        Duration::from_secs(30),
+        "the restarted node holds all 500 writes",
+        || fsm.len() >= 500,
+    )
+    .await;
+    let log = cluster.wait_all_applied(500).await;
+    let held: HashSet<&String> = log.iter().collect();
+    for w in &acknowledged {
+        assert!(held.contains(w), "acknowledged write {w} missing");
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_cluster_restart_keeps_every_acknowledged_write() {
+    let mut cluster = TestCluster::start(3).await;
+    let mut acknowledged = Vec::new();
+    for i in 0..60 {
+        let id = 1 + (i % 3) as u64;
+        let data = format!("ack-{i}");
+        cluster.propose(id, &data).await;
+        acknowledged.push(data);
+    }
+    for id in 1..=3 {
+        cluster.stop_node(id).await;
+    }
+    for id in 1..=3 {
+        cluster.start_node(id).await;
+    }
+    cluster.wait_for_leader().await;
+    let log = cluster.wait_all_applied(60).await;
+    assert_eq!(
+        log, acknowledged,
+        "restart lost or reordered acknowledged writes"
+    );
+    // And the restarted cluster takes new writes.
+    cluster.propose(2, "after-restart").await;
+    let log = cluster.wait_all_applied(61).await;
+    assert_eq!(log.last().map(String::as_str), Some("after-restart"));
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_after_snapshot_restores_once_and_replays_only_the_tail() {
+    let mut cluster = TestCluster::start(3).await;
+    for i in 0..30 {
+        cluster.propose(1, &format!("s-{i}")).await;
+    }
+    cluster.wait_all_applied(30).await;
+    let index = cluster.node(2).make_snapshot().await.expect("snapshot");
+    assert!(index >= 30);
+    for i in 0..5 {
+        cluster.propose(1, &format!("tail-{i}")).await;
+    }
+    cluster.wait_all_applied(35).await;
+    cluster.stop_node(2).await;
+    cluster.start_node(2).await;
+    let node = &cluster.nodes[&2];
+    assert_eq!(
+        *node.fsm.restores.lock().expect("lock"),
+        1,
+        "restore called once at start"
+    );
+    // Right after bootstrap the state machine holds exactly the snapshot's entries.
+    assert!(node.fsm.len() >= 30);
+    let log = cluster.wait_all_applied(35).await;
+    assert_eq!(log.len(), 35);
+    let status = cluster.node(2).inspect().await.expect("inspect");
+    assert_eq!(status.snapshot_index, index);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_dir_of_another_cluster_is_refused_with_a_clear_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let addrs = free_addrs(1);
+    let peers = pontoon::Peers::from([(1, addrs[0].clone())]);
+    let first = Raft::bootstrap(
+        1,
+        addrs[0].clone(),
+        AppliedLog::default(),
+        test_config(dir.path(), 1, &peers, "alpha"),
+        test_logger(),
+    )
+    .await
+    .expect("bootstrap alpha");
+    drop(first);
+    let other = Raft::bootstrap(
+        1,
+        addrs[0].clone(),
+        AppliedLog::default(),
+        test_config(dir.path(), 1, &peers, "beta"),
+        test_logger(),
+    )
+    .await;
+    match other {
+        Err(Error::Storage(pontoon::storage::StorageError::ForeignCluster {
+            found,
+            expected,
+            ..
+        })) => {
+            assert_eq!((found.as_str(), expected.as_str()), ("alpha", "beta"));
+        }
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("a data dir of cluster alpha was accepted by cluster beta"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rpc_from_another_cluster_or_malformed_is_refused_and_node_keeps_serving() {
+    let cluster = TestCluster::start(3).await;
+    let config = cluster.config(1);
+    let mut client = pontoon::client::connect_lazy(&cluster.peers[&1], &config).expect("client");
+    let foreign = client
+        .send_messages(pb::MessageBatch {
+            cluster_id: "someone-else".into(),
+            from: 2,
+            messages: vec![],
+        })
+        .await
+        .expect_err("foreign cluster must be refused");
+    assert_eq!(foreign.code(), tonic::Code::PermissionDenied);
+    let garbage = client
+        .send_messages(pb::MessageBatch {
+            cluster_id: cluster.cluster_id.clone(),
+            from: 2,
+            messages: vec![vec![0xff, 0xff, 0xff]],
+        })
+        .await
+        .expect_err("garbage must be refused");
+    assert_eq!(garbage.code(), tonic::Code::InvalidArgument);
+    let foreign_propose = client
+        .propose(pb::ProposeRequest {
+            cluster_id: "someone-else".into(),
+            data: b"x".to_vec(),
+        })
+        .await
+        .expect_err("foreign proposal refused");
+    assert_eq!(foreign_propose.code(), tonic::Code::PermissionDenied);
+    // Still serving.
+    cluster.propose(1, "still-alive").await;
+    cluster.wait_all_applied(1).await;
+    cluster.shutdown().await;
+}

@@ -1,0 +1,241 @@
+//! Test support: a small replicated log state machine and an in-process cluster whose nodes talk
+//! over real loopback gRPC, each with its own LMDB data dir.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pontoon::{async_trait, AbstractStateMachine, Config, Error, Peers, Raft, Result};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+/// Records every applied entry in order. `apply` answers `"<position>:<entry>"`, so a proposer can
+/// check it got its own entry's result.
+#[derive(Clone, Default)]
+pub struct AppliedLog {
+    pub entries: Arc<Mutex<Vec<String>>>,
+    pub restores: Arc<Mutex<u32>>,
+}
+
+impl AppliedLog {
+    pub fn snapshot_entries(&self) -> Vec<String> {
+        self.entries.lock().expect("lock").clone()
+    }
+    pub fn len(&self) -> usize {
+        self.entries.lock().expect("lock").len()
+    }
+}
+
+#[async_trait]
+impl AbstractStateMachine for AppliedLog {
+    async fn apply(&mut self, log_entry: Vec<u8>) -> Result<Vec<u8>> {
+        let entry = String::from_utf8(log_entry).map_err(|e| Error::StateMachine(e.to_string()))?;
+        let mut entries = self.entries.lock().expect("lock");
+        entries.push(entry.clone());
+        Ok(format!("{}:{}", entries.len(), entry).into_bytes())
+    }
+    async fn snapshot(&self) -> Result<Vec<u8>> {
+        Ok(bincode::serialize(&*self.entries.lock().expect("lock"))?)
+    }
+    async fn restore(&mut self, snapshot: Vec<u8>) -> Result<()> {
+        *self.entries.lock().expect("lock") = bincode::deserialize(&snapshot)?;
+        *self.restores.lock().expect("lock") += 1;
+        Ok(())
+    }
+    fn encode(&self) -> Result<Vec<u8>> {
+        Ok(bincode::serialize(&*self.entries.lock().expect("lock"))?)
+    }
+    fn decode(bytes: &[u8]) -> Result<Self> {
+        let entries: Vec<String> = bincode::deserialize(bytes)?;
+        Ok(AppliedLog {
+            entries: Arc::new(Mutex::new(entries)),
+            restores: Arc::default(),
+        })
+    }
+}
+
+pub fn test_logger() -> pontoon::slog::Logger {
+    if std::env::var_os("PONTOON_TEST_LOG").is_some() {
+        pontoon::default_logger()
+    } else {
+        pontoon::slog::Logger::root(pontoon::slog::Discard, pontoon::slog::o!())
+    }
+}
+
+/// Free loopback ports for a cluster (bound then released).
+pub fn free_addrs(n: usize) -> Vec<String> {
+    let listeners: Vec<_> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("addr").to_string())
+        .collect()
+}
+
+pub struct TestNode {
+    pub raft: Raft<AppliedLog>,
+    pub fsm: AppliedLog,
+    pub task: JoinHandle<Result<()>>,
+}
+
+/// N nodes of one static cluster in this process.
+pub struct TestCluster {
+    pub dir: tempfile::TempDir,
+    pub peers: Peers,
+    pub cluster_id: String,
+    pub nodes: BTreeMap<u64, TestNode>,
+}
+
+pub fn test_config(dir: &std::path::Path, id: u64, peers: &Peers, cluster_id: &str) -> Config {
+    let mut config = Config::default();
+    config.data_dir = dir.join(format!("node-{id}"));
+    config.initial_peers = Some(peers.clone());
+    config.cluster_id = cluster_id.to_string();
+    config.tick_interval = Duration::from_millis(50);
+    config.propose_timeout = Duration::from_secs(10);
+    config.rpc_timeout = Duration::from_secs(2);
+    config
+}
+
+impl TestCluster {
+    /// Start `n` nodes (ids 1..=n) and wait until they agree on a leader.
+    pub async fn start(n: u64) -> Self {
+        let addrs = free_addrs(n as usize);
+        let peers: Peers = (1..=n).zip(addrs).collect();
+        let mut cluster = TestCluster {
+            dir: tempfile::tempdir().expect("tempdir"),
+            peers,
+            cluster_id: "test-cluster".into(),
+            nodes: BTreeMap::new(),
+        };
+        for id in 1..=n {
+            cluster.start_node(id).await;
+        }
+        cluster.wait_for_leader().await;
+        cluster
+    }
+
+    pub fn config(&self, id: u64) -> Config {
+        test_config(self.dir.path(), id, &self.peers, &self.cluster_id)
+    }
+
+    /// Start (or restart, on its existing data dir) node `id`.
+    pub async fn start_node(&mut self, id: u64) {
+        let fsm = AppliedLog::default();
+        let raft = Raft::bootstrap(
+            id,
+            self.peers[&id].clone(),
+            fsm.clone(),
+            self.config(id),
+            test_logger(),
+        )
+        .await
+        .expect("bootstrap");
+        let task = tokio::spawn(raft.clone().run());
+        self.nodes.insert(id, TestNode { raft, fsm, task });
+    }
+
+    /// Gracefully stop node `id` and wait until its storage is closed and its port is free.
+    pub async fn stop_node(&mut self, id: u64) {
+        let node = self.nodes.remove(&id).expect("node running");
+        node.raft.quit().await.expect("quit");
+        node.task.await.expect("join").expect("run ended cleanly");
+    }
+
+    pub fn node(&self, id: u64) -> &Raft<AppliedLog> {
+        &self.nodes[&id].raft
+    }
+
+    /// Wait until every running node reports the same leader, and that leader is running.
+    pub async fn wait_for_leader(&self) -> u64 {
+        let mut last = String::new();
+        eventually(
+            Duration::from_secs(20),
+            "all running nodes agree on a leader",
+            || {
+                let leaders: Vec<u64> = self
+                    .nodes
+                    .values()
+                    .map(|n| n.raft.get_leader_id())
+                    .collect();
+                last = format!("{leaders:?}");
+                let first = leaders[0];
+                first != 0
+                    && leaders.iter().all(|&l| l == first)
+                    && self.nodes.get(&first).is_some_and(|n| n.raft.is_leader())
+            },
+        )
+        .await;
+        self.nodes
+            .values()
+            .next()
+            .expect("a node")
+            .raft
+            .get_leader_id()
+    }
+
+    /// Propose through node `id`, retrying answers that say the entry was not taken.
+    pub async fn propose(&self, id: u64, data: &str) -> Vec<u8> {
+        propose_retrying(self.node(id), data).await
+    }
+
+    /// Wait until every running node has applied at least `n` entries and all agree on them.
+    pub async fn wait_all_applied(&self, n: usize) -> Vec<String> {
+        eventually(
+            Duration::from_secs(30),
+            &format!("all nodes applied {n} entries"),
+            || self.nodes.values().all(|node| node.fsm.len() >= n),
+        )
+        .await;
+        let reference = self
+            .nodes
+            .values()
+            .next()
+            .expect("node")
+            .fsm
+            .snapshot_entries();
+        for (id, node) in &self.nodes {
+            assert_eq!(
+                node.fsm.snapshot_entries(),
+                reference,
+                "node {id} applied a different log"
+            );
+        }
+        reference
+    }
+
+    pub async fn shutdown(mut self) {
+        let ids: Vec<u64> = self.nodes.keys().copied().collect();
+        for id in ids {
+            self.stop_node(id).await;
+        }
+    }
+}
+
+pub async fn propose_retrying<F: AbstractStateMachine>(raft: &Raft<F>, data: &str) -> Vec<u8> {
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match raft.propose(data.as_bytes().to_vec()).await {
+            Ok(r) => return r,
+            Err(e) if e.is_retryable() && attempts < 5 => continue,
+            Err(e) => panic!("proposal {data:?} failed after {attempts} attempts: {e}"),
+        }
+    }
+}
+
+/// Poll `cond` every 20 ms until it holds; panic with `what` after `timeout`.
+pub async fn eventually(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting until {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
