@@ -1,1 +1,182 @@
-fn main() {}
+//! memstore: a replicated in-memory key-value store built on pontoon.
+//!
+//! One node:   cargo run --example memstore -- --id 1 --raft-addr 127.0.0.1:60061 \
+//!               --web-server 127.0.0.1:8001 --data-dir ./data/node-1 \
+//!               --initial-peers 1=127.0.0.1:60061,2=127.0.0.1:60062,3=127.0.0.1:60063
+//! Whole local cluster in one process: cargo run --example memstore -- --local-cluster 3
+
+mod store;
+mod web;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use pontoon::storage::LmdbStorage;
+use pontoon::{Config, Raft};
+
+use store::HashStore;
+
+#[derive(Parser, Debug)]
+#[command(name = "memstore", about = "A replicated key-value store on pontoon")]
+struct Args {
+    /// Node id (1 or above). Optional on restart: the data dir remembers it.
+    #[arg(long)]
+    id: Option<u64>,
+    /// Address this node's raft gRPC server listens on and peers reach it at.
+    #[arg(long, default_value = "127.0.0.1:60061")]
+    raft_addr: String,
+    /// Address of the HTTP API.
+    #[arg(long, default_value = "127.0.0.1:8001")]
+    web_server: String,
+    /// Data directory (one LMDB environment per node). With --local-cluster, the parent of
+    /// node-1, node-2, ...
+    #[arg(long, default_value = "./memstore-data")]
+    data_dir: PathBuf,
+    /// Static cluster members, e.g. 1=127.0.0.1:60061,2=127.0.0.1:60062,3=127.0.0.1:60063.
+    #[arg(long)]
+    initial_peers: Option<String>,
+    /// Join an existing cluster through this member (dynamic membership).
+    #[arg(long)]
+    peer_addr: Option<String>,
+    /// Cluster name; nodes and data dirs of another cluster are refused.
+    #[arg(long, default_value = "memstore")]
+    cluster_id: String,
+    /// Start N nodes in this process on 127.0.0.1 (raft 60061.., HTTP 8001..) and serve them all.
+    #[arg(long)]
+    local_cluster: Option<u64>,
+}
+
+struct Spec {
+    id: u64,
+    raft_addr: String,
+    web_addr: String,
+    data_dir: PathBuf,
+    initial_peers: Option<pontoon::Peers>,
+}
+
+async fn start_node(
+    spec: Spec,
+    cluster_id: &str,
+    logger: &pontoon::slog::Logger,
+) -> Result<Raft<HashStore>, Box<dyn std::error::Error>> {
+    let config = Config {
+        cluster_id: cluster_id.to_string(),
+        data_dir: spec.data_dir.clone(),
+        initial_peers: spec.initial_peers,
+        propose_timeout: Duration::from_secs(5),
+        ..Default::default()
+    };
+    let store = HashStore::default();
+    let raft = Raft::bootstrap(
+        spec.id,
+        spec.raft_addr.clone(),
+        store.clone(),
+        config,
+        logger.clone(),
+    )
+    .await?;
+    let listener = tokio::net::TcpListener::bind(&spec.web_addr)
+        .await
+        .map_err(|e| format!("cannot listen on HTTP address {}: {e}", spec.web_addr))?;
+    let app = web::router(web::AppState {
+        raft: raft.clone(),
+        store,
+    });
+    let runner = raft.clone();
+    let web_logger = logger.clone();
+    tokio::spawn(async move {
+        if let Err(e) = runner.run().await {
+            pontoon::slog::crit!(web_logger, "node stopped with an error"; "error" => %e);
+        }
+    });
+    let stopper = raft.clone();
+    tokio::spawn(async move {
+        let shutdown = async move { stopper.stopped().await };
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await;
+    });
+    println!(
+        "node {} up: raft {} | http http://{} (data {})",
+        spec.id,
+        spec.raft_addr,
+        spec.web_addr,
+        spec.data_dir.display()
+    );
+    Ok(raft)
+}
+
+#[tokio::main]
+async fn main() {
+    if let Err(e) = real_main().await {
+        eprintln!("memstore: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn real_main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = Args::parse();
+    let logger = pontoon::default_logger();
+    let specs = match args.local_cluster {
+        Some(n) => {
+            if n == 0 || n > 9 {
+                return Err("--local-cluster takes 1 to 9 nodes".into());
+            }
+            let peers: pontoon::Peers = (1..=n)
+                .map(|i| (i, format!("127.0.0.1:{}", 60060 + i)))
+                .collect();
+            (1..=n)
+                .map(|i| Spec {
+                    id: i,
+                    raft_addr: peers[&i].clone(),
+                    web_addr: format!("127.0.0.1:{}", 8000 + i),
+                    data_dir: args.data_dir.join(format!("node-{i}")),
+                    initial_peers: Some(peers.clone()),
+                })
+                .collect()
+        }
+        None => {
+            if args.peer_addr.is_some() && LmdbStorage::peek_identity(&args.data_dir)?.is_none() {
+                return Err("joining through --peer-addr needs dynamic membership, which this build does not have yet; use --initial-peers".into());
+            }
+            let stored = LmdbStorage::peek_identity(&args.data_dir)?;
+            let id = match (args.id, &stored) {
+                (Some(id), _) => id,
+                (None, Some(s)) => s.node_id,
+                (None, None) => 1,
+            };
+            let initial_peers = args
+                .initial_peers
+                .as_deref()
+                .map(pontoon::parse_peers)
+                .transpose()?;
+            vec![Spec {
+                id,
+                raft_addr: args.raft_addr.clone(),
+                web_addr: args.web_server.clone(),
+                data_dir: args.data_dir.clone(),
+                initial_peers,
+            }]
+        }
+    };
+    let first_web = specs[0].web_addr.clone();
+    let mut nodes = Vec::new();
+    for spec in specs {
+        nodes.push(start_node(spec, &args.cluster_id, &logger).await?);
+    }
+    if let Ok(leader) = nodes[0].wait_for_leader(Duration::from_secs(15)).await {
+        println!("leader elected: node {leader}");
+        println!("try: curl -XPUT http://{first_web}/store/hello/world && curl http://{first_web}/store/hello");
+    }
+    println!("Ctrl-C to stop");
+    tokio::signal::ctrl_c().await?;
+    println!("stopping...");
+    for node in &nodes {
+        if let Err(e) = node.quit().await {
+            eprintln!("node {} did not stop cleanly: {e}", node.id());
+        }
+    }
+    println!("stopped");
+    Ok(())
+}

@@ -246,6 +246,13 @@ impl RaftNode {
         waited.map_err(|_| Error::Timeout("shutdown".into()))
     }
 
+    /// Resolve once the node has fully stopped (after `quit` or a fatal error).
+    pub async fn stopped(&self) {
+        let mut stopped = self.shared.stopped.clone();
+        // An error means the sender is gone, which only happens once the node is down.
+        let _ = stopped.wait_for(|s| *s).await;
+    }
+
     /// True once the node has fully stopped.
     pub fn is_stopped(&self) -> bool {
         *self.shared.stopped.borrow()

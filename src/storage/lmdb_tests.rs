@@ -8,9 +8,11 @@ use raft::{GetEntriesContext, Storage};
 use super::*;
 
 fn entry(index: u64, term: u64) -> Entry {
-    let mut e = Entry::default();
-    e.index = index;
-    e.term = term;
+    let mut e = Entry {
+        index,
+        term,
+        ..Default::default()
+    };
     e.set_data(format!("data-{index}-{term}").into_bytes().into());
     e
 }
@@ -167,9 +169,11 @@ fn snapshot_apply_matches_memstorage() {
 fn snapshot_apply_sets_hard_state_and_conf_state() {
     let dir = tempfile::tempdir().expect("tempdir");
     let lmdb = open(&dir);
-    let mut hs = HardState::default();
-    hs.term = 1;
-    hs.vote = 2;
+    let hs = HardState {
+        term: 1,
+        vote: 2,
+        ..Default::default()
+    };
     lmdb.persist(PersistBatch {
         hard_state: Some(hs),
         ..Default::default()
@@ -223,10 +227,12 @@ fn hard_state_and_entries_survive_reopen_from_one_batch() {
     let dir = tempfile::tempdir().expect("tempdir");
     {
         let lmdb = open(&dir);
-        let mut hs = HardState::default();
-        hs.term = 4;
-        hs.vote = 1;
-        hs.commit = 3;
+        let hs = HardState {
+            term: 4,
+            vote: 1,
+            commit: 3,
+            ..Default::default()
+        };
         lmdb.persist(PersistBatch {
             entries: (1..=3).map(|i| entry(i, 4)).collect(),
             hard_state: Some(hs),

@@ -89,14 +89,15 @@ pub struct TestCluster {
 }
 
 pub fn test_config(dir: &std::path::Path, id: u64, peers: &Peers, cluster_id: &str) -> Config {
-    let mut config = Config::default();
-    config.data_dir = dir.join(format!("node-{id}"));
-    config.initial_peers = Some(peers.clone());
-    config.cluster_id = cluster_id.to_string();
-    config.tick_interval = Duration::from_millis(50);
-    config.propose_timeout = Duration::from_secs(10);
-    config.rpc_timeout = Duration::from_secs(2);
-    config
+    Config {
+        data_dir: dir.join(format!("node-{id}")),
+        initial_peers: Some(peers.clone()),
+        cluster_id: cluster_id.to_string(),
+        tick_interval: Duration::from_millis(50),
+        propose_timeout: Duration::from_secs(10),
+        rpc_timeout: Duration::from_secs(2),
+        ..Default::default()
+    }
 }
 
 impl TestCluster {

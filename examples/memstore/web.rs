@@ -1,0 +1,138 @@
+//! The memstore HTTP API (raftify's routes). Every error is a status code with a one-line reason;
+//! no request waits longer than the node's propose timeout.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use pontoon::{AbstractLogEntry, Error, Raft};
+
+use crate::store::{HashStore, LogEntry};
+
+/// Longest value accepted by `PUT /store/{key}/{value}`.
+pub const MAX_VALUE_BYTES: usize = 64 * 1024;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub raft: Raft<HashStore>,
+    pub store: HashStore,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/store/{key}/{value}", put(put_value))
+        .route("/store/{key}", get(get_value))
+        .route("/leader", get(leader))
+        .route("/peers", get(peers))
+        .route("/debug", get(debug))
+        .route("/snapshot", post(snapshot))
+        .route("/leave", post(leave))
+        .route("/transfer_leader/{id}", post(transfer_leader))
+        .route("/campaign", post(campaign))
+        .with_state(state)
+}
+
+fn error_response(e: Error) -> Response {
+    let status = match &e {
+        Error::InvalidRequest(_) | Error::Encoding(_) => StatusCode::BAD_REQUEST,
+        Error::NotLeader { .. }
+        | Error::NoLeader
+        | Error::Timeout(_)
+        | Error::OutcomeUnknown(_)
+        | Error::ProposalDropped(_)
+        | Error::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        Error::StateMachine(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    (status, format!("{e}\n")).into_response()
+}
+
+async fn put_value(
+    State(s): State<AppState>,
+    Path((key, value)): Path<(String, String)>,
+) -> Response {
+    if key.is_empty() || value.len() > MAX_VALUE_BYTES {
+        return (
+            StatusCode::BAD_REQUEST,
+            format!("key must be non-empty and value at most {MAX_VALUE_BYTES} bytes\n"),
+        )
+            .into_response();
+    }
+    let entry = LogEntry::Insert { key, value };
+    let bytes = match entry.encode() {
+        Ok(b) => b,
+        Err(e) => return error_response(e),
+    };
+    match s.raft.propose(bytes).await {
+        Ok(answer) => (StatusCode::OK, answer).into_response(),
+        Err(e) => error_response(e),
+    }
+}
+
+async fn get_value(State(s): State<AppState>, Path(key): Path<String>) -> Response {
+    match s.store.get(&key) {
+        Some(v) => (StatusCode::OK, v).into_response(),
+        None => (StatusCode::NOT_FOUND, format!("key {key:?} not found\n")).into_response(),
+    }
+}
+
+async fn leader(State(s): State<AppState>) -> Response {
+    let id = s.raft.get_leader_id();
+    if id == 0 {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no leader is known right now\n",
+        )
+            .into_response();
+    }
+    Json(serde_json::json!({ "leader_id": id, "leader_addr": s.raft.get_peers().get(&id) }))
+        .into_response()
+}
+
+async fn peers(State(s): State<AppState>) -> Response {
+    Json(s.raft.get_peers()).into_response()
+}
+
+async fn debug(State(s): State<AppState>) -> Response {
+    match s.raft.inspect().await {
+        Ok(status) => Json(status).into_response(),
+        Err(e) => error_response(e),
+    }
+}
+
+async fn snapshot(State(s): State<AppState>) -> Response {
+    match s.raft.make_snapshot().await {
+        Ok(index) => Json(serde_json::json!({ "snapshot_index": index })).into_response(),
+        Err(e) => error_response(e),
+    }
+}
+
+async fn leave() -> Response {
+    (
+        StatusCode::NOT_IMPLEMENTED,
+        "leaving needs dynamic membership, which this build does not have yet\n",
+    )
+        .into_response()
+}
+
+async fn transfer_leader(State(s): State<AppState>, Path(id): Path<String>) -> Response {
+    let Ok(id) = id.parse::<u64>() else {
+        return (
+            StatusCode::BAD_REQUEST,
+            format!("node id {id:?} is not a number\n"),
+        )
+            .into_response();
+    };
+    match s.raft.transfer_leader(id).await {
+        Ok(()) => (StatusCode::OK, format!("leadership moved to node {id}\n")).into_response(),
+        Err(e) => error_response(e),
+    }
+}
+
+async fn campaign(State(s): State<AppState>) -> Response {
+    match s.raft.campaign().await {
+        Ok(()) => (StatusCode::OK, "campaign started\n").into_response(),
+        Err(e) => error_response(e),
+    }
+}
