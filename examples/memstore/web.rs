@@ -11,7 +11,7 @@ use pontoon::{AbstractLogEntry, Error, Raft};
 use crate::store::{HashStore, LogEntry};
 
 /// Longest value accepted by `PUT /store/{key}/{value}`.
-pub const MAX_VALUE_BYTES: usize = 64 * 1024;
+pub const MAX_VALUE_BYTES: usize = 4 * 1024;
 
 #[derive(Clone)]
 pub struct AppState {
