@@ -2,9 +2,9 @@
 
 #[path = "../examples/memstore/store.rs"]
 mod store;
+mod support;
 #[path = "../examples/memstore/web.rs"]
 mod web;
-mod support;
 
 use std::time::Duration;
 
@@ -28,7 +28,9 @@ async fn start_cluster(dir: &std::path::Path) -> Vec<HttpNode> {
             .await
             .expect("bootstrap");
         tokio::spawn(raft.clone().run());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let app = web::router(web::AppState {
             raft: raft.clone(),
@@ -68,66 +70,128 @@ async fn memstore_routes_answer_with_values_and_clear_status_codes() {
     assert_eq!(put.status(), 200);
     assert_eq!(put.text().await.expect("body"), "hello");
     // Numeric keys work too.
-    let put = http.put(format!("{}/store/42/answer", nodes[0].url)).send().await.expect("put");
+    let put = http
+        .put(format!("{}/store/42/answer", nodes[0].url))
+        .send()
+        .await
+        .expect("put");
     assert_eq!(put.status(), 200);
 
     for node in &nodes {
-        support::eventually(Duration::from_secs(10), "every node serves the value", || {
-            node.raft.status().applied >= 3
-        })
+        support::eventually(
+            Duration::from_secs(10),
+            "every node serves the value",
+            || node.raft.status().applied >= 3,
+        )
         .await;
-        let got = http.get(format!("{}/store/greeting", node.url)).send().await.expect("get");
+        let got = http
+            .get(format!("{}/store/greeting", node.url))
+            .send()
+            .await
+            .expect("get");
         assert_eq!(got.status(), 200);
         assert_eq!(got.text().await.expect("body"), "hello");
-        let got = http.get(format!("{}/store/42", node.url)).send().await.expect("get");
+        let got = http
+            .get(format!("{}/store/42", node.url))
+            .send()
+            .await
+            .expect("get");
         assert_eq!(got.text().await.expect("body"), "answer");
     }
 
-    let missing = http.get(format!("{}/store/nope", nodes[1].url)).send().await.expect("get");
+    let missing = http
+        .get(format!("{}/store/nope", nodes[1].url))
+        .send()
+        .await
+        .expect("get");
     assert_eq!(missing.status(), 404);
 
     let big = "v".repeat(web::MAX_VALUE_BYTES + 1);
-    let too_big = http.put(format!("{}/store/k/{big}", nodes[0].url)).send().await.expect("put");
+    let too_big = http
+        .put(format!("{}/store/k/{big}", nodes[0].url))
+        .send()
+        .await
+        .expect("put");
     assert_eq!(too_big.status(), 400);
 
     let leader_json: serde_json::Value = serde_json::from_str(
-        &http.get(format!("{}/leader", follower.url)).send().await.expect("leader").text().await.expect("body"),
+        &http
+            .get(format!("{}/leader", follower.url))
+            .send()
+            .await
+            .expect("leader")
+            .text()
+            .await
+            .expect("body"),
     )
     .expect("leader json");
     assert_eq!(leader_json["leader_id"], leader);
 
     let peers: serde_json::Value = serde_json::from_str(
-        &http.get(format!("{}/peers", nodes[2].url)).send().await.expect("peers").text().await.expect("body"),
+        &http
+            .get(format!("{}/peers", nodes[2].url))
+            .send()
+            .await
+            .expect("peers")
+            .text()
+            .await
+            .expect("body"),
     )
     .expect("peers json");
     assert_eq!(peers.as_object().map(|o| o.len()), Some(3));
 
     let debug: pontoon::NodeStatus = serde_json::from_str(
-        &http.get(format!("{}/debug", nodes[0].url)).send().await.expect("debug").text().await.expect("body"),
+        &http
+            .get(format!("{}/debug", nodes[0].url))
+            .send()
+            .await
+            .expect("debug")
+            .text()
+            .await
+            .expect("body"),
     )
     .expect("debug json is a NodeStatus");
     assert_eq!(debug.id, 1);
     assert_eq!(debug.peers.len(), 3);
     assert!(debug.applied_index >= 3);
 
-    let bad_id = http.post(format!("{}/transfer_leader/abc", nodes[0].url)).send().await.expect("post");
-    assert_eq!(bad_id.status(), 400);
-    let unknown_id = http
-        .post(format!("{}/transfer_leader/99", nodes[(leader - 1) as usize].url))
+    let bad_id = http
+        .post(format!("{}/transfer_leader/abc", nodes[0].url))
         .send()
         .await
         .expect("post");
-    assert_eq!(unknown_id.status(), 400, "transfer to a node that is not a member");
+    assert_eq!(bad_id.status(), 400);
+    let unknown_id = http
+        .post(format!(
+            "{}/transfer_leader/99",
+            nodes[(leader - 1) as usize].url
+        ))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(
+        unknown_id.status(),
+        400,
+        "transfer to a node that is not a member"
+    );
 
-    let snap = http.post(format!("{}/snapshot", nodes[1].url)).send().await.expect("snapshot");
+    let snap = http
+        .post(format!("{}/snapshot", nodes[1].url))
+        .send()
+        .await
+        .expect("snapshot");
     assert_eq!(snap.status(), 200);
-    let body: serde_json::Value = serde_json::from_str(&snap.text().await.expect("body")).expect("json");
+    let body: serde_json::Value =
+        serde_json::from_str(&snap.text().await.expect("body")).expect("json");
     assert!(body["snapshot_index"].as_u64().expect("index") >= 3);
 
     // Transfer leadership to a follower and see the cluster follow.
     let target = follower.raft.id();
     let moved = http
-        .post(format!("{}/transfer_leader/{target}", nodes[(leader - 1) as usize].url))
+        .post(format!(
+            "{}/transfer_leader/{target}",
+            nodes[(leader - 1) as usize].url
+        ))
         .send()
         .await
         .expect("transfer");
@@ -158,6 +222,9 @@ async fn memstore_write_without_quorum_answers_503_instead_of_hanging() {
         .expect("an answer, not a hang");
     assert_eq!(put.status(), 503);
     let reason = put.text().await.expect("body");
-    assert!(!reason.trim().is_empty() && reason.trim().lines().count() == 1, "one-line reason: {reason:?}");
+    assert!(
+        !reason.trim().is_empty() && reason.trim().lines().count() == 1,
+        "one-line reason: {reason:?}"
+    );
     survivor.raft.quit().await.expect("quit");
 }
