@@ -34,6 +34,20 @@ pub enum Error {
     /// or may not be committed. Check before retrying a non-idempotent command.
     #[error("outcome unknown: {0}; the entry may still be applied")]
     OutcomeUnknown(String),
+    /// Another membership change is not applied yet (or the cluster is in a joint configuration
+    /// that must be left first). Retry when it is applied.
+    #[error("a membership change is in progress: {0}")]
+    ChangeInProgress(String),
+    /// The leader was elected moments ago and cannot judge yet which members are reachable.
+    /// Retried by `RaftNode` within the call's deadline; surfaces only when it persists.
+    #[error("the leader is not ready yet: {0}; retry shortly")]
+    NotReady(String),
+    /// The node id is not a member of this cluster.
+    #[error("node {0} is not a member of this cluster")]
+    UnknownNode(u64),
+    /// The membership change would leave fewer reachable voters than a quorum.
+    #[error("refused: {0}")]
+    WouldLoseQuorum(String),
     /// The user's state machine returned an error while applying or restoring.
     #[error("state machine error: {0}")]
     StateMachine(String),
@@ -87,7 +101,11 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            Error::NotLeader { .. } | Error::NoLeader | Error::ProposalDropped(_)
+            Error::NotLeader { .. }
+                | Error::NoLeader
+                | Error::ProposalDropped(_)
+                | Error::ChangeInProgress(_)
+                | Error::NotReady(_)
         )
     }
 }

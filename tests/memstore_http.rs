@@ -171,8 +171,18 @@ async fn memstore_routes_answer_with_values_and_clear_status_codes() {
         .expect("post");
     assert_eq!(
         unknown_id.status(),
-        400,
+        404,
         "transfer to a node that is not a member"
+    );
+    let remove_unknown = http
+        .post(format!("{}/members/99/remove", nodes[0].url))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(
+        remove_unknown.status(),
+        404,
+        "removing a node that is not a member"
     );
 
     let snap = http

@@ -170,7 +170,21 @@ async fn real_main() -> Result<(), Box<dyn std::error::Error>> {
         println!("try: curl -XPUT http://{first_web}/store/hello/world && curl http://{first_web}/store/hello");
     }
     println!("Ctrl-C to stop");
-    tokio::signal::ctrl_c().await?;
+    let all_stopped = {
+        let nodes = nodes.clone();
+        async move {
+            for node in &nodes {
+                node.stopped().await;
+            }
+        }
+    };
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = all_stopped => {
+            println!("every node has stopped (left the cluster)");
+            return Ok(());
+        }
+    }
     println!("stopping...");
     for node in &nodes {
         if let Err(e) = node.quit().await {

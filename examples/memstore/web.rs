@@ -28,6 +28,8 @@ pub fn router(state: AppState) -> Router {
         .route("/debug", get(debug))
         .route("/snapshot", post(snapshot))
         .route("/leave", post(leave))
+        .route("/leave_joint", post(leave_joint))
+        .route("/members/{id}/remove", post(remove_member))
         .route("/transfer_leader/{id}", post(transfer_leader))
         .route("/campaign", post(campaign))
         .with_state(state)
@@ -36,6 +38,8 @@ pub fn router(state: AppState) -> Router {
 fn error_response(e: Error) -> Response {
     let status = match &e {
         Error::InvalidRequest(_) | Error::Encoding(_) => StatusCode::BAD_REQUEST,
+        Error::UnknownNode(_) => StatusCode::NOT_FOUND,
+        Error::ChangeInProgress(_) | Error::WouldLoseQuorum(_) => StatusCode::CONFLICT,
         Error::NotLeader { .. }
         | Error::NoLeader
         | Error::Timeout(_)
@@ -108,12 +112,40 @@ async fn snapshot(State(s): State<AppState>) -> Response {
     }
 }
 
-async fn leave() -> Response {
-    (
-        StatusCode::NOT_IMPLEMENTED,
-        "leaving needs dynamic membership, which this build does not have yet\n",
-    )
-        .into_response()
+async fn leave(State(s): State<AppState>) -> Response {
+    // Answer first, then leave: the node (and this HTTP server) stop once it is removed.
+    let raft = s.raft.clone();
+    match raft.leave().await {
+        Ok(()) => (
+            StatusCode::OK,
+            format!("node {} left the cluster and stopped\n", raft.id()),
+        )
+            .into_response(),
+        Err(e) => error_response(e),
+    }
+}
+
+async fn leave_joint(State(s): State<AppState>) -> Response {
+    match s.raft.leave_joint().await {
+        Ok(cs) => Json(serde_json::json!({ "voters": cs.voters, "learners": cs.learners }))
+            .into_response(),
+        Err(e) => error_response(e),
+    }
+}
+
+async fn remove_member(State(s): State<AppState>, Path(id): Path<String>) -> Response {
+    let Ok(id) = id.parse::<u64>() else {
+        return (
+            StatusCode::BAD_REQUEST,
+            format!("node id {id:?} is not a number\n"),
+        )
+            .into_response();
+    };
+    match s.raft.remove_node(id).await {
+        Ok(cs) => Json(serde_json::json!({ "voters": cs.voters, "learners": cs.learners }))
+            .into_response(),
+        Err(e) => error_response(e),
+    }
 }
 
 async fn transfer_leader(State(s): State<AppState>, Path(id): Path<String>) -> Response {

@@ -178,6 +178,7 @@ impl<F: AbstractStateMachine> Raft<F> {
             commit_dirty: false,
             pending_conf: None,
             peers_dirty: false,
+            leader_since: None,
         };
         let service = RaftGrpcService::new(node.clone());
         Ok(Raft {

@@ -7,6 +7,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use protobuf::Message as PbMessage;
+use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
@@ -100,21 +102,86 @@ impl RaftNode {
     ///   must not treat these as failures of a non-idempotent command.
     /// - `StateMachine`: the entry was committed and `apply` returned an error.
     pub async fn propose(&self, data: Vec<u8>) -> Result<Vec<u8>> {
+        self.submit(Submission::Entry(data)).await
+    }
+
+    /// Propose on this node only; `NotLeader` when it is not the leader.
+    pub async fn propose_local(&self, data: Vec<u8>) -> Result<Vec<u8>> {
+        let deadline = Instant::now() + self.shared.config.propose_timeout;
+        self.submit_local(Submission::Entry(data), deadline).await
+    }
+
+    /// Propose a membership change (joint consensus with more than one change) and return the
+    /// resulting `ConfState` once it is applied. `addrs` gives the addresses of added nodes.
+    /// Works on any node (forwarded to the leader). Typed errors: `NotLeader`, `ChangeInProgress`,
+    /// `UnknownNode`, `WouldLoseQuorum`.
+    pub async fn change_config(&self, cc: ConfChangeV2, addrs: Peers) -> Result<ConfState> {
+        let bytes = self.submit(Submission::ConfChange { cc, addrs }).await?;
+        ConfState::parse_from_bytes(&bytes).map_err(|e| Error::Encoding(e.to_string()))
+    }
+
+    /// Like `change_config`, on this node only (`NotLeader` when it is not the leader).
+    pub async fn change_config_local(&self, cc: ConfChangeV2, addrs: Peers) -> Result<Vec<u8>> {
+        let deadline = Instant::now() + self.shared.config.propose_timeout;
+        self.submit_local(Submission::ConfChange { cc, addrs }, deadline)
+            .await
+    }
+
+    /// Add `id` (reachable at `addr`) as a learner: it receives the log but does not vote.
+    pub async fn add_learner(&self, id: u64, addr: String) -> Result<ConfState> {
+        let cc = single_change(ConfChangeType::AddLearnerNode, id);
+        self.change_config(cc, Peers::from([(id, addr)])).await
+    }
+
+    /// Make learner (or new node) `id` a voter.
+    pub async fn promote(&self, id: u64) -> Result<ConfState> {
+        let cc = single_change(ConfChangeType::AddNode, id);
+        self.change_config(cc, Peers::new()).await
+    }
+
+    /// Remove `id` from the cluster. To remove the leader, call `leave()` on it (which hands
+    /// leadership over first).
+    pub async fn remove_node(&self, id: u64) -> Result<ConfState> {
+        let cc = single_change(ConfChangeType::RemoveNode, id);
+        self.change_config(cc, Peers::new()).await
+    }
+
+    /// Leave a joint configuration entered by a multi-change `change_config` with an explicit
+    /// transition.
+    pub async fn leave_joint(&self) -> Result<ConfState> {
+        self.change_config(ConfChangeV2::default(), Peers::new())
+            .await
+    }
+
+    /// Remove this node from the cluster and shut it down. A leader first hands leadership to
+    /// the most up-to-date other voter.
+    pub async fn leave(&self) -> Result<()> {
+        if self.is_leader() {
+            self.transfer_leader_to(None).await?;
+        }
+        self.remove_node(self.id()).await?;
+        self.quit().await
+    }
+
+    async fn submit(&self, submission: Submission) -> Result<Vec<u8>> {
         let deadline = Instant::now() + self.shared.config.propose_timeout;
         let mut backoff = Duration::from_millis(10);
         loop {
-            let outcome = match self.propose_local_until(data.clone(), deadline).await {
+            let outcome = match self.submit_local(submission.clone(), deadline).await {
                 Err(Error::NotLeader {
                     leader_id: Some(leader),
                     ..
-                }) if leader != self.id() => self.forward_propose(leader, &data, deadline).await,
+                }) if leader != self.id() => self.forward(leader, &submission, deadline).await,
                 other => other,
             };
             match outcome {
-                Err(Error::NotLeader { .. }) | Err(Error::NoLeader) => {
+                Err(e @ (Error::NotLeader { .. } | Error::NoLeader | Error::NotReady(_))) => {
                     let now = Instant::now();
                     if now >= deadline {
-                        return Err(Error::NoLeader);
+                        return Err(match e {
+                            Error::NotReady(_) => e,
+                            _ => Error::NoLeader,
+                        });
                     }
                     // Wait for the leader to change (or a short while) and try again.
                     let pause = backoff.min(deadline - now);
@@ -127,16 +194,13 @@ impl RaftNode {
         }
     }
 
-    /// Propose on this node only; `NotLeader` when it is not the leader.
-    pub async fn propose_local(&self, data: Vec<u8>) -> Result<Vec<u8>> {
-        let deadline = Instant::now() + self.shared.config.propose_timeout;
-        self.propose_local_until(data, deadline).await
-    }
-
-    async fn propose_local_until(&self, data: Vec<u8>, deadline: Instant) -> Result<Vec<u8>> {
+    async fn submit_local(&self, submission: Submission, deadline: Instant) -> Result<Vec<u8>> {
         let (reply, rx) = oneshot::channel();
-        self.send_until(Command::Propose { data, reply }, deadline)
-            .await?;
+        let cmd = match submission {
+            Submission::Entry(data) => Command::Propose { data, reply },
+            Submission::ConfChange { cc, addrs } => Command::ChangeConfig { cc, addrs, reply },
+        };
+        self.send_until(cmd, deadline).await?;
         match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(Error::OutcomeUnknown("the node stopped".into())),
@@ -144,26 +208,43 @@ impl RaftNode {
         }
     }
 
-    async fn forward_propose(
+    async fn forward(
         &self,
         leader: u64,
-        data: &[u8],
+        submission: &Submission,
         deadline: Instant,
     ) -> Result<Vec<u8>> {
-        let addr = self
-            .shared
-            .peers
-            .get(leader)
-            .ok_or_else(|| Error::NotLeader {
-                leader_id: None,
-                leader_addr: None,
-            })?;
+        let addr = self.shared.peers.get(leader).ok_or(Error::NotLeader {
+            leader_id: None,
+            leader_addr: None,
+        })?;
         let mut client = self.shared.clients.get(&addr, &self.shared.config)?;
-        let request = pb::ProposeRequest {
-            cluster_id: self.shared.config.cluster_id.clone(),
-            data: data.to_vec(),
+        let cluster_id = self.shared.config.cluster_id.clone();
+        let call = async {
+            match submission {
+                Submission::Entry(data) => {
+                    client
+                        .propose(pb::ProposeRequest {
+                            cluster_id,
+                            data: data.clone(),
+                        })
+                        .await
+                }
+                Submission::ConfChange { cc, addrs } => {
+                    let conf_change = cc
+                        .write_to_bytes()
+                        .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+                    client
+                        .change_config(pb::ChangeConfigRequest {
+                            cluster_id,
+                            conf_change,
+                            addrs: addrs.clone().into_iter().collect(),
+                        })
+                        .await
+                }
+            }
         };
-        let response = match tokio::time::timeout_at(deadline, client.propose(request)).await {
+        let response = match tokio::time::timeout_at(deadline, call).await {
             Err(_) => return Err(Error::Timeout("forwarded proposal".into())),
             Ok(Err(status))
                 if status.code() == tonic::Code::Unavailable && is_connect_error(&status) =>
@@ -177,25 +258,7 @@ impl RaftNode {
             Ok(Err(status)) => return Err(status_to_error(status)),
             Ok(Ok(r)) => r.into_inner(),
         };
-        match pb::ProposeStatus::try_from(response.status) {
-            Ok(pb::ProposeStatus::Ok) => Ok(response.result),
-            Ok(pb::ProposeStatus::NotLeader) => Err(Error::NotLeader {
-                leader_id: (response.leader_id != 0).then_some(response.leader_id),
-                leader_addr: (!response.leader_addr.is_empty()).then_some(response.leader_addr),
-            }),
-            Ok(pb::ProposeStatus::Dropped) => Err(Error::ProposalDropped(response.error)),
-            Ok(pb::ProposeStatus::ApplyFailed) => Err(Error::StateMachine(response.error)),
-            Ok(pb::ProposeStatus::UnknownOutcome) => Err(Error::OutcomeUnknown(response.error)),
-            Ok(pb::ProposeStatus::Rejected) => Err(Error::InvalidRequest(response.error)),
-            Ok(pb::ProposeStatus::ShuttingDown) => Err(Error::NotLeader {
-                leader_id: None,
-                leader_addr: None,
-            }),
-            Err(_) => Err(Error::OutcomeUnknown(format!(
-                "leader answered an unknown status {}",
-                response.status
-            ))),
-        }
+        response_to_result(response)
     }
 
     /// Start an election on this node now.
@@ -207,8 +270,14 @@ impl RaftNode {
     /// Hand leadership to `target` and wait until it has it. Must be called on the leader
     /// (`NotLeader` otherwise).
     pub async fn transfer_leader(&self, target: u64) -> Result<()> {
+        self.transfer_leader_to(Some(target)).await.map(|_| ())
+    }
+
+    /// Transfer to `target`, or to the most up-to-date other voter; returns the new leader.
+    async fn transfer_leader_to(&self, target: Option<u64>) -> Result<u64> {
         let (reply, rx) = oneshot::channel();
-        self.request(Command::TransferLeader { target, reply }, rx)
+        let target = self
+            .request(Command::TransferLeader { target, reply }, rx)
             .await??;
         let mut status = self.shared.status.clone();
         tokio::time::timeout(
@@ -218,7 +287,7 @@ impl RaftNode {
         .await
         .map_err(|_| Error::Timeout(format!("leader transfer to {target}")))?
         .map_err(|_| Error::ShuttingDown)?;
-        Ok(())
+        Ok(target)
     }
 
     /// The full status of this node (what `GET /debug` and `pontoon-cli debug node` show).
@@ -285,6 +354,101 @@ impl RaftNode {
             Err(_) => Err(Error::Timeout("request to the run loop".into())),
         }
     }
+}
+
+/// What a caller asks the leader to append.
+#[derive(Clone)]
+enum Submission {
+    Entry(Vec<u8>),
+    ConfChange { cc: ConfChangeV2, addrs: Peers },
+}
+
+fn single_change(change_type: ConfChangeType, node_id: u64) -> ConfChangeV2 {
+    let mut single = ConfChangeSingle::default();
+    single.set_change_type(change_type);
+    single.node_id = node_id;
+    let mut cc = ConfChangeV2::default();
+    cc.mut_changes().push(single);
+    cc
+}
+
+/// Turn a leader's answer into the caller's result (the inverse of `error_to_response`).
+fn response_to_result(response: pb::ProposeResponse) -> Result<Vec<u8>> {
+    use pb::ProposeStatus as S;
+    let msg = response.error;
+    match S::try_from(response.status) {
+        Ok(S::Ok) => Ok(response.result),
+        Ok(S::NotLeader) => Err(Error::NotLeader {
+            leader_id: (response.leader_id != 0).then_some(response.leader_id),
+            leader_addr: (!response.leader_addr.is_empty()).then_some(response.leader_addr),
+        }),
+        Ok(S::Dropped) => Err(Error::ProposalDropped(msg)),
+        Ok(S::ApplyFailed) => Err(Error::StateMachine(msg)),
+        Ok(S::UnknownOutcome) => Err(Error::OutcomeUnknown(msg)),
+        Ok(S::Rejected) => Err(Error::InvalidRequest(msg)),
+        Ok(S::ChangeInProgress) => Err(Error::ChangeInProgress(msg)),
+        Ok(S::UnknownNode) => Err(Error::UnknownNode(response.node_id)),
+        Ok(S::WouldLoseQuorum) => Err(Error::WouldLoseQuorum(msg)),
+        Ok(S::NotReady) => Err(Error::NotReady(msg)),
+        Ok(S::ShuttingDown) => Err(Error::NotLeader {
+            leader_id: None,
+            leader_addr: None,
+        }),
+        Err(_) => Err(Error::OutcomeUnknown(format!(
+            "leader answered an unknown status {}",
+            response.status
+        ))),
+    }
+}
+
+/// Encode a local result as the answer of the Propose / ChangeConfig RPCs.
+pub(crate) fn result_to_response(result: Result<Vec<u8>>) -> pb::ProposeResponse {
+    use pb::ProposeStatus as S;
+    let mut resp = pb::ProposeResponse::default();
+    let e = match result {
+        Ok(bytes) => {
+            resp.set_status(S::Ok);
+            resp.result = bytes;
+            return resp;
+        }
+        Err(e) => e,
+    };
+    let status = match &e {
+        Error::NotLeader {
+            leader_id,
+            leader_addr,
+        } => {
+            resp.leader_id = leader_id.unwrap_or(0);
+            resp.leader_addr = leader_addr.clone().unwrap_or_default();
+            S::NotLeader
+        }
+        Error::NoLeader => S::NotLeader,
+        Error::ProposalDropped(_) => S::Dropped,
+        Error::StateMachine(_) => S::ApplyFailed,
+        Error::InvalidRequest(_) => S::Rejected,
+        Error::ChangeInProgress(_) => S::ChangeInProgress,
+        Error::UnknownNode(id) => {
+            resp.node_id = *id;
+            S::UnknownNode
+        }
+        Error::WouldLoseQuorum(_) => S::WouldLoseQuorum,
+        Error::NotReady(_) => S::NotReady,
+        Error::ShuttingDown => S::ShuttingDown,
+        _ => S::UnknownOutcome,
+    };
+    resp.set_status(status);
+    // The typed variants carry their own detail; send just that, not the Display prefix.
+    resp.error = match e {
+        Error::ProposalDropped(m)
+        | Error::StateMachine(m)
+        | Error::InvalidRequest(m)
+        | Error::ChangeInProgress(m)
+        | Error::WouldLoseQuorum(m)
+        | Error::NotReady(m)
+        | Error::OutcomeUnknown(m) => m,
+        other => other.to_string(),
+    };
+    resp
 }
 
 fn is_connect_error(status: &tonic::Status) -> bool {

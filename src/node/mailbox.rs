@@ -3,12 +3,13 @@
 //! Senders never touch raft state; the loop drains the mailbox at the start of each turn, so
 //! everything that arrived together lands in one Ready (the basis of group commit).
 
-use raft::eraftpb::Message;
+use raft::eraftpb::{ConfChangeV2, Message};
 use raft::SnapshotStatus;
 use tokio::sync::oneshot;
 
 use super::proposals::ProposalReply;
 use super::status::NodeStatus;
+use crate::config::Peers;
 use crate::error::Result;
 
 /// A request to the run loop.
@@ -17,12 +18,19 @@ pub enum Command {
     Propose { data: Vec<u8>, reply: ProposalReply },
     /// An inbound raft message from a peer.
     Raft(Box<Message>),
+    /// Propose a membership change; answered with the resulting `ConfState` bytes once applied.
+    ChangeConfig {
+        cc: ConfChangeV2,
+        addrs: Peers,
+        reply: ProposalReply,
+    },
     /// Start an election now.
     Campaign { reply: oneshot::Sender<Result<()>> },
-    /// Ask the leader to hand leadership to `target`.
+    /// Ask the leader to hand leadership to `target` (or, when `None`, to the most up-to-date
+    /// other voter); answers with the chosen target.
     TransferLeader {
-        target: u64,
-        reply: oneshot::Sender<Result<()>>,
+        target: Option<u64>,
+        reply: oneshot::Sender<Result<u64>>,
     },
     /// Full status for `inspect()`.
     Inspect { reply: oneshot::Sender<NodeStatus> },

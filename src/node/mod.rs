@@ -40,6 +40,6 @@ pub use proposals::{EntryKind, ProposalContext};
 pub use run_loop::ConfChangeContext;
 pub use status::{NodeStatus, PeerStatus, Role, SoftStatus};
 
-pub(crate) use handle::Shared;
+pub(crate) use handle::{result_to_response, Shared};
 pub(crate) use proposals::Waiters;
 pub(crate) use run_loop::RunLoop;

@@ -28,6 +28,8 @@ use crate::transport::Transport;
 /// node learns them when it applies the change.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct ConfChangeContext {
+    /// The proposer's `ProposalContext` bytes (empty when nobody waits for this change).
+    pub proposal: Vec<u8>,
     pub addrs: Peers,
 }
 
@@ -50,6 +52,8 @@ pub(crate) struct RunLoop<S: LogStore, F: AbstractStateMachine> {
     /// A conf change applied since the last write.
     pub(crate) pending_conf: Option<(raft::eraftpb::ConfState, u64)>,
     pub(crate) peers_dirty: bool,
+    /// When this node last became leader (None while it is not the leader).
+    pub(crate) leader_since: Option<tokio::time::Instant>,
 }
 
 impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
@@ -106,18 +110,9 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
                 let _ = reply.send(self.raw.campaign().map_err(Error::from));
             }
             Command::TransferLeader { target, reply } => {
-                let result = if self.raw.raft.state != StateRole::Leader {
-                    Err(self.not_leader())
-                } else if !self.raw.raft.prs().conf().voters().contains(target) {
-                    Err(Error::InvalidRequest(format!(
-                        "node {target} is not a voter of this cluster"
-                    )))
-                } else {
-                    self.raw.transfer_leader(target);
-                    Ok(())
-                };
-                let _ = reply.send(result);
+                let _ = reply.send(self.transfer_leader(target));
             }
+            Command::ChangeConfig { cc, addrs, reply } => self.change_config(cc, addrs, reply),
             Command::Inspect { reply } => {
                 let _ = reply.send(self.node_status());
             }
@@ -144,6 +139,172 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
                 leader_addr: self.peers.get(leader),
             }
         }
+    }
+
+    fn transfer_leader(&mut self, target: Option<u64>) -> Result<u64> {
+        if self.raw.raft.state != StateRole::Leader {
+            return Err(self.not_leader());
+        }
+        let me = self.raw.raft.id;
+        let target = match target {
+            Some(t) => t,
+            None => self
+                .raw
+                .raft
+                .prs()
+                .iter()
+                .filter(|(id, _)| **id != me && self.raw.raft.prs().conf().voters().contains(**id))
+                .max_by_key(|(_, p)| p.matched)
+                .map(|(id, _)| *id)
+                .ok_or_else(|| {
+                    Error::InvalidRequest("no other voter to hand leadership to".into())
+                })?,
+        };
+        if !self.raw.raft.prs().conf().voters().contains(target) {
+            return Err(Error::UnknownNode(target));
+        }
+        self.raw.transfer_leader(target);
+        Ok(target)
+    }
+
+    /// Validate a membership change here, so the caller gets a typed error instead of raft-rs
+    /// silently turning a refused change into an empty entry; then propose it.
+    fn change_config(
+        &mut self,
+        cc: ConfChangeV2,
+        addrs: Peers,
+        reply: super::proposals::ProposalReply,
+    ) {
+        if let Err(e) = self.check_conf_change(&cc, &addrs) {
+            let _ = reply.send(Err(e));
+            return;
+        }
+        let ctx = self.waiters.next_context();
+        let context = ConfChangeContext {
+            proposal: ctx.encode(),
+            addrs,
+        };
+        let context = match bincode::serialize(&context) {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = reply.send(Err(e.into()));
+                return;
+            }
+        };
+        let before = self.raw.raft.raft_log.last_index();
+        match self.raw.propose_conf_change(context, cc) {
+            Ok(()) if self.raw.raft.raft_log.last_index() > before => {
+                let index = self.raw.raft.raft_log.last_index();
+                self.waiters.register(ctx, index, reply);
+            }
+            Ok(()) | Err(raft::Error::ProposalDropped) => {
+                let _ = reply.send(Err(Error::ProposalDropped(
+                    "raft dropped the membership change".into(),
+                )));
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e.into()));
+            }
+        }
+    }
+
+    fn check_conf_change(&self, cc: &ConfChangeV2, addrs: &Peers) -> Result<()> {
+        let raft = &self.raw.raft;
+        if raft.state != StateRole::Leader {
+            return Err(self.not_leader());
+        }
+        if raft.has_pending_conf() {
+            return Err(Error::ChangeInProgress(
+                "the previous change is not applied yet".into(),
+            ));
+        }
+        let cs = raft.prs().conf().to_conf_state();
+        let joint = !cs.voters_outgoing.is_empty();
+        let leaving = cc.changes.is_empty();
+        if joint && !leaving {
+            return Err(Error::ChangeInProgress(
+                "the cluster is in a joint configuration; call leave_joint first".into(),
+            ));
+        }
+        if !joint && leaving {
+            return Err(Error::InvalidRequest(
+                "the cluster is not in a joint configuration".into(),
+            ));
+        }
+        let mut voters: std::collections::BTreeSet<u64> = cs.voters.iter().copied().collect();
+        let members: std::collections::BTreeSet<u64> = cs
+            .voters
+            .iter()
+            .chain(cs.learners.iter())
+            .copied()
+            .collect();
+        for change in cc.get_changes() {
+            let id = change.node_id;
+            if id == raft::INVALID_ID {
+                return Err(Error::InvalidRequest("node id 0 is reserved".into()));
+            }
+            match change.get_change_type() {
+                ConfChangeType::RemoveNode => {
+                    if !members.contains(&id) {
+                        return Err(Error::UnknownNode(id));
+                    }
+                    if id == raft.id {
+                        return Err(Error::InvalidRequest(
+                            "the leader cannot remove itself; transfer leadership first (leave() does this)".into(),
+                        ));
+                    }
+                    voters.remove(&id);
+                }
+                ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
+                    if !members.contains(&id)
+                        && !addrs.contains_key(&id)
+                        && self.peers.get(id).is_none()
+                    {
+                        return Err(Error::InvalidRequest(format!(
+                            "no address given for new node {id}"
+                        )));
+                    }
+                    if change.get_change_type() == ConfChangeType::AddNode {
+                        voters.insert(id);
+                    } else {
+                        if id == raft.id {
+                            return Err(Error::InvalidRequest(
+                                "the leader cannot demote itself".into(),
+                            ));
+                        }
+                        voters.remove(&id);
+                    }
+                }
+            }
+        }
+        if !leaving {
+            let active = voters
+                .iter()
+                .filter(|id| {
+                    **id == raft.id || raft.prs().get(**id).is_some_and(|p| p.recent_active)
+                })
+                .count();
+            let quorum = voters.len() / 2 + 1;
+            if active < quorum && !voters.is_empty() && self.leader_is_new() {
+                return Err(Error::NotReady(
+                    "it has not heard from every member since its election".into(),
+                ));
+            }
+            if voters.is_empty() || active < quorum {
+                return Err(Error::WouldLoseQuorum(format!(
+                    "only {active} of the {} voters after the change are reachable",
+                    voters.len()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// True during the first (maximum) election timeout of a leadership: raft-rs resets every
+    /// peer's `recent_active` on election, so reachability is unknown until they answer.
+    fn leader_is_new(&self) -> bool {
+        let window = self.config.tick_interval * (2 * self.config.raft.election_tick as u32);
+        self.leader_since.is_none_or(|t| t.elapsed() < window)
     }
 
     fn propose(&mut self, data: Vec<u8>, reply: super::proposals::ProposalReply) {
@@ -289,8 +450,11 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
                     self.waiters.on_applied(index, ctx, result);
                 }
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
-                    self.apply_conf_change(&entry)?;
-                    self.waiters.on_applied(index, None, Ok(Vec::new()));
+                    let (ctx, cs) = self.apply_conf_change(&entry)?;
+                    let answer = cs
+                        .write_to_bytes()
+                        .map_err(|e| Error::Encoding(e.to_string()));
+                    self.waiters.on_applied(index, ctx, answer);
                 }
             }
             self.applied = index;
@@ -298,7 +462,11 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
         Ok(())
     }
 
-    fn apply_conf_change(&mut self, entry: &Entry) -> Result<()> {
+    /// Apply a conf-change entry; returns the proposer's context (if any) and the conf state.
+    fn apply_conf_change(
+        &mut self,
+        entry: &Entry,
+    ) -> Result<(Option<ProposalContext>, raft::eraftpb::ConfState)> {
         let index = entry.index;
         let cc: ConfChangeV2 = if entry.get_entry_type() == EntryType::EntryConfChange {
             ConfChange::parse_from_bytes(entry.get_data())
@@ -308,22 +476,22 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
             ConfChangeV2::parse_from_bytes(entry.get_data())
                 .map_err(|e| Error::Encoding(format!("conf change at {index}: {e}")))?
         };
+        let ctx = if entry.get_context().is_empty() {
+            ConfChangeContext::default()
+        } else {
+            bincode::deserialize::<ConfChangeContext>(entry.get_context()).unwrap_or_else(|e| {
+                slog::warn!(self.logger, "conf change context unreadable; addresses unchanged"; "index" => index, "error" => %e);
+                ConfChangeContext::default()
+            })
+        };
+        let proposal = ProposalContext::decode(&ctx.proposal);
         if index <= self.store.conf_state_index() {
             // Replayed after a restart: the stored conf state already includes it.
-            return Ok(());
+            return Ok((proposal, self.raw.raft.prs().conf().to_conf_state()));
         }
         let cs = self.raw.apply_conf_change(&cc)?;
-        if !entry.get_context().is_empty() {
-            match bincode::deserialize::<ConfChangeContext>(entry.get_context()) {
-                Ok(ctx) => {
-                    for (id, addr) in ctx.addrs {
-                        self.peers.insert(id, addr);
-                    }
-                }
-                Err(e) => {
-                    slog::warn!(self.logger, "conf change context unreadable; addresses unchanged"; "index" => index, "error" => %e)
-                }
-            }
+        for (id, addr) in ctx.addrs {
+            self.peers.insert(id, addr);
         }
         for change in cc.get_changes() {
             if change.get_change_type() == ConfChangeType::RemoveNode {
@@ -332,9 +500,9 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
         }
         slog::info!(self.logger, "membership changed"; "index" => index, "voters" => ?cs.voters, "learners" => ?cs.learners);
         self.transport.set_peers(&self.peers.to_peers());
-        self.pending_conf = Some((cs, index));
+        self.pending_conf = Some((cs.clone(), index));
         self.peers_dirty = true;
-        Ok(())
+        Ok((proposal, cs))
     }
 
     /// Snapshot the state machine at the applied index, store it, and compact the log below it
@@ -395,11 +563,13 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
             applied: self.applied,
         };
         let logger = &self.logger;
+        let leader_since = &mut self.leader_since;
         self.status_tx.send_if_modified(|cur| {
             if *cur == next {
                 return false;
             }
             if cur.role != next.role || cur.leader_id != next.leader_id {
+                *leader_since = (next.role == Role::Leader).then(tokio::time::Instant::now);
                 slog::info!(logger, "role changed"; "role" => ?next.role, "term" => next.term, "leader" => next.leader_id);
             }
             *cur = next;
@@ -431,6 +601,7 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
                     matched: progress.map(|p| p.matched),
                     next_index: progress.map(|p| p.next_idx),
                     state: progress.map(|p| format!("{:?}", p.state)),
+                    recent_active: progress.map(|p| p.recent_active),
                 }
             })
             .collect();

@@ -49,6 +49,8 @@ pub struct PeerStatus {
     pub next_index: Option<u64>,
     /// raft-rs progress state (`Probe`, `Replicate`, `Snapshot`), leader only.
     pub state: Option<String>,
+    /// Whether the leader heard from this member within the last election timeout (leader only).
+    pub recent_active: Option<bool>,
 }
 
 /// Everything `inspect()` reports; serialises to the JSON shown by `GET /debug` and the CLI.

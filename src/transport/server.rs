@@ -5,13 +5,12 @@
 //! with `INVALID_ARGUMENT`; the service keeps serving.
 
 use protobuf::Message as PbMessage;
-use raft::eraftpb::Message;
+use raft::eraftpb::{ConfChangeV2, Message};
 use tonic::{Request, Response, Status};
 
 use super::pb;
 use super::pb::raft_service_server::RaftService;
-use crate::error::Error;
-use crate::node::RaftNode;
+use crate::node::{result_to_response, RaftNode};
 
 /// The gRPC service of one node.
 pub struct RaftGrpcService {
@@ -88,34 +87,24 @@ impl RaftService for RaftGrpcService {
     ) -> Result<Response<pb::ProposeResponse>, Status> {
         let req = request.into_inner();
         self.check_cluster(&req.cluster_id)?;
-        let mut resp = pb::ProposeResponse::default();
-        match self.node.propose_local(req.data).await {
-            Ok(result) => {
-                resp.set_status(pb::ProposeStatus::Ok);
-                resp.result = result;
-            }
-            Err(e) => {
-                let status = match &e {
-                    Error::NotLeader {
-                        leader_id,
-                        leader_addr,
-                    } => {
-                        resp.leader_id = leader_id.unwrap_or(0);
-                        resp.leader_addr = leader_addr.clone().unwrap_or_default();
-                        pb::ProposeStatus::NotLeader
-                    }
-                    Error::NoLeader => pb::ProposeStatus::NotLeader,
-                    Error::ProposalDropped(_) => pb::ProposeStatus::Dropped,
-                    Error::StateMachine(_) => pb::ProposeStatus::ApplyFailed,
-                    Error::InvalidRequest(_) => pb::ProposeStatus::Rejected,
-                    Error::ShuttingDown => pb::ProposeStatus::ShuttingDown,
-                    _ => pb::ProposeStatus::UnknownOutcome,
-                };
-                resp.set_status(status);
-                resp.error = e.to_string();
-            }
-        }
-        Ok(Response::new(resp))
+        Ok(Response::new(result_to_response(
+            self.node.propose_local(req.data).await,
+        )))
+    }
+
+    async fn change_config(
+        &self,
+        request: Request<pb::ChangeConfigRequest>,
+    ) -> Result<Response<pb::ProposeResponse>, Status> {
+        let req = request.into_inner();
+        self.check_cluster(&req.cluster_id)?;
+        let cc = ConfChangeV2::parse_from_bytes(&req.conf_change).map_err(|e| {
+            Status::invalid_argument(format!("conf_change is not an eraftpb.ConfChangeV2: {e}"))
+        })?;
+        let addrs = req.addrs.into_iter().collect();
+        Ok(Response::new(result_to_response(
+            self.node.change_config_local(cc, addrs).await,
+        )))
     }
 
     async fn debug_node(
