@@ -14,11 +14,7 @@ async fn leave_on_a_follower_then_on_the_leader_shrinks_the_cluster_and_writes_c
 
     // A follower leaves.
     let leader = cluster.wait_for_leader().await;
-    let follower = *cluster
-        .nodes
-        .keys()
-        .find(|id| **id != leader)
-        .expect("follower");
+    let follower = cluster.follower_of(leader);
     let leaving = cluster.nodes.remove(&follower).expect("node");
     leaving.raft.leave().await.expect("follower leaves");
     assert!(leaving.raft.is_stopped(), "a node that left is shut down");
@@ -52,11 +48,7 @@ async fn leave_on_a_follower_then_on_the_leader_shrinks_the_cluster_and_writes_c
 async fn removed_node_comes_back_with_the_membership_it_had_after_restart() {
     let mut cluster = TestCluster::start(3).await;
     let leader = cluster.wait_for_leader().await;
-    let victim = *cluster
-        .nodes
-        .keys()
-        .find(|id| **id != leader)
-        .expect("follower");
+    let victim = cluster.follower_of(leader);
     let cs = cluster
         .node(leader)
         .remove_node(victim)
@@ -91,11 +83,7 @@ async fn removed_node_comes_back_with_the_membership_it_had_after_restart() {
 async fn membership_changes_are_refused_with_typed_errors() {
     let mut cluster = TestCluster::start(3).await;
     let leader = cluster.wait_for_leader().await;
-    let follower = *cluster
-        .nodes
-        .keys()
-        .find(|id| **id != leader)
-        .expect("follower");
+    let follower = cluster.follower_of(leader);
 
     match cluster.node(follower).remove_node(99).await {
         Err(Error::UnknownNode(99)) => {}

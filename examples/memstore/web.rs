@@ -125,36 +125,43 @@ async fn leave(State(s): State<AppState>) -> Response {
     }
 }
 
+fn parse_node_id(id: &str) -> Result<u64, Response> {
+    id.parse::<u64>().map_err(|_| {
+        (
+            StatusCode::BAD_REQUEST,
+            format!("node id {id:?} is not a number\n"),
+        )
+            .into_response()
+    })
+}
+
+/// The membership after a change, as `{"voters": [...], "learners": [...]}`.
+fn members_json(cs: &pontoon::raft::eraftpb::ConfState) -> Response {
+    Json(serde_json::json!({ "voters": cs.voters, "learners": cs.learners })).into_response()
+}
+
 async fn leave_joint(State(s): State<AppState>) -> Response {
     match s.raft.leave_joint().await {
-        Ok(cs) => Json(serde_json::json!({ "voters": cs.voters, "learners": cs.learners }))
-            .into_response(),
+        Ok(cs) => members_json(&cs),
         Err(e) => error_response(e),
     }
 }
 
 async fn remove_member(State(s): State<AppState>, Path(id): Path<String>) -> Response {
-    let Ok(id) = id.parse::<u64>() else {
-        return (
-            StatusCode::BAD_REQUEST,
-            format!("node id {id:?} is not a number\n"),
-        )
-            .into_response();
+    let id = match parse_node_id(&id) {
+        Ok(id) => id,
+        Err(response) => return response,
     };
     match s.raft.remove_node(id).await {
-        Ok(cs) => Json(serde_json::json!({ "voters": cs.voters, "learners": cs.learners }))
-            .into_response(),
+        Ok(cs) => members_json(&cs),
         Err(e) => error_response(e),
     }
 }
 
 async fn transfer_leader(State(s): State<AppState>, Path(id): Path<String>) -> Response {
-    let Ok(id) = id.parse::<u64>() else {
-        return (
-            StatusCode::BAD_REQUEST,
-            format!("node id {id:?} is not a number\n"),
-        )
-            .into_response();
+    let id = match parse_node_id(&id) {
+        Ok(id) => id,
+        Err(response) => return response,
     };
     match s.raft.transfer_leader(id).await {
         Ok(()) => (StatusCode::OK, format!("leadership moved to node {id}\n")).into_response(),

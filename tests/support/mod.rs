@@ -145,6 +145,15 @@ impl TestCluster {
         node.task.await.expect("join").expect("run ended cleanly");
     }
 
+    /// Some running node other than `leader`.
+    pub fn follower_of(&self, leader: u64) -> u64 {
+        *self
+            .nodes
+            .keys()
+            .find(|id| **id != leader)
+            .expect("a running node besides the leader")
+    }
+
     pub fn node(&self, id: u64) -> &Raft<AppliedLog> {
         &self.nodes[&id].raft
     }
