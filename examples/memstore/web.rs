@@ -125,14 +125,12 @@ async fn leave(State(s): State<AppState>) -> Response {
     }
 }
 
-fn parse_node_id(id: &str) -> Result<u64, Response> {
-    id.parse::<u64>().map_err(|_| {
-        (
-            StatusCode::BAD_REQUEST,
-            format!("node id {id:?} is not a number\n"),
-        )
-            .into_response()
-    })
+fn bad_node_id(id: &str) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        format!("node id {id:?} is not a number\n"),
+    )
+        .into_response()
 }
 
 /// The membership after a change, as `{"voters": [...], "learners": [...]}`.
@@ -148,9 +146,8 @@ async fn leave_joint(State(s): State<AppState>) -> Response {
 }
 
 async fn remove_member(State(s): State<AppState>, Path(id): Path<String>) -> Response {
-    let id = match parse_node_id(&id) {
-        Ok(id) => id,
-        Err(response) => return response,
+    let Ok(id) = id.parse::<u64>() else {
+        return bad_node_id(&id);
     };
     match s.raft.remove_node(id).await {
         Ok(cs) => members_json(&cs),
@@ -159,9 +156,8 @@ async fn remove_member(State(s): State<AppState>, Path(id): Path<String>) -> Res
 }
 
 async fn transfer_leader(State(s): State<AppState>, Path(id): Path<String>) -> Response {
-    let id = match parse_node_id(&id) {
-        Ok(id) => id,
-        Err(response) => return response,
+    let Ok(id) = id.parse::<u64>() else {
+        return bad_node_id(&id);
     };
     match s.raft.transfer_leader(id).await {
         Ok(()) => (StatusCode::OK, format!("leadership moved to node {id}\n")).into_response(),
