@@ -146,11 +146,12 @@ async fn real_main() -> Result<(), Box<dyn std::error::Error>> {
                 (None, Some(s)) => s.node_id,
                 (None, None) => 1,
             };
-            let initial_peers = args
-                .initial_peers
-                .as_deref()
-                .map(pontoon::parse_peers)
-                .transpose()?;
+            let initial_peers = match args.initial_peers.as_deref() {
+                Some(spec) => Some(pontoon::parse_peers(spec)?),
+                // Neither a peer list nor a cluster to join: a single-node cluster of this node.
+                None if args.peer_addr.is_none() => Some(pontoon::Peers::from([(id, args.raft_addr.clone())])),
+                None => None,
+            };
             vec![Spec {
                 id,
                 raft_addr: args.raft_addr.clone(),

@@ -9,7 +9,7 @@ use std::ops::Deref;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use raft::eraftpb::ConfState;
+use raft::eraftpb::{ConfState, Snapshot};
 use raft::RawNode;
 use slog::Logger;
 use tokio::net::TcpListener;
@@ -22,6 +22,10 @@ use crate::node::{RaftNode, Role, RunLoop, Shared, SoftStatus, Waiters};
 use crate::state_machine::AbstractStateMachine;
 use crate::storage::{LmdbStorage, LogStore, SnapshotEnvelope};
 use crate::transport::{GrpcTransport, RaftGrpcService, Transport};
+
+/// Index and term of the snapshot a new static cluster starts from.
+const INITIAL_INDEX: u64 = 1;
+const INITIAL_TERM: u64 = 1;
 
 /// How long a stopping node waits for in-flight RPCs before closing its server anyway.
 const SERVER_DRAIN: Duration = Duration::from_secs(2);
@@ -69,8 +73,10 @@ impl<F: AbstractStateMachine> Deref for Raft<F> {
 impl<F: AbstractStateMachine> Raft<F> {
     /// Prepare node `node_id`, listening on `raft_addr`, with state machine `fsm`.
     ///
-    /// - A brand-new data dir with `config.initial_peers` starts a static cluster of those peers.
-    /// - A brand-new data dir without it starts a single-node cluster of this node.
+    /// - A brand-new data dir with `config.initial_peers` starts a static cluster of those peers
+    ///   (a single-node cluster when the list holds only this node).
+    /// - A brand-new data dir without it starts a node that is not a member yet: it waits to be
+    ///   added by `join_cluster` with a ticket from `Raft::request_id`.
     /// - An existing data dir resumes: its log, hard state, members and latest snapshot are
     ///   loaded (the state machine is restored from the snapshot and the log after it is replayed
     ///   as raft commits it); `initial_peers` is ignored.
@@ -104,33 +110,58 @@ impl<F: AbstractStateMachine> Raft<F> {
                 .map_err(|e| Error::Other(format!("storage thread failed: {e}")))??
         };
 
-        let blocking_store = store.clone();
-        let initial_peers = config.initial_peers.clone();
-        let own_addr = raft_addr.clone();
-        let (peers, resumed) = tokio::task::spawn_blocking(move || -> Result<(Peers, bool)> {
-            if blocking_store.is_initialized()? {
-                return Ok((blocking_store.peers()?, true));
-            }
-            let peers = initial_peers.unwrap_or_else(|| Peers::from([(node_id, own_addr)]));
-            let voters: Vec<u64> = peers.keys().copied().collect();
-            blocking_store.initialize(ConfState::from((voters, vec![])), &peers)?;
-            Ok((peers, false))
-        })
-        .await
-        .map_err(|e| Error::Other(format!("storage thread failed: {e}")))??;
-
+        let resumed = {
+            let store = store.clone();
+            tokio::task::spawn_blocking(move || store.is_initialized())
+                .await
+                .map_err(|e| Error::Other(format!("storage thread failed: {e}")))??
+        };
         let mut applied = 0;
-        if let Some(snapshot) = store.latest_snapshot()? {
-            let envelope = SnapshotEnvelope::decode(snapshot.get_data())?;
-            fsm.restore(envelope.user_data).await?;
-            applied = snapshot.get_metadata().index;
-        }
+        let mut max_node_id = 0;
+        let peers = if resumed {
+            if let Some(snapshot) = store.latest_snapshot()? {
+                let envelope = SnapshotEnvelope::decode(snapshot.get_data())?;
+                fsm.restore(envelope.user_data).await?;
+                applied = snapshot.get_metadata().index;
+                max_node_id = envelope.max_node_id;
+            }
+            store.peers()?
+        } else if let Some(initial) = config.initial_peers.clone() {
+            // A new static cluster starts from a snapshot at index 1 holding the initial members
+            // and the state machine's initial state. Its log then starts at 2, so a node that
+            // joins later is caught up by that (or a later) snapshot: the initial membership is
+            // never an entry it would have to replay.
+            max_node_id = initial.keys().copied().max().unwrap_or(node_id);
+            let envelope = SnapshotEnvelope {
+                peers: initial.clone(),
+                max_node_id,
+                user_data: fsm.snapshot().await?,
+            };
+            let mut snapshot = Snapshot::default();
+            snapshot.set_data(envelope.encode()?.into());
+            let meta = snapshot.mut_metadata();
+            meta.index = INITIAL_INDEX;
+            meta.term = INITIAL_TERM;
+            let voters: Vec<u64> = initial.keys().copied().collect();
+            meta.set_conf_state(ConfState::from((voters, vec![])));
+            let store = store.clone();
+            let book = initial.clone();
+            tokio::task::spawn_blocking(move || store.install_snapshot(&snapshot, &book))
+                .await
+                .map_err(|e| Error::Other(format!("storage thread failed: {e}")))??;
+            applied = INITIAL_INDEX;
+            initial
+        } else {
+            // Not a member of anything yet: wait for a leader to add this node
+            // (`join_cluster`), which sends it a snapshot with the members and their addresses.
+            Peers::from([(node_id, raft_addr.clone())])
+        };
         if let Some(stored) = peers.get(&node_id) {
             if stored != &raft_addr {
                 slog::warn!(logger, "raft address differs from the one members know"; "given" => &raft_addr, "stored" => stored);
             }
         }
-        slog::info!(logger, "node prepared"; "resumed" => resumed, "applied" => applied, "peers" => ?peers, "listen" => %local_addr);
+        slog::info!(logger, "node prepared"; "resumed" => resumed, "configured" => resumed || config.initial_peers.is_some(), "applied" => applied, "peers" => ?peers, "listen" => %local_addr);
 
         let mut raft_config = config.raft.clone();
         raft_config.id = node_id;
@@ -179,6 +210,7 @@ impl<F: AbstractStateMachine> Raft<F> {
             pending_conf: None,
             peers_dirty: false,
             leader_since: None,
+            max_node_id,
         };
         let service = RaftGrpcService::new(node.clone());
         Ok(Raft {

@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use super::mailbox::Command;
+use super::proposals::EntryKind;
 use super::status::{NodeStatus, Role, SoftStatus};
 use crate::client::ClientPool;
 use crate::cluster::AddressBook;
@@ -197,7 +198,11 @@ impl RaftNode {
     async fn submit_local(&self, submission: Submission, deadline: Instant) -> Result<Vec<u8>> {
         let (reply, rx) = oneshot::channel();
         let cmd = match submission {
-            Submission::Entry(data) => Command::Propose { data, reply },
+            Submission::Entry(data) => Command::Propose {
+                data,
+                kind: EntryKind::User,
+                reply,
+            },
             Submission::ConfChange { cc, addrs } => Command::ChangeConfig { cc, addrs, reply },
         };
         self.send_until(cmd, deadline).await?;

@@ -7,15 +7,22 @@ use raft::eraftpb::{ConfChangeV2, Message};
 use raft::SnapshotStatus;
 use tokio::sync::oneshot;
 
-use super::proposals::ProposalReply;
+use super::proposals::{EntryKind, ProposalReply};
 use super::status::NodeStatus;
 use crate::config::Peers;
 use crate::error::Result;
 
 /// A request to the run loop.
 pub enum Command {
-    /// Propose a user entry; answered after it is applied (or definitely failed).
-    Propose { data: Vec<u8>, reply: ProposalReply },
+    /// Propose an entry; answered after it is applied (or definitely failed).
+    Propose {
+        data: Vec<u8>,
+        kind: EntryKind,
+        reply: ProposalReply,
+    },
+    /// Add member addresses to the (in-memory) address book, so a joining node can answer the
+    /// leader before the leader's snapshot tells it the whole book.
+    LearnPeers(Peers),
     /// An inbound raft message from a peer.
     Raft(Box<Message>),
     /// Propose a membership change; answered with the resulting `ConfState` bytes once applied.

@@ -36,7 +36,7 @@ mod status;
 
 pub use handle::RaftNode;
 pub use mailbox::Command;
-pub use proposals::{EntryKind, ProposalContext};
+pub use proposals::{EntryKind, FrameworkEntry, ProposalContext};
 pub use run_loop::ConfChangeContext;
 pub use status::{NodeStatus, PeerStatus, Role, SoftStatus};
 

@@ -19,6 +19,16 @@ use crate::error::{Error, Result};
 pub enum EntryKind {
     /// An entry of the user's state machine.
     User = 0,
+    /// An entry pontoon itself applies (a `FrameworkEntry`); never shown to the user's `apply`.
+    Framework = 1,
+}
+
+/// Commands pontoon replicates for itself through the log.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum FrameworkEntry {
+    /// Reserve the next node id for a node that will join at `raft_addr`. Applying it answers
+    /// the new id (u64 big-endian); every node computes the same id from the same log.
+    ReserveId { raft_addr: String },
 }
 
 /// The identity a proposal carries through the log.
@@ -50,6 +60,7 @@ impl ProposalContext {
         }
         let kind = match bytes[0] {
             0 => EntryKind::User,
+            1 => EntryKind::Framework,
             _ => return None,
         };
         let word = |i: usize| {
@@ -94,12 +105,12 @@ impl Waiters {
         }
     }
 
-    /// A fresh context for the next user proposal.
-    pub fn next_context(&mut self) -> ProposalContext {
+    /// A fresh context for the next proposal of `kind`.
+    pub fn next_context(&mut self, kind: EntryKind) -> ProposalContext {
         let seq = self.next_seq;
         self.next_seq += 1;
         ProposalContext {
-            kind: EntryKind::User,
+            kind,
             node_id: self.node_id,
             nonce: self.nonce,
             seq,
@@ -191,7 +202,7 @@ mod tests {
     #[test]
     fn waiter_gets_result_of_its_own_entry() {
         let mut w = Waiters::new(1);
-        let ctx = w.next_context();
+        let ctx = w.next_context(EntryKind::User);
         let (tx, mut rx) = oneshot::channel();
         w.register(ctx, 5, tx);
         w.on_applied(5, Some(ctx), Ok(b"ok".to_vec()));
@@ -202,7 +213,7 @@ mod tests {
     #[test]
     fn waiter_whose_index_is_overwritten_gets_dropped_error() {
         let mut w = Waiters::new(1);
-        let ctx = w.next_context();
+        let ctx = w.next_context(EntryKind::User);
         let (tx, mut rx) = oneshot::channel();
         w.register(ctx, 5, tx);
         // Another node's entry (different nonce) lands at index 5.

@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::MissedTickBehavior;
 
 use super::mailbox::Command;
-use super::proposals::{ProposalContext, Waiters};
+use super::proposals::{EntryKind, FrameworkEntry, ProposalContext, Waiters};
 use super::status::{NodeStatus, PeerStatus, Role, SoftStatus};
 use crate::cluster::AddressBook;
 use crate::config::{Config, Peers};
@@ -54,6 +54,8 @@ pub(crate) struct RunLoop<S: LogStore, F: AbstractStateMachine> {
     pub(crate) peers_dirty: bool,
     /// When this node last became leader (None while it is not the leader).
     pub(crate) leader_since: Option<tokio::time::Instant>,
+    /// The highest node id ever admitted or reserved (replicated state, see `FrameworkEntry`).
+    pub(crate) max_node_id: u64,
 }
 
 impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
@@ -100,7 +102,15 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
     /// Handle one mailbox command; true when it asks the loop to stop.
     async fn handle(&mut self, cmd: Command) -> bool {
         match cmd {
-            Command::Propose { data, reply } => self.propose(data, reply),
+            Command::Propose { data, kind, reply } => self.propose(data, kind, reply),
+            Command::LearnPeers(peers) => {
+                for (id, addr) in peers {
+                    if self.peers.get(id).is_none() {
+                        self.peers.insert(id, addr);
+                    }
+                }
+                self.transport.set_peers(&self.peers.to_peers());
+            }
             Command::Raft(msg) => {
                 if let Err(e) = self.raw.step(*msg) {
                     slog::debug!(self.logger, "raft refused a message"; "error" => %e);
@@ -179,7 +189,7 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
             let _ = reply.send(Err(e));
             return;
         }
-        let ctx = self.waiters.next_context();
+        let ctx = self.waiters.next_context(EntryKind::User);
         let context = ConfChangeContext {
             proposal: ctx.encode(),
             addrs,
@@ -307,7 +317,7 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
         self.leader_since.is_none_or(|t| t.elapsed() < window)
     }
 
-    fn propose(&mut self, data: Vec<u8>, reply: super::proposals::ProposalReply) {
+    fn propose(&mut self, data: Vec<u8>, kind: EntryKind, reply: super::proposals::ProposalReply) {
         if self.raw.raft.state != StateRole::Leader {
             let _ = reply.send(Err(self.not_leader()));
             return;
@@ -320,7 +330,7 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
             ))));
             return;
         }
-        let ctx = self.waiters.next_context();
+        let ctx = self.waiters.next_context(kind);
         let before = self.raw.raft.raft_log.last_index();
         match self.raw.propose(ctx.encode(), data) {
             Ok(()) => {
@@ -424,6 +434,7 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
             .await
             .map_err(|e| Error::Other(format!("storage thread failed: {e}")))??;
         self.fsm.restore(envelope.user_data).await?;
+        self.max_node_id = envelope.max_node_id;
         self.peers.replace(envelope.peers);
         self.transport.set_peers(&self.peers.to_peers());
         self.applied = index;
@@ -441,11 +452,11 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
                 EntryType::EntryNormal => {
                     let ctx = ProposalContext::decode(entry.get_context());
                     let data = entry.take_data();
-                    let result = if data.is_empty() && ctx.is_none() {
+                    let result = match ctx {
+                        Some(c) if c.kind == EntryKind::Framework => self.apply_framework(&data),
                         // The empty entry a new leader appends: nothing to apply.
-                        Ok(Vec::new())
-                    } else {
-                        self.fsm.apply(Vec::from(data)).await
+                        None if data.is_empty() => Ok(Vec::new()),
+                        _ => self.fsm.apply(Vec::from(data)).await,
                     };
                     self.waiters.on_applied(index, ctx, result);
                 }
@@ -460,6 +471,17 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
             self.applied = index;
         }
         Ok(())
+    }
+
+    /// Apply one of pontoon's own entries. Deterministic: every node derives the same answer.
+    fn apply_framework(&mut self, data: &[u8]) -> Result<Vec<u8>> {
+        match bincode::deserialize::<FrameworkEntry>(data)? {
+            FrameworkEntry::ReserveId { raft_addr } => {
+                self.max_node_id += 1;
+                slog::info!(self.logger, "node id reserved"; "id" => self.max_node_id, "for" => raft_addr);
+                Ok(self.max_node_id.to_be_bytes().to_vec())
+            }
+        }
     }
 
     /// Apply a conf-change entry; returns the proposer's context (if any) and the conf state.
@@ -485,6 +507,9 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
             })
         };
         let proposal = ProposalContext::decode(&ctx.proposal);
+        for change in cc.get_changes() {
+            self.max_node_id = self.max_node_id.max(change.node_id);
+        }
         if index <= self.store.conf_state_index() {
             // Replayed after a restart: the stored conf state already includes it.
             return Ok((proposal, self.raw.raft.prs().conf().to_conf_state()));
@@ -518,6 +543,7 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
         let user_data = self.fsm.snapshot().await?;
         let envelope = SnapshotEnvelope {
             peers: self.peers.to_peers(),
+            max_node_id: self.max_node_id,
             user_data,
         };
         let mut snapshot = Snapshot::default();

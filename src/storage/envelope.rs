@@ -18,6 +18,9 @@ const MAGIC: &[u8; 4] = b"PTSN";
 pub struct SnapshotEnvelope {
     /// The address book as of the snapshot index.
     pub peers: Peers,
+    /// The highest node id ever admitted or reserved, so a reserved or removed id is never
+    /// handed out again (see `Raft::request_id`).
+    pub max_node_id: u64,
     /// What the user's `AbstractStateMachine::snapshot` returned.
     pub user_data: Vec<u8>,
 }

@@ -616,14 +616,6 @@ impl LogStore for LmdbStorage {
         let c = self.cache();
         Ok(!cs.voters.is_empty() || !cs.learners.is_empty() || c.last > 0 || c.truncated.0 > 0)
     }
-
-    fn initialize(&self, conf_state: ConfState, peers: &Peers) -> Result<(), StorageError> {
-        self.write_txn(|inner, wtxn| {
-            inner.put_conf_state(wtxn, &conf_state, 0)?;
-            inner.put_peers(wtxn, peers)?;
-            Ok(())
-        })
-    }
 }
 
 impl raft::Storage for LmdbStorage {

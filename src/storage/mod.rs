@@ -68,6 +68,4 @@ pub trait LogStore: raft::Storage + Clone + Send + Sync + 'static {
     fn conf_state_index(&self) -> u64;
     /// Whether this store holds a raft state already (a restart) or is brand new.
     fn is_initialized(&self) -> Result<bool, StorageError>;
-    /// Record the initial membership of a brand-new static cluster.
-    fn initialize(&self, conf_state: ConfState, peers: &Peers) -> Result<(), StorageError>;
 }
