@@ -46,6 +46,11 @@ pub struct Config {
     pub max_proposal_bytes: usize,
     /// Initial LMDB map size in bytes; it grows on demand.
     pub initial_map_size: usize,
+    /// Deadline of `join_cluster` (learner, catch-up, promotion).
+    pub join_timeout: Duration,
+    /// A joining learner is promoted to voter once its log is at most this many entries behind
+    /// the leader's.
+    pub promotion_lag: u64,
 }
 
 impl Default for Config {
@@ -75,6 +80,8 @@ impl Default for Config {
             max_message_bytes: 64 * 1024 * 1024,
             max_proposal_bytes: 8 * 1024 * 1024,
             initial_map_size: 1 << 30,
+            join_timeout: Duration::from_secs(60),
+            promotion_lag: 100,
         }
     }
 }

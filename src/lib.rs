@@ -25,7 +25,7 @@ pub mod state_machine;
 pub mod storage;
 pub mod transport;
 
-pub use cluster::{default_logger, Raft};
+pub use cluster::{default_logger, JoinTicket, Raft};
 pub use config::{parse_peers, Config, Peers};
 pub use error::{Error, Result};
 pub use node::{NodeStatus, RaftNode, Role};

@@ -138,7 +138,11 @@ async fn memstore_routes_answer_with_values_and_clear_status_codes() {
             .expect("body"),
     )
     .expect("peers json");
-    assert_eq!(peers.as_object().map(|o| o.len()), Some(3));
+    let members = peers.as_array().expect("a list of members");
+    assert_eq!(members.len(), 3);
+    assert!(members
+        .iter()
+        .all(|m| m["role"] == "voter" && m["addr"].is_string()));
 
     let debug: pontoon::NodeStatus = serde_json::from_str(
         &http

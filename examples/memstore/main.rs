@@ -118,6 +118,7 @@ async fn main() {
 async fn real_main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     let logger = pontoon::default_logger();
+    let mut join_ticket = None;
     let specs = match args.local_cluster {
         Some(n) => {
             if n == 0 || n > 9 {
@@ -137,19 +138,48 @@ async fn real_main() -> Result<(), Box<dyn std::error::Error>> {
                 .collect()
         }
         None => {
-            if args.peer_addr.is_some() && LmdbStorage::peek_identity(&args.data_dir)?.is_none() {
-                return Err("joining through --peer-addr needs dynamic membership, which this build does not have yet; use --initial-peers".into());
-            }
             let stored = LmdbStorage::peek_identity(&args.data_dir)?;
-            let id = match (args.id, &stored) {
-                (Some(id), _) => id,
-                (None, Some(s)) => s.node_id,
-                (None, None) => 1,
+            // A fresh node given --peer-addr asks the cluster for an id (a join ticket); a restart
+            // on an existing data dir resumes and ignores --peer-addr.
+            let ticket = match (&args.peer_addr, &stored) {
+                (Some(peer), None) => {
+                    if args.id.is_some() {
+                        return Err(
+                            "--id cannot be combined with --peer-addr: the cluster reserves the id"
+                                .into(),
+                        );
+                    }
+                    let config = Config {
+                        cluster_id: args.cluster_id.clone(),
+                        ..Default::default()
+                    };
+                    let ticket = pontoon::cluster::request_id_with(
+                        &config,
+                        args.raft_addr.clone(),
+                        peer.clone(),
+                    )
+                    .await?;
+                    println!(
+                        "joining cluster {:?} as node {} (ticket from {peer})",
+                        ticket.cluster_id, ticket.reserved_id
+                    );
+                    Some(ticket)
+                }
+                _ => None,
+            };
+            join_ticket = ticket.clone();
+            let id = match (args.id, &stored, &ticket) {
+                (_, _, Some(t)) => t.reserved_id,
+                (Some(id), _, _) => id,
+                (None, Some(s), _) => s.node_id,
+                (None, None, None) => 1,
             };
             let initial_peers = match args.initial_peers.as_deref() {
                 Some(spec) => Some(pontoon::parse_peers(spec)?),
                 // Neither a peer list nor a cluster to join: a single-node cluster of this node.
-                None if args.peer_addr.is_none() => Some(pontoon::Peers::from([(id, args.raft_addr.clone())])),
+                None if ticket.is_none() => {
+                    Some(pontoon::Peers::from([(id, args.raft_addr.clone())]))
+                }
                 None => None,
             };
             vec![Spec {
@@ -165,6 +195,10 @@ async fn real_main() -> Result<(), Box<dyn std::error::Error>> {
     let mut nodes = Vec::new();
     for spec in specs {
         nodes.push(start_node(spec, &args.cluster_id, &logger).await?);
+    }
+    if let Some(ticket) = join_ticket {
+        nodes[0].join_cluster(vec![ticket]).await?;
+        println!("node {} joined and is a voter", nodes[0].id());
     }
     if let Ok(leader) = nodes[0].wait_for_leader(Duration::from_secs(15)).await {
         println!("leader elected: node {leader}");

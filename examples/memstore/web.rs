@@ -94,8 +94,19 @@ async fn leader(State(s): State<AppState>) -> Response {
         .into_response()
 }
 
+/// Members with their address and role, from this node's applied configuration.
 async fn peers(State(s): State<AppState>) -> Response {
-    Json(s.raft.get_peers()).into_response()
+    match s.raft.inspect().await {
+        Ok(status) => {
+            let members: Vec<_> = status
+                .peers
+                .iter()
+                .map(|p| serde_json::json!({ "id": p.id, "addr": p.addr, "role": p.role }))
+                .collect();
+            Json(members).into_response()
+        }
+        Err(e) => error_response(e),
+    }
 }
 
 async fn debug(State(s): State<AppState>) -> Response {

@@ -1,8 +1,10 @@
 //! Cluster membership and the `Raft` entry point: bootstrap a node, run it, stop it.
 
 mod address_book;
+mod join;
 
 pub use address_book::AddressBook;
+pub use join::{request_id_with, JoinTicket};
 
 use std::net::SocketAddr;
 use std::ops::Deref;

@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use super::mailbox::Command;
-use super::proposals::EntryKind;
+use super::proposals::{EntryKind, FrameworkEntry};
 use super::status::{NodeStatus, Role, SoftStatus};
 use crate::client::ClientPool;
 use crate::cluster::AddressBook;
@@ -112,6 +112,18 @@ impl RaftNode {
         self.submit_local(Submission::Entry(data), deadline).await
     }
 
+    /// Reserve a new node id through the log (on the leader; forwarded from a follower). The id
+    /// is computed when the reservation is applied, so a leader change never hands out one id
+    /// twice, and ids of removed nodes are never reused.
+    pub async fn reserve_id(&self, raft_addr: String) -> Result<u64> {
+        let bytes = self.submit(Submission::ReserveId(raft_addr)).await?;
+        let arr: [u8; 8] = bytes
+            .as_slice()
+            .try_into()
+            .map_err(|_| Error::Encoding(format!("reserved id answer of {} bytes", bytes.len())))?;
+        Ok(u64::from_be_bytes(arr))
+    }
+
     /// Propose a membership change (joint consensus with more than one change) and return the
     /// resulting `ConfState` once it is applied. `addrs` gives the addresses of added nodes.
     /// Works on any node (forwarded to the leader). Typed errors: `NotLeader`, `ChangeInProgress`,
@@ -204,6 +216,11 @@ impl RaftNode {
                 reply,
             },
             Submission::ConfChange { cc, addrs } => Command::ChangeConfig { cc, addrs, reply },
+            Submission::ReserveId(raft_addr) => Command::Propose {
+                data: bincode::serialize(&FrameworkEntry::ReserveId { raft_addr })?,
+                kind: EntryKind::Framework,
+                reply,
+            },
         };
         self.send_until(cmd, deadline).await?;
         match tokio::time::timeout_at(deadline, rx).await {
@@ -232,6 +249,14 @@ impl RaftNode {
                         .propose(pb::ProposeRequest {
                             cluster_id,
                             data: data.clone(),
+                        })
+                        .await
+                }
+                Submission::ReserveId(raft_addr) => {
+                    client
+                        .request_id(pb::RequestIdRequest {
+                            cluster_id,
+                            raft_addr: raft_addr.clone(),
                         })
                         .await
                 }
@@ -366,9 +391,10 @@ impl RaftNode {
 enum Submission {
     Entry(Vec<u8>),
     ConfChange { cc: ConfChangeV2, addrs: Peers },
+    ReserveId(String),
 }
 
-fn single_change(change_type: ConfChangeType, node_id: u64) -> ConfChangeV2 {
+pub(crate) fn single_change(change_type: ConfChangeType, node_id: u64) -> ConfChangeV2 {
     let mut single = ConfChangeSingle::default();
     single.set_change_type(change_type);
     single.node_id = node_id;
@@ -378,7 +404,7 @@ fn single_change(change_type: ConfChangeType, node_id: u64) -> ConfChangeV2 {
 }
 
 /// Turn a leader's answer into the caller's result (the inverse of `error_to_response`).
-fn response_to_result(response: pb::ProposeResponse) -> Result<Vec<u8>> {
+pub(crate) fn response_to_result(response: pb::ProposeResponse) -> Result<Vec<u8>> {
     use pb::ProposeStatus as S;
     let msg = response.error;
     match S::try_from(response.status) {
@@ -456,7 +482,7 @@ pub(crate) fn result_to_response(result: Result<Vec<u8>>) -> pb::ProposeResponse
     resp
 }
 
-fn is_connect_error(status: &tonic::Status) -> bool {
+pub(crate) fn is_connect_error(status: &tonic::Status) -> bool {
     // tonic reports a failed connection attempt as Unavailable with a transport error source.
     let msg = status.message().to_ascii_lowercase();
     msg.contains("connect") || msg.contains("refused") || msg.contains("dns")

@@ -40,6 +40,8 @@ pub use proposals::{EntryKind, FrameworkEntry, ProposalContext};
 pub use run_loop::ConfChangeContext;
 pub use status::{NodeStatus, PeerStatus, Role, SoftStatus};
 
-pub(crate) use handle::{result_to_response, Shared};
+pub(crate) use handle::{
+    is_connect_error, response_to_result, result_to_response, single_change, Shared,
+};
 pub(crate) use proposals::Waiters;
 pub(crate) use run_loop::RunLoop;

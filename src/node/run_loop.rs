@@ -396,8 +396,13 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
         self.persist(meta).await?;
         // 9. Snapshot policy.
         let snap_index = self.store.snapshot_metadata().index;
-        if self.applied.saturating_sub(snap_index) >= self.config.snapshot_threshold {
-            self.take_snapshot().await?;
+        let since = self.applied.saturating_sub(snap_index);
+        let requested = self.store.take_snapshot_request() && since > 0;
+        if requested || since >= self.config.snapshot_threshold {
+            // A failed snapshot only delays compaction; the node keeps serving.
+            if let Err(e) = self.take_snapshot().await {
+                slog::error!(self.logger, "snapshot failed; the log is not compacted"; "error" => %e);
+            }
         }
         Ok(())
     }
@@ -518,12 +523,22 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
         for (id, addr) in ctx.addrs {
             self.peers.insert(id, addr);
         }
-        for change in cc.get_changes() {
-            if change.get_change_type() == ConfChangeType::RemoveNode {
-                self.peers.remove(change.node_id);
+        // Forget addresses only of nodes that left the configuration entirely: in a joint
+        // configuration the outgoing voters still vote and must still be reached.
+        let me = self.raw.raft.id;
+        let in_config = |id: u64| {
+            id == me
+                || cs.voters.contains(&id)
+                || cs.voters_outgoing.contains(&id)
+                || cs.learners.contains(&id)
+                || cs.learners_next.contains(&id)
+        };
+        for id in self.peers.to_peers().into_keys() {
+            if !in_config(id) {
+                self.peers.remove(id);
             }
         }
-        slog::info!(self.logger, "membership changed"; "index" => index, "voters" => ?cs.voters, "learners" => ?cs.learners);
+        slog::info!(self.logger, "membership changed"; "index" => index, "voters" => ?cs.voters, "outgoing" => ?cs.voters_outgoing, "learners" => ?cs.learners);
         self.transport.set_peers(&self.peers.to_peers());
         self.pending_conf = Some((cs.clone(), index));
         self.peers_dirty = true;

@@ -15,6 +15,7 @@
 //! asks for on every step are cached in memory and updated only after a commit succeeded.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use heed::byteorder::BigEndian;
@@ -66,6 +67,8 @@ struct Inner {
     /// that no transaction is active during `mdb_env_set_mapsize`).
     txn_gate: RwLock<()>,
     cache: RwLock<Cache>,
+    /// Set when raft asked for a snapshot this store could not serve.
+    snapshot_request: AtomicBool,
     path: PathBuf,
 }
 
@@ -184,6 +187,7 @@ impl LmdbStorage {
             snapshot,
             txn_gate: RwLock::new(()),
             cache: RwLock::new(Cache::default()),
+            snapshot_request: AtomicBool::new(false),
             path,
         };
         let cache = inner.load_cache()?;
@@ -609,6 +613,10 @@ impl LogStore for LmdbStorage {
         self.cache().conf_state_index
     }
 
+    fn take_snapshot_request(&self) -> bool {
+        self.inner.snapshot_request.swap(false, Ordering::AcqRel)
+    }
+
     fn is_initialized(&self) -> Result<bool, StorageError> {
         let _gate = lock_read(&self.inner.txn_gate);
         let rtxn = self.inner.env.read_txn()?;
@@ -708,14 +716,25 @@ impl raft::Storage for LmdbStorage {
         Ok(self.cache().last)
     }
 
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        match self.latest_snapshot()? {
-            Some(snap) if snap.get_metadata().index >= request_index => Ok(snap),
-            // The run loop's snapshot policy makes a newer one; raft asks again later.
-            _ => Err(raft::Error::Store(
-                raft::StorageError::SnapshotTemporarilyUnavailable,
-            )),
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        if let Some(snap) = self.latest_snapshot()? {
+            let meta = snap.get_metadata();
+            let cs = meta.get_conf_state();
+            // A node refuses a snapshot whose membership does not include it (a new learner
+            // would, given the snapshot from before it was added).
+            let includes_receiver = cs.voters.contains(&to)
+                || cs.learners.contains(&to)
+                || cs.voters_outgoing.contains(&to)
+                || cs.learners_next.contains(&to);
+            if meta.index >= request_index && includes_receiver {
+                return Ok(snap);
+            }
         }
+        // Ask the run loop for a fresh snapshot; raft asks again on its next probe.
+        self.inner.snapshot_request.store(true, Ordering::Release);
+        Err(raft::Error::Store(
+            raft::StorageError::SnapshotTemporarilyUnavailable,
+        ))
     }
 }
 

@@ -66,6 +66,9 @@ pub trait LogStore: raft::Storage + Clone + Send + Sync + 'static {
     fn peers(&self) -> Result<Peers, StorageError>;
     /// The log index of the conf change the stored conf state reflects (0 = initial).
     fn conf_state_index(&self) -> u64;
+    /// True (once) when raft asked for a snapshot the store could not give (none yet, too old,
+    /// or one whose membership lacks the receiving node): the run loop then makes a fresh one.
+    fn take_snapshot_request(&self) -> bool;
     /// Whether this store holds a raft state already (a restart) or is brand new.
     fn is_initialized(&self) -> Result<bool, StorageError>;
 }

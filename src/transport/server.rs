@@ -107,6 +107,26 @@ impl RaftService for RaftGrpcService {
         )))
     }
 
+    async fn request_id(
+        &self,
+        request: Request<pb::RequestIdRequest>,
+    ) -> Result<Response<pb::ProposeResponse>, Status> {
+        let req = request.into_inner();
+        if !req.cluster_id.is_empty() {
+            self.check_cluster(&req.cluster_id)?;
+        }
+        if req.raft_addr.is_empty() || !req.raft_addr.contains(':') {
+            return Err(Status::invalid_argument(format!(
+                "raft_addr {:?} is not of the form host:port",
+                req.raft_addr
+            )));
+        }
+        let result = self.node.reserve_id(req.raft_addr).await;
+        Ok(Response::new(result_to_response(
+            result.map(|id| id.to_be_bytes().to_vec()),
+        )))
+    }
+
     async fn debug_node(
         &self,
         request: Request<pb::DebugNodeRequest>,
@@ -125,9 +145,14 @@ impl RaftService for RaftGrpcService {
         &self,
         request: Request<pb::GetPeersRequest>,
     ) -> Result<Response<pb::GetPeersResponse>, Status> {
-        self.check_cluster(&request.get_ref().cluster_id)?;
+        let cluster_id = &request.get_ref().cluster_id;
+        if !cluster_id.is_empty() {
+            self.check_cluster(cluster_id)?;
+        }
         Ok(Response::new(pb::GetPeersResponse {
             peers: self.node.get_peers().into_iter().collect(),
+            cluster_id: self.node.cluster_id().to_string(),
+            leader_id: self.node.get_leader_id(),
         }))
     }
 }

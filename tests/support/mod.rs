@@ -138,6 +138,34 @@ impl TestCluster {
         self.nodes.insert(id, TestNode { raft, fsm, task });
     }
 
+    /// Start a brand-new node that joins by a ticket requested from member `ask`, and wait until
+    /// it is a voter (or only a learner, with `as_learner`). Returns its id.
+    pub async fn join_new_node(&mut self, ask: u64, as_learner: bool) -> u64 {
+        let addr = free_addrs(1).remove(0);
+        let ticket = Raft::<AppliedLog>::request_id(addr.clone(), self.peers[&ask].clone())
+            .await
+            .expect("request_id");
+        let id = ticket.reserved_id;
+        assert!(!self.peers.contains_key(&id), "id {id} handed out twice");
+        self.peers.insert(id, addr.clone());
+        let mut config = self.config(id);
+        config.initial_peers = None;
+        let fsm = AppliedLog::default();
+        let raft = Raft::bootstrap(id, addr, fsm.clone(), config, test_logger())
+            .await
+            .expect("bootstrap joiner");
+        let task = tokio::spawn(raft.clone().run());
+        if as_learner {
+            raft.join_cluster_as_learner(vec![ticket])
+                .await
+                .expect("join as learner");
+        } else {
+            raft.join_cluster(vec![ticket]).await.expect("join");
+        }
+        self.nodes.insert(id, TestNode { raft, fsm, task });
+        id
+    }
+
     /// Gracefully stop node `id` and wait until its storage is closed and its port is free.
     pub async fn stop_node(&mut self, id: u64) {
         let node = self.nodes.remove(&id).expect("node running");

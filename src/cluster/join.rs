@@ -1,0 +1,312 @@
+//! Joining a running cluster: `Raft::request_id` hands out a `JoinTicket`, and
+//! `RaftNode::join_cluster` turns the ticketed node into a learner, waits for it to catch up, and
+//! promotes it to voter.
+//!
+//! The id in a ticket is reserved through the log (`FrameworkEntry::ReserveId`): it is computed
+//! when the reservation is applied, from the highest id ever admitted or reserved, so a leader
+//! failover never hands out the same id twice and a removed node's id is never reused.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use raft::eraftpb::ConfChangeType;
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use crate::client::connect_lazy;
+use crate::config::{Config, Peers};
+use crate::error::{Error, Result};
+use crate::node::{
+    is_connect_error, response_to_result, single_change, Command, NodeStatus, RaftNode,
+};
+use crate::transport::pb;
+
+/// What a new node needs to join: its reserved id and how to reach the cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinTicket {
+    /// The id the cluster reserved for the new node; bootstrap it with this id.
+    pub reserved_id: u64,
+    /// The raft address the new node announced.
+    pub raft_addr: String,
+    /// The leader when the ticket was issued (0 if unknown).
+    pub leader_id: u64,
+    pub leader_addr: String,
+    /// Every member's address when the ticket was issued.
+    pub peers: Peers,
+    /// The cluster the ticket belongs to; the joining node's `Config::cluster_id` must match.
+    pub cluster_id: String,
+}
+
+const POLL: Duration = Duration::from_millis(50);
+const BACKOFF_CAP: Duration = Duration::from_millis(500);
+
+impl<F: crate::AbstractStateMachine> crate::Raft<F> {
+    /// Ask the cluster member at `peer_addr` (any member: followers forward to the leader) to
+    /// reserve a node id for a new node that will listen on `raft_addr`.
+    pub async fn request_id(
+        raft_addr: impl Into<String>,
+        peer_addr: impl Into<String>,
+    ) -> Result<JoinTicket> {
+        request_id_with(&Config::default(), raft_addr.into(), peer_addr.into()).await
+    }
+}
+
+/// `Raft::request_id` with explicit timeouts (and, when `config.cluster_id` is not the default,
+/// a check that the member belongs to that cluster).
+pub async fn request_id_with(
+    config: &Config,
+    raft_addr: String,
+    peer_addr: String,
+) -> Result<JoinTicket> {
+    let mut client = connect_lazy(&peer_addr, config)?;
+    let cluster_id = if config.cluster_id == Config::default().cluster_id {
+        String::new()
+    } else {
+        config.cluster_id.clone()
+    };
+    let reply = tokio::time::timeout(
+        config.propose_timeout + config.rpc_timeout,
+        client.request_id(pb::RequestIdRequest {
+            cluster_id: cluster_id.clone(),
+            raft_addr: raft_addr.clone(),
+        }),
+    )
+    .await
+    .map_err(|_| Error::Timeout(format!("id request to {peer_addr}")))?
+    .map_err(|s| Error::Transport(format!("id request to {peer_addr}: {s}")))?
+    .into_inner();
+    let bytes = response_to_result(reply)?;
+    let reserved_id = u64::from_be_bytes(
+        bytes
+            .as_slice()
+            .try_into()
+            .map_err(|_| Error::Encoding("reserved id is not 8 bytes".into()))?,
+    );
+    let peers_reply = tokio::time::timeout(
+        config.rpc_timeout,
+        client.get_peers(pb::GetPeersRequest { cluster_id }),
+    )
+    .await
+    .map_err(|_| Error::Timeout(format!("peer list from {peer_addr}")))?
+    .map_err(|s| Error::Transport(format!("peer list from {peer_addr}: {s}")))?
+    .into_inner();
+    let peers: Peers = peers_reply.peers.into_iter().collect();
+    Ok(JoinTicket {
+        reserved_id,
+        raft_addr,
+        leader_id: peers_reply.leader_id,
+        leader_addr: peers
+            .get(&peers_reply.leader_id)
+            .cloned()
+            .unwrap_or_default(),
+        peers,
+        cluster_id: peers_reply.cluster_id,
+    })
+}
+
+impl RaftNode {
+    /// Join the cluster a ticket came from: become a learner, catch up, become a voter. Returns
+    /// once this node is a voter, or with a typed error / `Timeout` after `Config::join_timeout`.
+    /// A node that is a voter already (a restart) returns at once.
+    pub async fn join_cluster(&self, tickets: Vec<JoinTicket>) -> Result<()> {
+        let deadline = Instant::now() + self.shared.config.join_timeout;
+        let candidates = self.prepare_join(&tickets).await?;
+        if self.own_role().await?.as_deref() == Some("voter") {
+            return Ok(());
+        }
+        self.become_learner(&candidates, deadline).await?;
+        // Catch up, then ask for promotion.
+        loop {
+            let leader = self.leader_status(&candidates, deadline).await?;
+            let me = leader.peers.iter().find(|p| p.id == self.id());
+            let matched = me.and_then(|p| p.matched).unwrap_or(0);
+            if leader.last_index.saturating_sub(matched) <= self.shared.config.promotion_lag {
+                break;
+            }
+            wait_or_timeout(deadline, "catching up before promotion").await?;
+        }
+        let cc = single_change(ConfChangeType::AddNode, self.id());
+        remote_change(self, &candidates, cc, Peers::new(), deadline).await?;
+        self.wait_for_own_role("voter", deadline).await
+    }
+
+    /// Like `join_cluster`, but stay a learner (receives the log, does not vote). Promote later
+    /// with `promote` or as part of a `change_config`.
+    pub async fn join_cluster_as_learner(&self, tickets: Vec<JoinTicket>) -> Result<()> {
+        let deadline = Instant::now() + self.shared.config.join_timeout;
+        let candidates = self.prepare_join(&tickets).await?;
+        if self.own_role().await?.is_some() {
+            return Ok(());
+        }
+        self.become_learner(&candidates, deadline).await
+    }
+
+    /// Check the tickets and teach the run loop the members' addresses; returns the addresses to
+    /// ask, leader first.
+    async fn prepare_join(&self, tickets: &[JoinTicket]) -> Result<Vec<String>> {
+        let ticket = tickets.first().ok_or_else(|| {
+            Error::InvalidRequest("join_cluster needs at least one ticket".into())
+        })?;
+        for t in tickets {
+            if t.reserved_id != self.id() {
+                return Err(Error::InvalidRequest(format!(
+                    "ticket reserves id {}, this node runs as {}; bootstrap with the ticket's id",
+                    t.reserved_id,
+                    self.id()
+                )));
+            }
+            if t.cluster_id != self.cluster_id() {
+                return Err(Error::ClusterMismatch {
+                    local: self.cluster_id().to_string(),
+                    remote: t.cluster_id.clone(),
+                });
+            }
+        }
+        let mut book = Peers::new();
+        let mut candidates = Vec::new();
+        if !ticket.leader_addr.is_empty() {
+            candidates.push(ticket.leader_addr.clone());
+        }
+        for t in tickets {
+            for (id, addr) in &t.peers {
+                if *id != self.id() {
+                    book.insert(*id, addr.clone());
+                    if !candidates.contains(addr) {
+                        candidates.push(addr.clone());
+                    }
+                }
+            }
+        }
+        self.shared
+            .mailbox
+            .send(Command::LearnPeers(book))
+            .await
+            .map_err(|_| Error::ShuttingDown)?;
+        Ok(candidates)
+    }
+
+    async fn become_learner(&self, candidates: &[String], deadline: Instant) -> Result<()> {
+        let cc = single_change(ConfChangeType::AddLearnerNode, self.id());
+        let addrs = Peers::from([(self.id(), self.raft_addr().to_string())]);
+        remote_change(self, candidates, cc, addrs, deadline).await?;
+        self.wait_for_own_role("learner", deadline).await
+    }
+
+    /// This node's role in its own applied configuration (`None` while it is not a member).
+    async fn own_role(&self) -> Result<Option<String>> {
+        let status = self.inspect().await?;
+        Ok(status
+            .peers
+            .into_iter()
+            .find(|p| p.id == self.id())
+            .map(|p| p.role))
+    }
+
+    async fn wait_for_own_role(&self, role: &str, deadline: Instant) -> Result<()> {
+        loop {
+            if self.own_role().await?.as_deref() == Some(role) {
+                return Ok(());
+            }
+            wait_or_timeout(deadline, &format!("becoming a {role}")).await?;
+        }
+    }
+
+    /// The leader's status, found through the candidates.
+    async fn leader_status(&self, candidates: &[String], deadline: Instant) -> Result<NodeStatus> {
+        let config = &self.shared.config;
+        let mut queue: VecDeque<String> = candidates.iter().cloned().collect();
+        loop {
+            let Some(addr) = queue.pop_front() else {
+                wait_or_timeout(deadline, "finding the leader").await?;
+                queue.extend(candidates.iter().cloned());
+                continue;
+            };
+            let Ok(mut client) = self.shared.clients.get(&addr, config) else {
+                continue;
+            };
+            let request = pb::DebugNodeRequest {
+                cluster_id: config.cluster_id.clone(),
+            };
+            let Ok(Ok(reply)) =
+                tokio::time::timeout(config.rpc_timeout, client.debug_node(request)).await
+            else {
+                continue;
+            };
+            let status: NodeStatus = serde_json::from_str(&reply.into_inner().json)?;
+            if status.role.is_leader() {
+                return Ok(status);
+            }
+            if let Some(leader) = status.peers.iter().find(|p| p.id == status.leader_id) {
+                if let Some(addr) = &leader.addr {
+                    queue.push_front(addr.clone());
+                }
+            }
+        }
+    }
+}
+
+/// Send a membership change to whichever candidate leads, following `NotLeader` hints and
+/// waiting out elections, until `deadline`.
+async fn remote_change(
+    node: &RaftNode,
+    candidates: &[String],
+    cc: raft::eraftpb::ConfChangeV2,
+    addrs: Peers,
+    deadline: Instant,
+) -> Result<Vec<u8>> {
+    use protobuf::Message as _;
+    let config = &node.shared.config;
+    let conf_change = cc
+        .write_to_bytes()
+        .map_err(|e| Error::Encoding(e.to_string()))?;
+    let mut queue: VecDeque<String> = candidates.iter().cloned().collect();
+    let mut backoff = POLL;
+    loop {
+        if Instant::now() >= deadline {
+            return Err(Error::Timeout("membership change while joining".into()));
+        }
+        let Some(addr) = queue.pop_front() else {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(BACKOFF_CAP);
+            queue.extend(candidates.iter().cloned());
+            continue;
+        };
+        let mut client = node.shared.clients.get(&addr, config)?;
+        let request = pb::ChangeConfigRequest {
+            cluster_id: config.cluster_id.clone(),
+            conf_change: conf_change.clone(),
+            addrs: addrs.clone().into_iter().collect(),
+        };
+        let reply = match tokio::time::timeout_at(deadline, client.change_config(request)).await {
+            Err(_) => return Err(Error::Timeout("membership change while joining".into())),
+            Ok(Err(status))
+                if is_connect_error(&status) || status.code() == tonic::Code::Unavailable =>
+            {
+                continue;
+            }
+            Ok(Err(status)) => return Err(Error::Transport(status.to_string())),
+            Ok(Ok(reply)) => reply.into_inner(),
+        };
+        match response_to_result(reply) {
+            Ok(bytes) => return Ok(bytes),
+            Err(Error::NotLeader {
+                leader_addr: Some(leader),
+                ..
+            }) => queue.push_front(leader),
+            Err(e) if e.is_retryable() => {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_CAP);
+                queue.push_back(addr);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn wait_or_timeout(deadline: Instant, what: &str) -> Result<()> {
+    if Instant::now() >= deadline {
+        return Err(Error::Timeout(what.to_string()));
+    }
+    tokio::time::sleep(POLL.min(deadline - Instant::now())).await;
+    Ok(())
+}

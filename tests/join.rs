@@ -1,0 +1,198 @@
+//! Dynamic membership: join tickets, learners, removal and rejoin, joint consensus, restarts.
+
+mod support;
+
+use std::collections::BTreeSet;
+
+use pontoon::raft::eraftpb::{
+    ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2,
+};
+use pontoon::{Peers, Raft};
+use support::{AppliedLog, TestCluster};
+
+async fn members(cluster: &TestCluster) -> Vec<(u64, String, Option<String>)> {
+    let leader = cluster.wait_for_leader().await;
+    let status = cluster.node(leader).inspect().await.expect("inspect");
+    status
+        .peers
+        .into_iter()
+        .map(|p| (p.id, p.role, p.addr))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_node_grows_to_five_by_tickets_from_different_members() {
+    let mut cluster = TestCluster::start(1).await;
+    cluster.propose(1, "before").await;
+    let mut asked = Vec::new();
+    for _ in 0..4 {
+        // Ask the newest member each time: after the first join that is always a follower.
+        let ask = *cluster.nodes.keys().last().expect("a member");
+        asked.push(ask);
+        cluster.join_new_node(ask, false).await;
+    }
+    let leader = cluster.wait_for_leader().await;
+    assert!(
+        asked.iter().any(|id| *id != leader),
+        "some tickets came from followers: {asked:?}"
+    );
+    let ids: BTreeSet<u64> = cluster.nodes.keys().copied().collect();
+    assert_eq!(ids.len(), 5, "five distinct ids");
+    let m = members(&cluster).await;
+    assert_eq!(m.len(), 5);
+    assert!(
+        m.iter()
+            .all(|(_, role, addr)| role == "voter" && addr.is_some()),
+        "{m:?}"
+    );
+    cluster.propose(3, "after").await;
+    let log = cluster.wait_all_applied(2).await;
+    assert_eq!(log, vec!["before", "after"]);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn id_requests_around_a_leader_kill_get_distinct_ids() {
+    let mut cluster = TestCluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    let followers: Vec<u64> = cluster
+        .nodes
+        .keys()
+        .copied()
+        .filter(|id| *id != leader)
+        .collect();
+    let first = Raft::<AppliedLog>::request_id(
+        "127.0.0.1:1".to_string(),
+        cluster.peers[&followers[0]].clone(),
+    )
+    .await
+    .expect("first ticket");
+    cluster.stop_node(leader).await;
+    let second = Raft::<AppliedLog>::request_id(
+        "127.0.0.1:2".to_string(),
+        cluster.peers[&followers[1]].clone(),
+    )
+    .await
+    .expect("second ticket");
+    assert_ne!(first.reserved_id, second.reserved_id);
+    assert!(
+        first.reserved_id > 3 && second.reserved_id > 3,
+        "member ids are never handed out"
+    );
+    assert_eq!(first.cluster_id, cluster.cluster_id);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_learner_does_not_count_toward_quorum() {
+    let mut cluster = TestCluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    let learner = cluster.join_new_node(leader, true).await;
+    let m = members(&cluster).await;
+    assert!(
+        m.iter()
+            .any(|(id, role, _)| *id == learner && role == "learner"),
+        "{m:?}"
+    );
+    // The learner goes away and so does one voter: 2 of 3 voters still commit.
+    cluster.stop_node(learner).await;
+    let voter = cluster.follower_of(leader);
+    cluster.stop_node(voter).await;
+    cluster.propose(leader, "with-two-voters").await;
+    cluster.wait_all_applied(1).await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_node_rejoins_with_a_new_id_after_its_old_one_is_removed() {
+    let mut cluster = TestCluster::start(3).await;
+    let joined = cluster.join_new_node(1, false).await;
+    cluster.propose(1, "w1").await;
+    cluster.stop_node(joined).await;
+    let leader = cluster.wait_for_leader().await;
+    cluster
+        .node(leader)
+        .remove_node(joined)
+        .await
+        .expect("remove");
+    std::fs::remove_dir_all(cluster.dir.path().join(format!("node-{joined}"))).expect("wipe");
+    cluster.peers.remove(&joined);
+    let again = cluster.join_new_node(2, false).await;
+    assert_ne!(again, joined, "a removed node's id is never reused");
+    cluster.propose(again, "w2").await;
+    let log = cluster.wait_all_applied(2).await;
+    assert_eq!(log, vec!["w1", "w2"]);
+    let m = members(&cluster).await;
+    assert!(!m.iter().any(|(id, _, _)| *id == joined));
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joint_consensus_replaces_two_of_three_voters() {
+    let mut cluster = TestCluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    cluster.propose(leader, "before").await;
+    let a = cluster.join_new_node(leader, true).await;
+    let b = cluster.join_new_node(leader, true).await;
+    let old: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != leader).collect();
+    let mut cc = ConfChangeV2::default();
+    for (id, kind) in [
+        (a, ConfChangeType::AddNode),
+        (b, ConfChangeType::AddNode),
+        (old[0], ConfChangeType::RemoveNode),
+        (old[1], ConfChangeType::RemoveNode),
+    ] {
+        let mut single = ConfChangeSingle::default();
+        single.set_change_type(kind);
+        single.node_id = id;
+        cc.mut_changes().push(single);
+    }
+    cc.set_transition(ConfChangeTransition::Explicit);
+    let joint = cluster
+        .node(leader)
+        .change_config(cc, Peers::new())
+        .await
+        .expect("enter joint");
+    assert!(
+        !joint.voters_outgoing.is_empty(),
+        "in a joint configuration"
+    );
+    cluster.propose(leader, "in-joint").await;
+    let done = cluster
+        .node(leader)
+        .leave_joint()
+        .await
+        .expect("leave joint");
+    assert!(done.voters_outgoing.is_empty());
+    let voters: BTreeSet<u64> = done.voters.iter().copied().collect();
+    assert_eq!(voters, BTreeSet::from([leader, a, b]));
+    for id in old {
+        cluster.stop_node(id).await;
+    }
+    cluster.propose(a, "after").await;
+    let log = cluster.wait_all_applied(3).await;
+    assert_eq!(log, vec!["before", "in-joint", "after"]);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_built_by_joins_restarts_with_the_same_members_and_addresses() {
+    let mut cluster = TestCluster::start(1).await;
+    cluster.join_new_node(1, false).await;
+    cluster.join_new_node(2, false).await;
+    cluster.propose(3, "x").await;
+    let before = members(&cluster).await;
+    let ids: Vec<u64> = cluster.nodes.keys().copied().collect();
+    for id in &ids {
+        cluster.stop_node(*id).await;
+    }
+    for id in &ids {
+        cluster.start_node(*id).await;
+    }
+    let after = members(&cluster).await;
+    assert_eq!(before, after);
+    cluster.propose(2, "y").await;
+    let log = cluster.wait_all_applied(2).await;
+    assert_eq!(log, vec!["x", "y"]);
+    cluster.shutdown().await;
+}
