@@ -59,7 +59,7 @@ async fn start_node(
     spec: Spec,
     cluster_id: &str,
     logger: &pontoon::slog::Logger,
-) -> Result<Raft<HashStore>, Box<dyn std::error::Error>> {
+) -> Result<(Raft<HashStore>, tokio::task::JoinHandle<()>), Box<dyn std::error::Error>> {
     let config = Config {
         cluster_id: cluster_id.to_string(),
         data_dir: spec.data_dir.clone(),
@@ -91,7 +91,9 @@ async fn start_node(
         }
     });
     let stopper = raft.clone();
-    tokio::spawn(async move {
+    // The HTTP server drains in-flight requests (e.g. the answer to POST /leave) once the node
+    // has stopped; main waits for it before exiting.
+    let http = tokio::spawn(async move {
         let shutdown = async move { stopper.stopped().await };
         let _ = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
@@ -104,7 +106,7 @@ async fn start_node(
         spec.web_addr,
         spec.data_dir.display()
     );
-    Ok(raft)
+    Ok((raft, http))
 }
 
 #[tokio::main]
@@ -193,8 +195,11 @@ async fn real_main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let first_web = specs[0].web_addr.clone();
     let mut nodes = Vec::new();
+    let mut servers = Vec::new();
     for spec in specs {
-        nodes.push(start_node(spec, &args.cluster_id, &logger).await?);
+        let (node, http) = start_node(spec, &args.cluster_id, &logger).await?;
+        nodes.push(node);
+        servers.push(http);
     }
     if let Some(ticket) = join_ticket {
         nodes[0].join_cluster(vec![ticket]).await?;
@@ -217,6 +222,9 @@ async fn real_main() -> Result<(), Box<dyn std::error::Error>> {
         r = tokio::signal::ctrl_c() => r?,
         _ = all_stopped => {
             println!("every node has stopped (left the cluster)");
+            for http in servers {
+                let _ = tokio::time::timeout(Duration::from_secs(5), http).await;
+            }
             return Ok(());
         }
     }
