@@ -131,3 +131,31 @@ async fn membership_changes_are_refused_with_typed_errors() {
     assert!(refused.is_some());
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_node_that_keeps_running_cannot_disturb_the_cluster() {
+    let cluster = TestCluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    let victim = cluster.follower_of(leader);
+    cluster
+        .node(leader)
+        .remove_node(victim)
+        .await
+        .expect("remove");
+    let term_before = cluster.node(leader).status().term;
+    // The removed node tries to take over; the members ignore it.
+    let _ = cluster.node(victim).campaign().await;
+    for i in 0..20 {
+        cluster.propose(leader, &format!("after-{i}")).await;
+    }
+    let status = cluster.node(leader).status();
+    assert!(
+        cluster.node(leader).is_leader(),
+        "leadership was not disturbed"
+    );
+    assert_eq!(
+        status.term, term_before,
+        "the removed node's campaign raised no term"
+    );
+    cluster.shutdown().await;
+}
