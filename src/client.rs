@@ -1,16 +1,21 @@
-//! gRPC client helpers shared by the transport and by `RaftNode` (proposal forwarding).
+//! Talking to pontoon nodes over gRPC: `RaftServiceClient` for applications, plus the
+//! lazily-connected channels the transport and `RaftNode` (proposal forwarding) share.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::config::Config;
+use crate::config::{Config, Peers};
 use crate::error::{Error, Result};
-use crate::transport::pb::raft_service_client::RaftServiceClient;
+use crate::node::NodeStatus;
+use crate::transport::pb;
+use crate::transport::pb::raft_service_client::RaftServiceClient as GrpcClient;
 
 /// A client to `addr` (`host:port`) that connects on first use and reconnects by itself.
-pub fn connect_lazy(addr: &str, config: &Config) -> Result<RaftServiceClient<Channel>> {
+pub fn connect_lazy(addr: &str, config: &Config) -> Result<GrpcClient<Channel>> {
     let uri = if addr.starts_with("http://") || addr.starts_with("https://") {
         addr.to_string()
     } else {
@@ -21,7 +26,7 @@ pub fn connect_lazy(addr: &str, config: &Config) -> Result<RaftServiceClient<Cha
         .connect_timeout(config.rpc_timeout)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(std::time::Duration::from_secs(10));
-    Ok(RaftServiceClient::new(endpoint.connect_lazy())
+    Ok(GrpcClient::new(endpoint.connect_lazy())
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes))
 }
@@ -29,12 +34,12 @@ pub fn connect_lazy(addr: &str, config: &Config) -> Result<RaftServiceClient<Cha
 /// One lazily connected client per address, reused across calls.
 #[derive(Clone, Default)]
 pub struct ClientPool {
-    clients: Arc<Mutex<HashMap<String, RaftServiceClient<Channel>>>>,
+    clients: Arc<Mutex<HashMap<String, GrpcClient<Channel>>>>,
 }
 
 impl ClientPool {
     /// The client for `addr`, created on first use.
-    pub fn get(&self, addr: &str, config: &Config) -> Result<RaftServiceClient<Channel>> {
+    pub fn get(&self, addr: &str, config: &Config) -> Result<GrpcClient<Channel>> {
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = clients.get(addr) {
             return Ok(c.clone());
@@ -42,5 +47,250 @@ impl ClientPool {
         let c = connect_lazy(addr, config)?;
         clients.insert(addr.to_string(), c.clone());
         Ok(c)
+    }
+}
+
+/// A client for applications that talk to a pontoon cluster from outside: it finds the leader,
+/// follows `NotLeader` answers, moves on from dead members with capped backoff, and bounds
+/// every call by a deadline.
+///
+/// Proposal outcomes: `Ok` means committed and applied. `Timeout` / `OutcomeUnknown` mean the
+/// entry may or may not be applied; a proposal is never re-sent after it may have reached a
+/// leader, so a retry is the caller's decision.
+pub struct RaftServiceClient {
+    cluster_id: String,
+    config: Config,
+    deadline: Duration,
+    max_attempts: usize,
+    known: Mutex<Vec<String>>,
+    leader: Mutex<Option<String>>,
+    pool: ClientPool,
+}
+
+enum Call {
+    Propose(Vec<u8>),
+    Read(Vec<u8>),
+}
+
+const CLIENT_BACKOFF_START: Duration = Duration::from_millis(20);
+const CLIENT_BACKOFF_CAP: Duration = Duration::from_millis(500);
+
+impl RaftServiceClient {
+    /// Connect to a cluster through any of `addrs` (raft addresses of members) and learn the
+    /// other members from the first one that answers. Fails with a clear error when none
+    /// answers within the deadline (10 s; see `with_deadline`).
+    pub async fn connect(addrs: Vec<String>, cluster_id: impl Into<String>) -> Result<Self> {
+        Self::connect_with(addrs, cluster_id, Duration::from_secs(10)).await
+    }
+
+    /// `connect` with a per-call deadline.
+    pub async fn connect_with(
+        addrs: Vec<String>,
+        cluster_id: impl Into<String>,
+        deadline: Duration,
+    ) -> Result<Self> {
+        if addrs.is_empty() {
+            return Err(Error::InvalidRequest("no member addresses given".into()));
+        }
+        let config = Config {
+            rpc_timeout: deadline.min(Duration::from_secs(2)),
+            ..Config::default()
+        };
+        let client = RaftServiceClient {
+            cluster_id: cluster_id.into(),
+            config,
+            deadline,
+            max_attempts: 64,
+            known: Mutex::new(addrs),
+            leader: Mutex::new(None),
+            pool: ClientPool::default(),
+        };
+        client.get_peers().await?;
+        Ok(client)
+    }
+
+    /// Change the per-call deadline.
+    pub fn with_deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    /// The members as the cluster reports them (also refreshes this client's address list).
+    pub async fn get_peers(&self) -> Result<Peers> {
+        let until = Instant::now() + self.deadline;
+        let addrs = self.known.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut last_error = String::new();
+        for addr in addrs.iter().cycle().take(addrs.len() * 3) {
+            if Instant::now() >= until {
+                break;
+            }
+            let mut grpc = self.pool.get(addr, &self.config)?;
+            let request = pb::GetPeersRequest {
+                cluster_id: self.cluster_id.clone(),
+            };
+            let timeout = self.config.rpc_timeout.min(until - Instant::now());
+            match tokio::time::timeout(timeout, grpc.get_peers(request)).await {
+                Ok(Ok(reply)) => {
+                    let reply = reply.into_inner();
+                    let peers: Peers = reply.peers.into_iter().collect();
+                    let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+                    for a in peers.values() {
+                        if !known.contains(a) {
+                            known.push(a.clone());
+                        }
+                    }
+                    if let Some(leader) = peers.get(&reply.leader_id) {
+                        *self.leader.lock().unwrap_or_else(|p| p.into_inner()) =
+                            Some(leader.clone());
+                    }
+                    return Ok(peers);
+                }
+                Ok(Err(status)) if status.code() == tonic::Code::PermissionDenied => {
+                    return Err(Error::ClusterMismatch {
+                        local: self.cluster_id.clone(),
+                        remote: status.message().to_string(),
+                    })
+                }
+                Ok(Err(status)) => last_error = format!("{addr}: {}", status.message()),
+                Err(_) => last_error = format!("{addr}: timed out"),
+            }
+        }
+        Err(Error::Transport(format!(
+            "no member reachable at {addrs:?} (last error: {last_error})"
+        )))
+    }
+
+    /// The live status of the member at `addr`.
+    pub async fn debug_node(&self, addr: &str) -> Result<NodeStatus> {
+        let mut grpc = self.pool.get(addr, &self.config)?;
+        let request = pb::DebugNodeRequest {
+            cluster_id: self.cluster_id.clone(),
+        };
+        let reply = tokio::time::timeout(self.deadline, grpc.debug_node(request))
+            .await
+            .map_err(|_| Error::Timeout(format!("status of {addr}")))?
+            .map_err(|s| Error::Transport(format!("{addr}: {}", s.message())))?;
+        Ok(serde_json::from_str(&reply.into_inner().json)?)
+    }
+
+    /// Propose an entry; returns what the state machine's `apply` returned.
+    pub async fn propose(&self, data: Vec<u8>) -> Result<Vec<u8>> {
+        self.call(Call::Propose(data)).await
+    }
+
+    /// A linearizable read answered by the cluster's query handler (`Raft::set_query_handler`).
+    pub async fn read(&self, query: Vec<u8>) -> Result<Vec<u8>> {
+        self.call(Call::Read(query)).await.map_err(|e| match e {
+            // A read has no side effect: "unknown outcome" is just a timeout.
+            Error::OutcomeUnknown(m) => Error::Timeout(format!("read: {m}")),
+            other => other,
+        })
+    }
+
+    async fn call(&self, call: Call) -> Result<Vec<u8>> {
+        let until = Instant::now() + self.deadline;
+        let mut backoff = CLIENT_BACKOFF_START;
+        let mut rotation = 0usize;
+        let mut reached_any = false;
+        for _ in 0..self.max_attempts {
+            let now = Instant::now();
+            if now >= until {
+                break;
+            }
+            let addr = match self
+                .leader
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+            {
+                Some(a) => a,
+                None => {
+                    let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+                    rotation += 1;
+                    known[rotation % known.len()].clone()
+                }
+            };
+            let mut grpc = self.pool.get(&addr, &self.config)?;
+            let remaining = until - now;
+            let reply = match &call {
+                Call::Propose(data) => {
+                    let request = pb::ProposeRequest {
+                        cluster_id: self.cluster_id.clone(),
+                        data: data.clone(),
+                    };
+                    tokio::time::timeout(remaining, grpc.propose(request)).await
+                }
+                Call::Read(query) => {
+                    let request = pb::ReadRequest {
+                        cluster_id: self.cluster_id.clone(),
+                        query: query.clone(),
+                    };
+                    tokio::time::timeout(remaining, grpc.read(request)).await
+                }
+            };
+            let reply = match reply {
+                Err(_) => return Err(Error::Timeout("call to the cluster".into())),
+                Ok(Err(status)) if status.code() == tonic::Code::PermissionDenied => {
+                    return Err(Error::ClusterMismatch {
+                        local: self.cluster_id.clone(),
+                        remote: status.message().to_string(),
+                    })
+                }
+                Ok(Err(status)) if crate::node::is_connect_error(&status) => {
+                    // Never reached that member: safe to try another.
+                    *self.leader.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                    tokio::time::sleep(
+                        backoff.min(until.saturating_duration_since(Instant::now())),
+                    )
+                    .await;
+                    backoff = (backoff * 2).min(CLIENT_BACKOFF_CAP);
+                    continue;
+                }
+                Ok(Err(status)) => {
+                    return Err(match call {
+                        Call::Propose(_) => {
+                            Error::OutcomeUnknown(format!("{addr}: {}", status.message()))
+                        }
+                        Call::Read(_) => Error::Transport(format!("{addr}: {}", status.message())),
+                    })
+                }
+                Ok(Ok(reply)) => reply.into_inner(),
+            };
+            reached_any = true;
+            match crate::node::response_to_result(reply) {
+                Ok(bytes) => {
+                    *self.leader.lock().unwrap_or_else(|p| p.into_inner()) = Some(addr);
+                    return Ok(bytes);
+                }
+                Err(Error::NotLeader {
+                    leader_addr: Some(leader),
+                    ..
+                }) if leader != addr => {
+                    let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+                    if !known.contains(&leader) {
+                        known.push(leader.clone());
+                    }
+                    *self.leader.lock().unwrap_or_else(|p| p.into_inner()) = Some(leader);
+                }
+                Err(e) if e.is_retryable() => {
+                    *self.leader.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                    tokio::time::sleep(
+                        backoff.min(until.saturating_duration_since(Instant::now())),
+                    )
+                    .await;
+                    backoff = (backoff * 2).min(CLIENT_BACKOFF_CAP);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if reached_any {
+            Err(Error::NoLeader)
+        } else {
+            let known = self.known.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            Err(Error::Transport(format!(
+                "no member reachable at {known:?} within {:?}",
+                self.deadline
+            )))
+        }
     }
 }

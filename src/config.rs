@@ -16,6 +16,13 @@ pub type Peers = BTreeMap<u64, String>;
 pub struct Config {
     /// raft-rs settings (election/heartbeat ticks, inflight limits, pre-vote, ...). `id` and
     /// `applied` are filled in by pontoon.
+    ///
+    /// Reads: `raft.read_only_option` is `Safe` by default: every linearizable read round
+    /// confirms leadership with a quorum of heartbeats. `ReadOnlyOption::LeaseBased` skips that
+    /// round trip and trusts the leader's lease instead (it requires `check_quorum`, which is on
+    /// by default). A lease is only as good as the clocks: if a node's clock runs fast or a
+    /// process pauses longer than the election timeout, a deposed leader can serve a stale read.
+    /// Choose it only where bounded clock drift and no long pauses are guaranteed.
     pub raft: raft::Config,
     /// Name of the cluster. Every RPC carries it and the data dir records it: a node of another
     /// cluster, or a data dir written by one, is refused.

@@ -99,6 +99,13 @@ async fn memstore_routes_answer_with_values_and_clear_status_codes() {
         assert_eq!(got.text().await.expect("body"), "answer");
     }
 
+    let stale = http
+        .get(format!("{}/store/greeting?consistency=stale", nodes[2].url))
+        .send()
+        .await
+        .expect("stale get");
+    assert_eq!(stale.text().await.expect("body"), "hello");
+
     let missing = http
         .get(format!("{}/store/nope", nodes[1].url))
         .send()

@@ -76,6 +76,12 @@ async fn start_node(
         logger.clone(),
     )
     .await?;
+    // pontoon::client's `read(key)` is answered from the map after a linearizable barrier.
+    raft.set_query_handler(|store: &HashStore, key: &[u8]| {
+        let key =
+            std::str::from_utf8(key).map_err(|e| pontoon::Error::InvalidRequest(e.to_string()))?;
+        Ok(store.get(key).unwrap_or_default().into_bytes())
+    });
     let listener = tokio::net::TcpListener::bind(&spec.web_addr)
         .await
         .map_err(|e| format!("cannot listen on HTTP address {}: {e}", spec.web_addr))?;

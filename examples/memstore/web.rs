@@ -1,7 +1,7 @@
 //! The memstore HTTP API (raftify's routes). Every error is a status code with a one-line reason;
 //! no request waits longer than the node's propose timeout.
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -74,8 +74,29 @@ async fn put_value(
     }
 }
 
-async fn get_value(State(s): State<AppState>, Path(key): Path<String>) -> Response {
-    match s.store.get(&key) {
+#[derive(serde::Deserialize)]
+pub struct ReadParams {
+    /// `stale` reads this node's copy without a ReadIndex round; anything else is linearizable.
+    consistency: Option<String>,
+}
+
+/// `GET /store/{key}`: linearizable by default (never older than an acknowledged write, on any
+/// node); `?consistency=stale` answers from the local copy at once.
+async fn get_value(
+    State(s): State<AppState>,
+    Path(key): Path<String>,
+    Query(params): Query<ReadParams>,
+) -> Response {
+    let value = if params.consistency.as_deref() == Some("stale") {
+        s.store.get(&key)
+    } else {
+        let k = key.clone();
+        match s.raft.linearizable_read(move |store| store.get(&k)).await {
+            Ok(v) => v,
+            Err(e) => return error_response(e),
+        }
+    };
+    match value {
         Some(v) => (StatusCode::OK, v).into_response(),
         None => (StatusCode::NOT_FOUND, format!("key {key:?} not found\n")).into_response(),
     }

@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, watch};
 use crate::client::ClientPool;
 use crate::config::{Config, Peers};
 use crate::error::{Error, Result};
-use crate::node::{RaftNode, Role, RunLoop, Shared, SoftStatus, Waiters};
+use crate::node::{RaftNode, ReadBatcher, Role, RunLoop, Shared, SoftStatus, Waiters};
 use crate::state_machine::AbstractStateMachine;
 use crate::storage::{LmdbStorage, LogStore, SnapshotEnvelope};
 use crate::transport::{GrpcTransport, RaftGrpcService, Transport};
@@ -194,6 +194,7 @@ impl<F: AbstractStateMachine> Raft<F> {
                 stopped: stopped_rx,
                 peers: book.clone(),
                 clients: ClientPool::default(),
+                query_handler: std::sync::RwLock::new(None),
             }),
         };
         let run_loop = RunLoop {
@@ -213,6 +214,7 @@ impl<F: AbstractStateMachine> Raft<F> {
             peers_dirty: false,
             leader_since: None,
             max_node_id,
+            reads: ReadBatcher::default(),
         };
         let service = RaftGrpcService::new(node.clone());
         Ok(Raft {
@@ -225,6 +227,38 @@ impl<F: AbstractStateMachine> Raft<F> {
             }))),
             local_addr,
         })
+    }
+
+    /// Run `f` on the state machine once this node has applied every write acknowledged before
+    /// the call started (a ReadIndex barrier, shared with concurrent reads). Works on followers.
+    /// `f` runs inside the run loop: keep it short.
+    pub async fn linearizable_read<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&F) -> R + Send + 'static,
+    ) -> Result<R> {
+        self.node.read_index().await?;
+        self.node
+            .query_erased(move |fsm| {
+                fsm.downcast_ref::<F>()
+                    .map(f)
+                    .ok_or_else(|| Error::Other("state machine type mismatch".into()))
+            })
+            .await?
+    }
+
+    /// Serve the `Read` RPC (used by `pontoon::client::RaftServiceClient::read`): after a
+    /// linearizable barrier, `handler(state_machine, query)` produces the answer.
+    pub fn set_query_handler(
+        &self,
+        handler: impl Fn(&F, &[u8]) -> Result<Vec<u8>> + Send + Sync + 'static,
+    ) {
+        self.node
+            .set_query_handler_erased(Arc::new(move |fsm, query| {
+                let fsm = fsm
+                    .downcast_ref::<F>()
+                    .ok_or_else(|| Error::Other("state machine type mismatch".into()))?;
+                handler(fsm, query)
+            }));
     }
 
     /// The handle to this node.

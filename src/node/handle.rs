@@ -34,7 +34,12 @@ pub(crate) struct Shared {
     pub(crate) stopped: watch::Receiver<bool>,
     pub(crate) peers: AddressBook,
     pub(crate) clients: ClientPool,
+    pub(crate) query_handler: std::sync::RwLock<Option<QueryHandler>>,
 }
+
+/// A type-erased query handler: gets the state machine as `&dyn Any` and the query bytes.
+pub(crate) type QueryHandler =
+    Arc<dyn Fn(&dyn std::any::Any, &[u8]) -> Result<Vec<u8>> + Send + Sync>;
 
 /// A handle to one running node. Cheap to clone; every clone talks to the same node.
 #[derive(Clone)]
@@ -289,6 +294,69 @@ impl RaftNode {
             Ok(Ok(r)) => r.into_inner(),
         };
         response_to_result(response)
+    }
+
+    /// A linearizable read barrier: returns a read index once this node (leader or follower) has
+    /// applied up to it. Anything read from the local state machine afterwards reflects every
+    /// write acknowledged before this call started. Concurrent calls share ReadIndex rounds.
+    /// Fails with `Timeout` when no quorum confirms the leader within the propose timeout.
+    pub async fn read_index(&self) -> Result<u64> {
+        let deadline = Instant::now() + self.shared.config.propose_timeout;
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            let (reply, rx) = oneshot::channel();
+            self.send_until(Command::ReadIndex { reply }, deadline)
+                .await?;
+            match tokio::time::timeout_at(deadline, rx).await {
+                Ok(Ok(Ok(index))) => return Ok(index),
+                Ok(Ok(Err(e))) if e.is_retryable() && Instant::now() < deadline => {
+                    tokio::time::sleep(backoff.min(deadline - Instant::now())).await;
+                    backoff = (backoff * 2).min(LEADER_POLL_CAP);
+                }
+                Ok(Ok(Err(e))) => return Err(e),
+                Ok(Err(_)) => return Err(Error::ShuttingDown),
+                Err(_) => return Err(Error::Timeout("linearizable read".into())),
+            }
+        }
+    }
+
+    /// Run `f` on the state machine inside the run loop (type-erased; see `Raft::linearizable_read`).
+    pub(crate) async fn query_erased<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn std::any::Any) -> R + Send + 'static,
+    ) -> Result<R> {
+        let (tx, rx) = oneshot::channel();
+        let job = Box::new(move |fsm: &dyn std::any::Any| {
+            let _ = tx.send(f(fsm));
+        });
+        self.request(Command::Query(job), rx).await
+    }
+
+    /// Install the handler the `Read` RPC (and `pontoon::client`'s `read`) runs on the state
+    /// machine after a linearizable read barrier. See `Raft::set_query_handler`.
+    pub(crate) fn set_query_handler_erased(&self, handler: QueryHandler) {
+        *self
+            .shared
+            .query_handler
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Some(handler);
+    }
+
+    /// A linearizable read through the installed query handler (what the `Read` RPC serves).
+    pub async fn read_query(&self, query: Vec<u8>) -> Result<Vec<u8>> {
+        let handler = self
+            .shared
+            .query_handler
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| {
+                Error::InvalidRequest(
+                    "this node has no query handler (Raft::set_query_handler)".into(),
+                )
+            })?;
+        self.read_index().await?;
+        self.query_erased(move |fsm| handler(fsm, &query)).await?
     }
 
     /// Start an election on this node now.

@@ -8,9 +8,14 @@ use raft::SnapshotStatus;
 use tokio::sync::oneshot;
 
 use super::proposals::{EntryKind, ProposalReply};
+use super::reads::ReadReply;
 use super::status::NodeStatus;
 use crate::config::Peers;
 use crate::error::Result;
+
+/// A closure run on the state machine, which the loop passes as `&dyn Any` (the mailbox is not
+/// generic over the state machine type).
+pub type StateMachineJob = Box<dyn FnOnce(&dyn std::any::Any) + Send>;
 
 /// A request to the run loop.
 pub enum Command {
@@ -31,6 +36,11 @@ pub enum Command {
         addrs: Peers,
         reply: ProposalReply,
     },
+    /// A linearizable read: answered with the read index once this node has applied up to it.
+    ReadIndex { reply: ReadReply },
+    /// Run a closure on the state machine (type-erased; the loop passes `&F` as `&dyn Any`).
+    /// Sent after a `ReadIndex` answered, so the state it sees is at least that fresh.
+    Query(StateMachineJob),
     /// Start an election now.
     Campaign { reply: oneshot::Sender<Result<()>> },
     /// Ask the leader to hand leadership to `target` (or, when `None`, to the most up-to-date

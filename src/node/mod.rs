@@ -31,6 +31,7 @@
 mod handle;
 mod mailbox;
 mod proposals;
+mod reads;
 mod run_loop;
 mod status;
 
@@ -44,4 +45,5 @@ pub(crate) use handle::{
     is_connect_error, response_to_result, result_to_response, single_change, Shared,
 };
 pub(crate) use proposals::Waiters;
+pub(crate) use reads::ReadBatcher;
 pub(crate) use run_loop::RunLoop;

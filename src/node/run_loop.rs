@@ -16,6 +16,7 @@ use tokio::time::MissedTickBehavior;
 
 use super::mailbox::Command;
 use super::proposals::{EntryKind, FrameworkEntry, ProposalContext, Waiters};
+use super::reads::ReadBatcher;
 use super::status::{NodeStatus, PeerStatus, Role, SoftStatus};
 use crate::cluster::AddressBook;
 use crate::config::{Config, Peers};
@@ -56,6 +57,7 @@ pub(crate) struct RunLoop<S: LogStore, F: AbstractStateMachine> {
     pub(crate) leader_since: Option<tokio::time::Instant>,
     /// The highest node id ever admitted or reserved (replicated state, see `FrameworkEntry`).
     pub(crate) max_node_id: u64,
+    pub(crate) reads: ReadBatcher,
 }
 
 impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
@@ -68,7 +70,10 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
             // 1. Wait for the next message or tick, then drain the mailbox without waiting.
             let mut quit = false;
             tokio::select! {
-                _ = ticker.tick() => { self.raw.tick(); }
+                _ = ticker.tick() => {
+                    self.raw.tick();
+                    self.reads.on_tick(2 * self.config.raft.election_tick);
+                }
                 cmd = self.mailbox.recv() => match cmd {
                     Some(cmd) => quit |= self.handle(cmd).await,
                     None => quit = true,
@@ -79,6 +84,9 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
                     Ok(cmd) => quit |= self.handle(cmd).await,
                     Err(_) => break,
                 }
+            }
+            if let Some(ctx) = self.reads.start_round() {
+                self.raw.read_index(ctx);
             }
             // 2-9. Handle the Ready this produced.
             if let Err(e) = self.on_ready().await {
@@ -94,6 +102,7 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
         self.waiters.fail_all(|| {
             Error::OutcomeUnknown("the node stopped before the entry was applied".into())
         });
+        self.reads.fail_all();
         self.status_tx.send_modify(|s| s.role = Role::Stopped);
         slog::info!(self.logger, "run loop stopped"; "applied" => self.applied);
         outcome.and(flushed)
@@ -116,6 +125,8 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
                     slog::debug!(self.logger, "raft refused a message"; "error" => %e);
                 }
             }
+            Command::ReadIndex { reply } => self.reads.push(reply),
+            Command::Query(f) => f(&self.fsm),
             Command::Campaign { reply } => {
                 let _ = reply.send(self.raw.campaign().map_err(Error::from));
             }
@@ -367,8 +378,11 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
         if !ready.snapshot().is_empty() {
             self.install_snapshot(ready.snapshot().clone()).await?;
         }
-        // 5. Apply committed entries.
+        // 5. Apply committed entries; note the read indexes raft confirmed.
         self.apply_committed(ready.take_committed_entries()).await?;
+        for rs in ready.take_read_states() {
+            self.reads.on_read_state(&rs.request_ctx, rs.index);
+        }
         // 6. Persist entries + hard state (+ conf state, address book) in one transaction.
         let mut batch = PersistBatch {
             entries: ready.take_entries(),
@@ -390,6 +404,7 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
         self.transport.send(light.take_messages());
         self.apply_committed(light.take_committed_entries()).await?;
         self.raw.advance_apply_to(self.applied);
+        self.reads.on_applied(self.applied);
         // Conf changes applied from the LightReady are written now, not at some later turn.
         let mut meta = PersistBatch::default();
         self.take_pending_meta(&mut meta);
@@ -661,6 +676,8 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
             snapshot_index: snap.index,
             snapshot_term: snap.term,
             pending_proposals: self.waiters.len(),
+            read_index_requests: self.reads.requests,
+            read_index_rounds: self.reads.rounds,
             peers,
         }
     }

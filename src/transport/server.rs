@@ -107,6 +107,17 @@ impl RaftService for RaftGrpcService {
         )))
     }
 
+    async fn read(
+        &self,
+        request: Request<pb::ReadRequest>,
+    ) -> Result<Response<pb::ProposeResponse>, Status> {
+        let req = request.into_inner();
+        self.check_cluster(&req.cluster_id)?;
+        Ok(Response::new(result_to_response(
+            self.node.read_query(req.query).await,
+        )))
+    }
+
     async fn request_id(
         &self,
         request: Request<pb::RequestIdRequest>,

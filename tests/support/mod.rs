@@ -86,6 +86,8 @@ pub struct TestCluster {
     pub peers: Peers,
     pub cluster_id: String,
     pub nodes: BTreeMap<u64, TestNode>,
+    /// Applied to every node's config (kept for restarts).
+    pub tweak: fn(&mut Config),
 }
 
 pub fn test_config(dir: &std::path::Path, id: u64, peers: &Peers, cluster_id: &str) -> Config {
@@ -103,6 +105,11 @@ pub fn test_config(dir: &std::path::Path, id: u64, peers: &Peers, cluster_id: &s
 impl TestCluster {
     /// Start `n` nodes (ids 1..=n) and wait until they agree on a leader.
     pub async fn start(n: u64) -> Self {
+        Self::start_with(n, |_| {}).await
+    }
+
+    /// `start` with a config change applied to every node.
+    pub async fn start_with(n: u64, tweak: fn(&mut Config)) -> Self {
         let addrs = free_addrs(n as usize);
         let peers: Peers = (1..=n).zip(addrs).collect();
         let mut cluster = TestCluster {
@@ -110,6 +117,7 @@ impl TestCluster {
             peers,
             cluster_id: "test-cluster".into(),
             nodes: BTreeMap::new(),
+            tweak,
         };
         for id in 1..=n {
             cluster.start_node(id).await;
@@ -119,7 +127,9 @@ impl TestCluster {
     }
 
     pub fn config(&self, id: u64) -> Config {
-        test_config(self.dir.path(), id, &self.peers, &self.cluster_id)
+        let mut config = test_config(self.dir.path(), id, &self.peers, &self.cluster_id);
+        (self.tweak)(&mut config);
+        config
     }
 
     /// Start (or restart, on its existing data dir) node `id`.
