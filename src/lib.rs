@@ -19,7 +19,9 @@
 pub mod client;
 pub mod cluster;
 pub mod config;
+pub mod debug;
 pub mod error;
+pub mod metrics;
 pub mod node;
 pub mod state_machine;
 pub mod storage;

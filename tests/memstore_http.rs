@@ -12,6 +12,37 @@ use pontoon::Raft;
 use store::HashStore;
 use support::{free_addrs, test_config, test_logger};
 
+/// Parse Prometheus text exposition strictly enough to catch malformed output, and return the
+/// value of `name` (summed over label sets).
+fn metric_value(text: &str, name: &str) -> f64 {
+    let mut total = None;
+    for line in text.lines() {
+        if line.is_empty() || line.starts_with('#') {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let kind = rest.split_whitespace().nth(1).expect("TYPE has a kind");
+                assert!(["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind));
+            }
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').expect("a sample is `series value`");
+        let value: f64 = value.parse().expect("a numeric sample value");
+        let metric = series.split('{').next().expect("metric name");
+        assert!(
+            metric
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "bad metric name {metric:?}"
+        );
+        if series.contains('{') {
+            assert!(series.ends_with('}'), "unterminated labels in {series:?}");
+        }
+        if metric == name {
+            *total.get_or_insert(0.0) += value;
+        }
+    }
+    total.unwrap_or_else(|| panic!("metric {name} missing"))
+}
+
 struct HttpNode {
     raft: Raft<HashStore>,
     url: String,
@@ -98,6 +129,36 @@ async fn memstore_routes_answer_with_values_and_clear_status_codes() {
             .expect("get");
         assert_eq!(got.text().await.expect("body"), "answer");
     }
+
+    let metrics = |url: String| {
+        let http = http.clone();
+        async move {
+            let response = http
+                .get(format!("{url}/metrics"))
+                .send()
+                .await
+                .expect("metrics");
+            assert_eq!(response.status(), 200);
+            response.text().await.expect("body")
+        }
+    };
+    let before = metrics(nodes[0].url.clone()).await;
+    let commits_before = metric_value(&before, "pontoon_committed_entries_total");
+    metric_value(&before, "pontoon_fsyncs_total");
+    metric_value(&before, "pontoon_term");
+    for i in 0..5 {
+        let put = http
+            .put(format!("{}/store/m{i}/v", nodes[0].url))
+            .send()
+            .await
+            .expect("put");
+        assert_eq!(put.status(), 200);
+    }
+    let after = metrics(nodes[0].url.clone()).await;
+    assert!(
+        metric_value(&after, "pontoon_committed_entries_total") >= commits_before + 5.0,
+        "commit counter grows with writes"
+    );
 
     let stale = http
         .get(format!("{}/store/greeting?consistency=stale", nodes[2].url))

@@ -1,15 +1,17 @@
-//! pontoon-cli: inspect pontoon nodes and data dirs.
-//!
-//! This build knows the command layout; the `debug` commands are filled in by the CLI issue and
-//! say so instead of pretending to work.
+//! pontoon-cli: see what is on disk and in every node's head, and run the few admin calls an
+//! operator needs. Human output is aligned tables; `--json` is stable machine output.
+//! Errors are one line on stderr and a non-zero exit status.
+
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use pontoon::debug;
 
 #[derive(Parser)]
 #[command(
     name = "pontoon-cli",
     version,
-    about = "Inspect pontoon nodes and data dirs"
+    about = "Inspect pontoon data dirs and running nodes"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -23,34 +25,171 @@ enum Command {
         #[command(subcommand)]
         what: Debug,
     },
-}
-
-#[derive(Subcommand)]
-enum Debug {
-    /// Print the persisted state of a data dir (node id, hard state, log entries, ...).
-    Persisted {
-        /// The node's data dir.
-        dir: String,
+    /// List or change the members of a cluster.
+    Member {
+        #[command(subcommand)]
+        what: Member,
     },
-    /// Print the live status of the node at ADDR.
-    Node {
+    /// Take a snapshot on one node now (and compact its log).
+    Snapshot {
         /// The node's raft address (host:port).
+        #[arg(long)]
         addr: String,
     },
 }
 
-fn main() {
+#[derive(Subcommand)]
+enum Debug {
+    /// The persisted state of a data dir: identity, hard state, conf state, snapshot, address
+    /// book and log entries. Opens LMDB read-only, so it works while the node runs.
+    Persisted {
+        /// The node's data dir.
+        dir: String,
+        /// First entry index to show (default: the first in the log).
+        #[arg(long)]
+        from: Option<u64>,
+        /// Last entry index to show (default: the last in the log).
+        #[arg(long)]
+        to: Option<u64>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The live status of the node at ADDR: role, term, indexes, peers' progress.
+    Node {
+        /// The node's raft address (host:port).
+        addr: String,
+        #[arg(long)]
+        json: bool,
+        /// Refuse to talk to a node of another cluster.
+        #[arg(long, default_value = "")]
+        cluster_id: String,
+    },
+    /// The status of every member found through the node at ADDR, unreachable ones marked.
+    Cluster {
+        /// Any member's raft address (host:port).
+        addr: String,
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = "")]
+        cluster_id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum Member {
+    /// Members with address, role and progress.
+    List {
+        /// Any member's raft address.
+        #[arg(long)]
+        addr: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a member (sent to the leader).
+    Remove {
+        id: u64,
+        #[arg(long)]
+        addr: String,
+    },
+    /// Move leadership to a member (sent to the leader).
+    TransferLeader {
+        id: u64,
+        #[arg(long)]
+        addr: String,
+    },
+}
+
+fn json<T: serde::Serialize>(value: &T) -> Result<String, String> {
+    serde_json::to_string_pretty(value).map_err(|e| e.to_string())
+}
+
+async fn run(cli: Cli) -> Result<String, String> {
+    let err = |e: pontoon::Error| e.to_string();
+    match cli.command {
+        Command::Debug { what } => match what {
+            Debug::Persisted {
+                dir,
+                from,
+                to,
+                json: as_json,
+            } => {
+                let state = debug::read_persisted(&dir, from, to, None).map_err(err)?;
+                if as_json {
+                    json(&state)
+                } else {
+                    Ok(debug::render_persisted(&state))
+                }
+            }
+            Debug::Node {
+                addr,
+                json: as_json,
+                cluster_id,
+            } => {
+                let status = debug::node_status(&addr, &cluster_id).await.map_err(err)?;
+                if as_json {
+                    json(&status)
+                } else {
+                    Ok(debug::render_node(&status))
+                }
+            }
+            Debug::Cluster {
+                addr,
+                json: as_json,
+                cluster_id,
+            } => {
+                let rows = debug::cluster_status(&addr, &cluster_id)
+                    .await
+                    .map_err(err)?;
+                if as_json {
+                    json(&rows)
+                } else {
+                    Ok(debug::render_cluster(&rows))
+                }
+            }
+        },
+        Command::Member { what } => match what {
+            Member::List {
+                addr,
+                json: as_json,
+            } => {
+                let rows = debug::cluster_status(&addr, "").await.map_err(err)?;
+                if as_json {
+                    json(&rows)
+                } else {
+                    Ok(debug::render_cluster(&rows))
+                }
+            }
+            Member::Remove { id, addr } => {
+                debug::remove_member(&addr, id).await.map_err(err)?;
+                Ok(format!("node {id} removed\n"))
+            }
+            Member::TransferLeader { id, addr } => {
+                debug::transfer_leader(&addr, id).await.map_err(err)?;
+                Ok(format!("leadership moved to node {id}\n"))
+            }
+        },
+        Command::Snapshot { addr } => {
+            let index = debug::create_snapshot(&addr).await.map_err(err)?;
+            Ok(format!("snapshot taken at index {index}\n"))
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let what = match cli.command {
-        Command::Debug {
-            what: Debug::Persisted { dir },
-        } => format!("debug persisted {dir}"),
-        Command::Debug {
-            what: Debug::Node { addr },
-        } => format!("debug node {addr}"),
-    };
-    eprintln!(
-        "pontoon-cli: `{what}` is not available in this build yet (see `pontoon-cli --help`)"
-    );
-    std::process::exit(2);
+    match run(cli).await {
+        Ok(out) => {
+            print!("{out}");
+            if !out.ends_with('\n') {
+                println!();
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("pontoon-cli: {}", e.lines().next().unwrap_or("failed"));
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -45,6 +45,10 @@ struct Args {
     /// Start N nodes in this process on 127.0.0.1 (raft 60061.., HTTP 8001..) and serve them all.
     #[arg(long)]
     local_cluster: Option<u64>,
+    /// Print what the data dir DIR holds, with memstore's entries decoded, and exit
+    /// (like `pontoon-cli debug persisted`, which shows them as raw text).
+    #[arg(long, value_name = "DIR")]
+    show_persisted: Option<PathBuf>,
 }
 
 struct Spec {
@@ -125,6 +129,17 @@ async fn main() {
 
 async fn real_main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
+    if let Some(dir) = &args.show_persisted {
+        let formatter = |bytes: &[u8]| {
+            use pontoon::AbstractLogEntry;
+            store::LogEntry::decode(bytes).ok().map(|e| match e {
+                store::LogEntry::Insert { key, value } => format!("insert {key} = {value}"),
+            })
+        };
+        let state = pontoon::debug::read_persisted(dir, None, None, Some(&formatter))?;
+        print!("{}", pontoon::debug::render_persisted(&state));
+        return Ok(());
+    }
     let logger = pontoon::default_logger();
     let mut join_ticket = None;
     let specs = match args.local_cluster {

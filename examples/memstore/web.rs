@@ -32,6 +32,7 @@ pub fn router(state: AppState) -> Router {
         .route("/members/{id}/remove", post(remove_member))
         .route("/transfer_leader/{id}", post(transfer_leader))
         .route("/campaign", post(campaign))
+        .route("/metrics", get(metrics))
         .with_state(state)
 }
 
@@ -195,6 +196,18 @@ async fn transfer_leader(State(s): State<AppState>, Path(id): Path<String>) -> R
         Ok(()) => (StatusCode::OK, format!("leadership moved to node {id}\n")).into_response(),
         Err(e) => error_response(e),
     }
+}
+
+/// Prometheus text format.
+async fn metrics(State(s): State<AppState>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        s.raft.metrics_text(),
+    )
+        .into_response()
 }
 
 async fn campaign(State(s): State<AppState>) -> Response {

@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, watch};
 use crate::client::ClientPool;
 use crate::config::{Config, Peers};
 use crate::error::{Error, Result};
+use crate::metrics::Metrics;
 use crate::node::{RaftNode, ReadBatcher, Role, RunLoop, Shared, SoftStatus, Waiters};
 use crate::state_machine::AbstractStateMachine;
 use crate::storage::{LmdbStorage, LogStore, SnapshotEnvelope};
@@ -181,7 +182,14 @@ impl<F: AbstractStateMachine> Raft<F> {
         let (status_tx, status_rx) = watch::channel(initial);
         let (stopped_tx, stopped_rx) = watch::channel(false);
         let book = AddressBook::new(peers.clone());
-        let transport = GrpcTransport::new(node_id, &config, mailbox_tx.clone(), logger.clone());
+        let metrics = Metrics::new(node_id);
+        let transport = GrpcTransport::new(
+            node_id,
+            &config,
+            mailbox_tx.clone(),
+            metrics.clone(),
+            logger.clone(),
+        );
         transport.set_peers(&peers);
 
         let node = RaftNode {
@@ -195,6 +203,7 @@ impl<F: AbstractStateMachine> Raft<F> {
                 peers: book.clone(),
                 clients: ClientPool::default(),
                 query_handler: std::sync::RwLock::new(None),
+                metrics: metrics.clone(),
             }),
         };
         let run_loop = RunLoop {
@@ -215,6 +224,7 @@ impl<F: AbstractStateMachine> Raft<F> {
             leader_since: None,
             max_node_id,
             reads: ReadBatcher::default(),
+            metrics,
         };
         let service = RaftGrpcService::new(node.clone());
         Ok(Raft {

@@ -35,6 +35,7 @@ pub(crate) struct Shared {
     pub(crate) peers: AddressBook,
     pub(crate) clients: ClientPool,
     pub(crate) query_handler: std::sync::RwLock<Option<QueryHandler>>,
+    pub(crate) metrics: crate::metrics::Metrics,
 }
 
 /// A type-erased query handler: gets the state machine as `&dyn Any` and the query bytes.
@@ -418,6 +419,11 @@ impl RaftNode {
         let mut stopped = self.shared.stopped.clone();
         // An error means the sender is gone, which only happens once the node is down.
         let _ = stopped.wait_for(|s| *s).await;
+    }
+
+    /// This node's metrics in the Prometheus text format (what memstore serves at `/metrics`).
+    pub fn metrics_text(&self) -> String {
+        self.shared.metrics.render()
     }
 
     /// True once the node has fully stopped.

@@ -21,6 +21,7 @@ use super::status::{NodeStatus, PeerStatus, Role, SoftStatus};
 use crate::cluster::AddressBook;
 use crate::config::{Config, Peers};
 use crate::error::{Error, Result};
+use crate::metrics::Metrics;
 use crate::state_machine::AbstractStateMachine;
 use crate::storage::{LogStore, PersistBatch, SnapshotEnvelope};
 use crate::transport::Transport;
@@ -58,6 +59,7 @@ pub(crate) struct RunLoop<S: LogStore, F: AbstractStateMachine> {
     /// The highest node id ever admitted or reserved (replicated state, see `FrameworkEntry`).
     pub(crate) max_node_id: u64,
     pub(crate) reads: ReadBatcher,
+    pub(crate) metrics: Metrics,
 }
 
 impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
@@ -86,6 +88,7 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
                 }
             }
             if let Some(ctx) = self.reads.start_round() {
+                self.metrics.read_index_rounds.inc();
                 self.raw.read_index(ctx);
             }
             // 2-9. Handle the Ready this produced.
@@ -125,7 +128,10 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
                     slog::debug!(self.logger, "raft refused a message"; "error" => %e);
                 }
             }
-            Command::ReadIndex { reply } => self.reads.push(reply),
+            Command::ReadIndex { reply } => {
+                self.metrics.reads.inc();
+                self.reads.push(reply);
+            }
             Command::Query(f) => f(&self.fsm),
             Command::Campaign { reply } => {
                 let _ = reply.send(self.raw.campaign().map_err(Error::from));
@@ -438,10 +444,22 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
         if batch.is_empty() {
             return Ok(());
         }
+        if !batch.entries.is_empty() {
+            self.metrics
+                .ready_entries
+                .observe(batch.entries.len() as f64);
+        }
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.persist(batch))
-            .await
-            .map_err(|e| Error::Other(format!("storage thread failed: {e}")))??;
+        let timer = self.metrics.fsync_seconds.clone();
+        tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            let result = store.persist(batch);
+            timer.observe(started.elapsed().as_secs_f64());
+            result
+        })
+        .await
+        .map_err(|e| Error::Other(format!("storage thread failed: {e}")))??;
+        self.metrics.fsyncs.inc();
         Ok(())
     }
 
@@ -458,6 +476,7 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
         self.peers.replace(envelope.peers);
         self.transport.set_peers(&self.peers.to_peers());
         self.applied = index;
+        self.metrics.snapshots.inc();
         slog::info!(self.logger, "installed snapshot from leader"; "index" => index);
         Ok(())
     }
@@ -489,6 +508,7 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
                 }
             }
             self.applied = index;
+            self.metrics.committed_entries.inc();
         }
         Ok(())
     }
@@ -594,6 +614,8 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
         })
         .await
         .map_err(|e| Error::Other(format!("storage thread failed: {e}")))??;
+        self.metrics.snapshots.inc();
+        self.metrics.snapshot_bytes.observe(size as f64);
         slog::info!(self.logger, "snapshot taken"; "index" => index, "term" => term, "bytes" => size, "compacted_below" => compact_to);
         Ok(index)
     }
@@ -618,7 +640,10 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
             commit: raft.raft_log.committed,
             applied: self.applied,
         };
+        self.metrics.applied_index.set(self.applied as i64);
+        self.metrics.term.set(next.term as i64);
         let logger = &self.logger;
+        let metrics = &self.metrics;
         let leader_since = &mut self.leader_since;
         self.status_tx.send_if_modified(|cur| {
             if *cur == next {
@@ -626,6 +651,9 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
             }
             if cur.role != next.role || cur.leader_id != next.leader_id {
                 *leader_since = (next.role == Role::Leader).then(tokio::time::Instant::now);
+                if cur.leader_id != next.leader_id && next.leader_id != 0 {
+                    metrics.leader_changes.inc();
+                }
                 slog::info!(logger, "role changed"; "role" => ?next.role, "term" => next.term, "leader" => next.leader_id);
             }
             *cur = next;

@@ -213,6 +213,62 @@ impl LmdbStorage {
         }
     }
 
+    /// Open an existing data dir read-only (for inspection while the node may be running).
+    /// Creates nothing; a path that is not a pontoon data dir is a `NotADataDir` error.
+    pub fn open_read_only(path: impl AsRef<Path>) -> Result<Self, StorageError> {
+        let path = path.as_ref().to_path_buf();
+        let not_a_dir = |reason: &str| StorageError::NotADataDir {
+            path: path.clone(),
+            reason: reason.to_string(),
+        };
+        if !path.exists() {
+            return Err(not_a_dir("no such directory"));
+        }
+        if !path.is_dir() {
+            return Err(not_a_dir("it is a file, not a directory"));
+        }
+        if !path.join("data.mdb").exists() {
+            return Err(not_a_dir("it holds no data.mdb"));
+        }
+        let env = open_env(&path, 1 << 20, true)?;
+        let rtxn = env.read_txn()?;
+        let meta: MetaDb = env
+            .open_database(&rtxn, Some("meta"))?
+            .ok_or_else(|| not_a_dir("an LMDB environment without pontoon's metadata"))?;
+        read_identity(&meta, &rtxn, &path)?;
+        let entries: EntriesDb = env
+            .open_database(&rtxn, Some("entries"))?
+            .ok_or_else(|| not_a_dir("no entries database"))?;
+        let snapshot: MetaDb = env
+            .open_database(&rtxn, Some("snapshot"))?
+            .ok_or_else(|| not_a_dir("no snapshot database"))?;
+        // Committing (not dropping) the read transaction keeps the database handles valid.
+        rtxn.commit()?;
+        let inner = Inner {
+            env,
+            entries,
+            meta,
+            snapshot,
+            txn_gate: RwLock::new(()),
+            cache: RwLock::new(Cache::default()),
+            snapshot_request: AtomicBool::new(false),
+            path,
+        };
+        let cache = inner.load_cache()?;
+        *lock_write(&inner.cache) = cache;
+        Ok(LmdbStorage {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// The stored conf state and the log index of the change it reflects.
+    pub fn conf_state(&self) -> Result<(ConfState, u64), StorageError> {
+        let _gate = lock_read(&self.inner.txn_gate);
+        let rtxn = self.inner.env.read_txn()?;
+        let cs = self.inner.read_conf_state(&rtxn)?;
+        Ok((cs, self.cache().conf_state_index))
+    }
+
     /// The directory this store lives in.
     pub fn path(&self) -> &Path {
         &self.inner.path

@@ -20,6 +20,7 @@ use super::pb;
 use super::Transport;
 use crate::client::connect_lazy;
 use crate::config::{Config, Peers};
+use crate::metrics::Metrics;
 use crate::node::Command;
 
 const BACKOFF_START: Duration = Duration::from_millis(20);
@@ -38,6 +39,7 @@ pub struct GrpcTransport {
     config: Config,
     feedback: mpsc::Sender<Command>,
     peers: Mutex<HashMap<u64, PeerSender>>,
+    metrics: Metrics,
     logger: Logger,
 }
 
@@ -47,6 +49,7 @@ impl GrpcTransport {
         node_id: u64,
         config: &Config,
         feedback: mpsc::Sender<Command>,
+        metrics: Metrics,
         logger: Logger,
     ) -> Arc<Self> {
         Arc::new(GrpcTransport {
@@ -55,6 +58,7 @@ impl GrpcTransport {
             config: config.clone(),
             feedback,
             peers: Mutex::new(HashMap::new()),
+            metrics,
             logger,
         })
     }
@@ -68,6 +72,14 @@ impl GrpcTransport {
             cluster_id: self.cluster_id.clone(),
             config: self.config.clone(),
             feedback: self.feedback.clone(),
+            sent: self
+                .metrics
+                .peer_messages_sent
+                .with_label_values(&[&peer_id.to_string()]),
+            dropped: self
+                .metrics
+                .peer_messages_dropped
+                .with_label_values(&[&peer_id.to_string()]),
             logger: self.logger.new(slog::o!("peer" => peer_id)),
         };
         let task = tokio::spawn(worker.run(rx));
@@ -105,6 +117,10 @@ impl Transport for GrpcTransport {
                     mpsc::error::TrySendError::Full(m) | mpsc::error::TrySendError::Closed(m) => m,
                 };
                 // Queue full: drop (raft retransmits) and let raft slow down for this peer.
+                self.metrics
+                    .peer_messages_dropped
+                    .with_label_values(&[&to.to_string()])
+                    .inc();
                 let _ = self.feedback.try_send(Command::ReportUnreachable(to));
                 if msg.get_msg_type() == MessageType::MsgSnapshot {
                     let _ = self
@@ -140,6 +156,8 @@ struct SenderWorker {
     cluster_id: String,
     config: Config,
     feedback: mpsc::Sender<Command>,
+    sent: prometheus::IntCounter,
+    dropped: prometheus::IntCounter,
     logger: Logger,
 }
 
@@ -188,6 +206,7 @@ impl SenderWorker {
                 tokio::time::timeout(self.config.rpc_timeout, client.send_messages(request)).await;
             match sent {
                 Ok(Ok(_)) => {
+                    self.sent.inc_by(batch.len() as u64);
                     if failing {
                         slog::info!(self.logger, "peer reachable again"; "addr" => &self.addr);
                     }
@@ -200,6 +219,7 @@ impl SenderWorker {
                     }
                 }
                 Ok(Err(status)) => {
+                    self.dropped.inc_by(batch.len() as u64);
                     self.on_failure(&mut failing, &snapshots, &status.to_string())
                         .await;
                     if status.code() == tonic::Code::PermissionDenied {
@@ -209,6 +229,7 @@ impl SenderWorker {
                     self.pause(&mut queue, &mut backoff).await;
                 }
                 Err(_) => {
+                    self.dropped.inc_by(batch.len() as u64);
                     self.on_failure(&mut failing, &snapshots, "timed out").await;
                     self.pause(&mut queue, &mut backoff).await;
                 }

@@ -118,6 +118,29 @@ impl RaftService for RaftGrpcService {
         )))
     }
 
+    async fn transfer_leader(
+        &self,
+        request: Request<pb::TransferLeaderRequest>,
+    ) -> Result<Response<pb::ProposeResponse>, Status> {
+        let req = request.into_inner();
+        self.check_cluster(&req.cluster_id)?;
+        let result = self.node.transfer_leader(req.target).await;
+        Ok(Response::new(result_to_response(
+            result.map(|()| Vec::new()),
+        )))
+    }
+
+    async fn create_snapshot(
+        &self,
+        request: Request<pb::CreateSnapshotRequest>,
+    ) -> Result<Response<pb::ProposeResponse>, Status> {
+        self.check_cluster(&request.get_ref().cluster_id)?;
+        let result = self.node.make_snapshot().await;
+        Ok(Response::new(result_to_response(
+            result.map(|index| index.to_be_bytes().to_vec()),
+        )))
+    }
+
     async fn request_id(
         &self,
         request: Request<pb::RequestIdRequest>,
@@ -142,7 +165,11 @@ impl RaftService for RaftGrpcService {
         &self,
         request: Request<pb::DebugNodeRequest>,
     ) -> Result<Response<pb::DebugNodeResponse>, Status> {
-        self.check_cluster(&request.get_ref().cluster_id)?;
+        // An empty cluster id is accepted: status is read-only (pontoon-cli debug node).
+        let cluster_id = &request.get_ref().cluster_id;
+        if !cluster_id.is_empty() {
+            self.check_cluster(cluster_id)?;
+        }
         let status = self
             .node
             .inspect()

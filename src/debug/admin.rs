@@ -1,0 +1,124 @@
+//! Administrative calls for tools: remove a member, move leadership, force a snapshot. Each
+//! learns the cluster id from the node first, and follows `NotLeader` hints a few hops.
+
+use protobuf::Message as _;
+use raft::eraftpb::ConfChangeType;
+
+use crate::client::connect_lazy;
+use crate::config::{Config, Peers};
+use crate::error::{Error, Result};
+use crate::node::{response_to_result, single_change};
+use crate::transport::pb;
+
+const MAX_HOPS: usize = 5;
+
+fn admin_config() -> Config {
+    Config {
+        rpc_timeout: std::time::Duration::from_secs(15),
+        ..Config::default()
+    }
+}
+
+/// The cluster id and address book as the node at `addr` reports them.
+pub async fn discover(addr: &str) -> Result<(String, Peers, u64)> {
+    let config = admin_config();
+    let mut client = connect_lazy(addr, &config)?;
+    let reply = tokio::time::timeout(
+        config.rpc_timeout,
+        client.get_peers(pb::GetPeersRequest {
+            cluster_id: String::new(),
+        }),
+    )
+    .await
+    .map_err(|_| Error::Timeout(format!("member list from {addr}")))?
+    .map_err(|s| Error::Transport(format!("{addr}: {}", s.message())))?
+    .into_inner();
+    Ok((
+        reply.cluster_id,
+        reply.peers.into_iter().collect(),
+        reply.leader_id,
+    ))
+}
+
+enum AdminCall {
+    Remove(u64),
+    Transfer(u64),
+    Snapshot,
+}
+
+async fn call(addr: &str, what: AdminCall, follow_leader: bool) -> Result<Vec<u8>> {
+    let (cluster_id, _, _) = discover(addr).await?;
+    let config = admin_config();
+    let mut target = addr.to_string();
+    for _ in 0..MAX_HOPS {
+        let mut client = connect_lazy(&target, &config)?;
+        let reply = match &what {
+            AdminCall::Remove(id) => {
+                let cc = single_change(ConfChangeType::RemoveNode, *id);
+                let conf_change = cc
+                    .write_to_bytes()
+                    .map_err(|e| Error::Encoding(e.to_string()))?;
+                tokio::time::timeout(
+                    config.rpc_timeout,
+                    client.change_config(pb::ChangeConfigRequest {
+                        cluster_id: cluster_id.clone(),
+                        conf_change,
+                        addrs: Default::default(),
+                    }),
+                )
+                .await
+            }
+            AdminCall::Transfer(id) => {
+                tokio::time::timeout(
+                    config.rpc_timeout,
+                    client.transfer_leader(pb::TransferLeaderRequest {
+                        cluster_id: cluster_id.clone(),
+                        target: *id,
+                    }),
+                )
+                .await
+            }
+            AdminCall::Snapshot => {
+                tokio::time::timeout(
+                    config.rpc_timeout,
+                    client.create_snapshot(pb::CreateSnapshotRequest {
+                        cluster_id: cluster_id.clone(),
+                    }),
+                )
+                .await
+            }
+        };
+        let reply = reply
+            .map_err(|_| Error::Timeout(format!("call to {target}")))?
+            .map_err(|s| Error::Transport(format!("{target}: {}", s.message())))?
+            .into_inner();
+        match response_to_result(reply) {
+            Err(Error::NotLeader {
+                leader_addr: Some(leader),
+                ..
+            }) if follow_leader && leader != target => target = leader,
+            other => return other,
+        }
+    }
+    Err(Error::NoLeader)
+}
+
+/// Remove member `id` (sent to the leader, found through `addr`).
+pub async fn remove_member(addr: &str, id: u64) -> Result<()> {
+    call(addr, AdminCall::Remove(id), true).await.map(|_| ())
+}
+
+/// Move leadership to `id` (sent to the leader, found through `addr`).
+pub async fn transfer_leader(addr: &str, id: u64) -> Result<()> {
+    call(addr, AdminCall::Transfer(id), true).await.map(|_| ())
+}
+
+/// Take a snapshot on the node at `addr`; returns its index.
+pub async fn create_snapshot(addr: &str) -> Result<u64> {
+    let bytes = call(addr, AdminCall::Snapshot, false).await?;
+    let arr: [u8; 8] = bytes
+        .as_slice()
+        .try_into()
+        .map_err(|_| Error::Encoding("snapshot index is not 8 bytes".into()))?;
+    Ok(u64::from_be_bytes(arr))
+}

@@ -1,0 +1,171 @@
+//! What running nodes report, through their `DebugNode` / `GetPeers` RPCs.
+
+use serde::{Deserialize, Serialize};
+
+use super::table::render_table;
+use crate::client::connect_lazy;
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::node::NodeStatus;
+use crate::transport::pb;
+
+fn rpc_config() -> Config {
+    Config {
+        rpc_timeout: std::time::Duration::from_secs(3),
+        ..Config::default()
+    }
+}
+
+/// The live status of the node at `addr`. `cluster_id` may be empty (any cluster).
+pub async fn node_status(addr: &str, cluster_id: &str) -> Result<NodeStatus> {
+    let config = rpc_config();
+    let mut client = connect_lazy(addr, &config)?;
+    let reply = tokio::time::timeout(
+        config.rpc_timeout,
+        client.debug_node(pb::DebugNodeRequest {
+            cluster_id: cluster_id.to_string(),
+        }),
+    )
+    .await
+    .map_err(|_| Error::Timeout(format!("status of {addr}")))?
+    .map_err(|s| Error::Transport(format!("{addr}: {}", s.message())))?;
+    Ok(serde_json::from_str(&reply.into_inner().json)?)
+}
+
+/// One member as seen in `debug cluster`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberRow {
+    pub id: u64,
+    pub addr: String,
+    /// `None` when the member did not answer.
+    pub status: Option<NodeStatus>,
+    /// Why it did not answer.
+    pub error: Option<String>,
+    /// Entries behind the leader's commit index (when both answered).
+    pub lag: Option<u64>,
+}
+
+/// The status of every member known to the node at `addr`, unreachable ones marked.
+pub async fn cluster_status(addr: &str, cluster_id: &str) -> Result<Vec<MemberRow>> {
+    let config = rpc_config();
+    let mut client = connect_lazy(addr, &config)?;
+    let peers = tokio::time::timeout(
+        config.rpc_timeout,
+        client.get_peers(pb::GetPeersRequest {
+            cluster_id: cluster_id.to_string(),
+        }),
+    )
+    .await
+    .map_err(|_| Error::Timeout(format!("member list from {addr}")))?
+    .map_err(|s| Error::Transport(format!("{addr}: {}", s.message())))?
+    .into_inner();
+    let mut members: Vec<(u64, String)> = peers.peers.into_iter().collect();
+    members.sort();
+    let mut rows = Vec::new();
+    for (id, member_addr) in members {
+        let (status, error) = match node_status(&member_addr, cluster_id).await {
+            Ok(s) => (Some(s), None),
+            Err(e) => (None, Some(e.to_string())),
+        };
+        rows.push(MemberRow {
+            id,
+            addr: member_addr,
+            status,
+            error,
+            lag: None,
+        });
+    }
+    let leader_commit = rows
+        .iter()
+        .filter_map(|r| r.status.as_ref())
+        .find(|s| s.role.is_leader())
+        .map(|s| s.commit_index);
+    if let Some(commit) = leader_commit {
+        for row in &mut rows {
+            row.lag = row
+                .status
+                .as_ref()
+                .map(|s| commit.saturating_sub(s.applied_index));
+        }
+    }
+    Ok(rows)
+}
+
+/// Human rendering of one node's status: a summary and its view of the peers.
+pub fn render_node(s: &NodeStatus) -> String {
+    let mut out = format!(
+        "node {} ({}) in cluster {:?}: {:?}, term {}, leader {}\n\
+         commit {}  applied {}  log {}..{}  snapshot {} (term {})  pending proposals {}\n\
+         read index: {} reads in {} rounds\n",
+        s.id,
+        s.peers
+            .iter()
+            .find(|p| p.id == s.id)
+            .and_then(|p| p.addr.clone())
+            .unwrap_or_default(),
+        s.cluster_id,
+        s.role,
+        s.term,
+        s.leader_id,
+        s.commit_index,
+        s.applied_index,
+        s.first_index,
+        s.last_index,
+        s.snapshot_index,
+        s.snapshot_term,
+        s.pending_proposals,
+        s.read_index_requests,
+        s.read_index_rounds,
+    );
+    let opt = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
+    let rows: Vec<Vec<String>> = s
+        .peers
+        .iter()
+        .map(|p| {
+            vec![
+                p.id.to_string(),
+                p.addr.clone().unwrap_or_else(|| "-".into()),
+                p.role.clone(),
+                opt(p.matched),
+                opt(p.next_index),
+                p.state.clone().unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    out.push_str(&render_table(
+        &["id", "addr", "role", "match", "next", "state"],
+        &rows,
+    ));
+    out
+}
+
+/// Human rendering of `cluster_status`.
+pub fn render_cluster(rows: &[MemberRow]) -> String {
+    let table: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| match &r.status {
+            Some(s) => vec![
+                r.id.to_string(),
+                r.addr.clone(),
+                format!("{:?}", s.role).to_lowercase(),
+                s.term.to_string(),
+                s.commit_index.to_string(),
+                s.applied_index.to_string(),
+                r.lag.map(|l| l.to_string()).unwrap_or_else(|| "-".into()),
+            ],
+            None => vec![
+                r.id.to_string(),
+                r.addr.clone(),
+                "UNREACHABLE".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+            ],
+        })
+        .collect();
+    render_table(
+        &["id", "addr", "role", "term", "commit", "applied", "lag"],
+        &table,
+    )
+}

@@ -1,0 +1,16 @@
+//! Looking inside pontoon: what a data dir holds (`persisted`) and what running nodes report
+//! (`live`). `pontoon-cli` is a thin shell over these functions; an application can build its own
+//! CLI with them and pass an `EntryFormatter` that decodes its own log entries.
+
+mod admin;
+mod live;
+mod persisted;
+mod table;
+
+pub use admin::{create_snapshot, discover, remove_member, transfer_leader};
+pub use live::{cluster_status, node_status, render_cluster, render_node, MemberRow};
+pub use persisted::{
+    default_formatter, read_persisted, render_persisted, EntryFormatter, EntryView, PersistedState,
+    SnapshotView,
+};
+pub use table::render_table;

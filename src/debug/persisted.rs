@@ -1,0 +1,264 @@
+//! What a data dir holds, read through a read-only LMDB handle (safe while the node runs).
+
+use std::path::Path;
+
+use protobuf::Message as _;
+use raft::eraftpb::{ConfChange, ConfChangeType, ConfChangeV2, EntryType};
+use raft::Storage;
+use raft_proto::ConfChangeI;
+use serde::{Deserialize, Serialize};
+
+use super::table::render_table;
+use crate::config::Peers;
+use crate::error::Result;
+use crate::node::{ConfChangeContext, EntryKind, FrameworkEntry, ProposalContext};
+use crate::storage::{LmdbStorage, LogStore};
+
+/// Turns a user entry's bytes into text; `None` falls back to the default rendering.
+pub type EntryFormatter = dyn Fn(&[u8]) -> Option<String> + Send + Sync;
+
+/// UTF-8 when printable, hex otherwise.
+pub fn default_formatter(data: &[u8]) -> String {
+    match std::str::from_utf8(data) {
+        Ok(s) if s.chars().all(|c| !c.is_control() || c == '\n' || c == '\t') => s.to_string(),
+        _ => {
+            let hex: String = data.iter().map(|b| format!("{b:02x}")).collect();
+            format!("0x{hex}")
+        }
+    }
+}
+
+/// One log entry, decoded as far as pontoon can.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryView {
+    pub index: u64,
+    pub term: u64,
+    /// `normal`, `conf_change` or `conf_change_v2`.
+    pub entry_type: String,
+    /// `user`, `framework`, `noop` or `membership`.
+    pub kind: String,
+    /// Size of the entry's data in bytes.
+    pub size: usize,
+    /// The data, rendered (user entries through the formatter).
+    pub data: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotView {
+    pub index: u64,
+    pub term: u64,
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
+    pub bytes: usize,
+}
+
+/// Everything `pontoon-cli debug persisted` shows.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PersistedState {
+    pub node_id: u64,
+    pub cluster_id: String,
+    pub format_version: u32,
+    pub term: u64,
+    pub vote: u64,
+    pub commit: u64,
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
+    pub voters_outgoing: Vec<u64>,
+    pub conf_state_index: u64,
+    pub first_index: u64,
+    pub last_index: u64,
+    pub snapshot: Option<SnapshotView>,
+    pub peers: Peers,
+    pub entries: Vec<EntryView>,
+}
+
+/// Read a data dir (read-only) and decode the entries in `[from, to]` (clamped to the log).
+pub fn read_persisted(
+    dir: impl AsRef<Path>,
+    from: Option<u64>,
+    to: Option<u64>,
+    formatter: Option<&EntryFormatter>,
+) -> Result<PersistedState> {
+    let store = LmdbStorage::open_read_only(dir)?;
+    let identity = store.identity()?;
+    let hs = store.hard_state()?;
+    let (cs, conf_state_index) = store.conf_state()?;
+    let first = store.first_index()?;
+    let last = store.last_index()?;
+    let snapshot = store.latest_snapshot()?.map(|s| {
+        let meta = s.get_metadata();
+        SnapshotView {
+            index: meta.index,
+            term: meta.term,
+            voters: meta.get_conf_state().voters.clone(),
+            learners: meta.get_conf_state().learners.clone(),
+            bytes: s.get_data().len(),
+        }
+    });
+    let low = from.unwrap_or(first).max(first);
+    let high = to.unwrap_or(last).min(last);
+    let mut entries = Vec::new();
+    if low <= high {
+        let ctx = raft::GetEntriesContext::empty(false);
+        for entry in store.entries(low, high + 1, None, ctx)? {
+            entries.push(view_entry(&entry, formatter));
+        }
+    }
+    Ok(PersistedState {
+        node_id: identity.node_id,
+        cluster_id: identity.cluster_id,
+        format_version: identity.format_version,
+        term: hs.term,
+        vote: hs.vote,
+        commit: hs.commit,
+        voters: cs.voters.clone(),
+        learners: cs.learners.clone(),
+        voters_outgoing: cs.voters_outgoing.clone(),
+        conf_state_index,
+        first_index: first,
+        last_index: last,
+        snapshot,
+        peers: store.peers()?,
+        entries,
+    })
+}
+
+fn view_entry(entry: &raft::eraftpb::Entry, formatter: Option<&EntryFormatter>) -> EntryView {
+    let data = entry.get_data();
+    let (entry_type, kind, text) = match entry.get_entry_type() {
+        EntryType::EntryNormal => {
+            let (kind, text) = match ProposalContext::decode(entry.get_context()) {
+                Some(c) if c.kind == EntryKind::Framework => (
+                    "framework",
+                    match bincode::deserialize::<FrameworkEntry>(data) {
+                        Ok(FrameworkEntry::ReserveId { raft_addr }) => {
+                            format!("reserve a node id for {raft_addr}")
+                        }
+                        Err(e) => format!("unreadable framework entry: {e}"),
+                    },
+                ),
+                None if data.is_empty() => ("noop", "(empty entry of a new leader)".to_string()),
+                _ => (
+                    "user",
+                    formatter
+                        .and_then(|f| f(data))
+                        .unwrap_or_else(|| default_formatter(data)),
+                ),
+            };
+            ("normal", kind, text)
+        }
+        t @ (EntryType::EntryConfChange | EntryType::EntryConfChangeV2) => {
+            let cc = if t == EntryType::EntryConfChange {
+                ConfChange::parse_from_bytes(data).map(|c| c.into_v2())
+            } else {
+                ConfChangeV2::parse_from_bytes(data)
+            };
+            let addrs = bincode::deserialize::<ConfChangeContext>(entry.get_context())
+                .map(|c| c.addrs)
+                .unwrap_or_default();
+            let text = match cc {
+                Ok(cc) => describe_conf_change(&cc, &addrs),
+                Err(e) => format!("unreadable conf change: {e}"),
+            };
+            let name = if t == EntryType::EntryConfChange {
+                "conf_change"
+            } else {
+                "conf_change_v2"
+            };
+            (name, "membership", text)
+        }
+    };
+    EntryView {
+        index: entry.index,
+        term: entry.term,
+        entry_type: entry_type.to_string(),
+        kind: kind.to_string(),
+        size: data.len(),
+        data: text,
+    }
+}
+
+fn describe_conf_change(cc: &ConfChangeV2, addrs: &Peers) -> String {
+    if cc.get_changes().is_empty() {
+        return "leave joint configuration".to_string();
+    }
+    let parts: Vec<String> = cc
+        .get_changes()
+        .iter()
+        .map(|c| {
+            let id = c.node_id;
+            let at = addrs
+                .get(&id)
+                .map(|a| format!(" at {a}"))
+                .unwrap_or_default();
+            match c.get_change_type() {
+                ConfChangeType::AddNode => format!("add voter {id}{at}"),
+                ConfChangeType::AddLearnerNode => format!("add learner {id}{at}"),
+                ConfChangeType::RemoveNode => format!("remove {id}"),
+            }
+        })
+        .collect();
+    parts.join(", ")
+}
+
+/// The human rendering: a summary block, then the entries as an aligned table.
+pub fn render_persisted(state: &PersistedState) -> String {
+    let list = |ids: &[u64]| {
+        ids.iter()
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let mut out = String::new();
+    out.push_str(&format!("node id:        {}\n", state.node_id));
+    out.push_str(&format!("cluster id:     {}\n", state.cluster_id));
+    out.push_str(&format!("format version: {}\n", state.format_version));
+    out.push_str(&format!(
+        "hard state:     term={} vote={} commit={}\n",
+        state.term, state.vote, state.commit
+    ));
+    out.push_str(&format!(
+        "conf state:     voters=[{}] learners=[{}] outgoing=[{}] (as of index {})\n",
+        list(&state.voters),
+        list(&state.learners),
+        list(&state.voters_outgoing),
+        state.conf_state_index
+    ));
+    out.push_str(&format!(
+        "log:            first={} last={}\n",
+        state.first_index, state.last_index
+    ));
+    match &state.snapshot {
+        Some(s) => out.push_str(&format!(
+            "snapshot:       index={} term={} voters=[{}] bytes={}\n",
+            s.index,
+            s.term,
+            list(&s.voters),
+            s.bytes
+        )),
+        None => out.push_str("snapshot:       none\n"),
+    }
+    out.push_str("peers:\n");
+    for (id, addr) in &state.peers {
+        out.push_str(&format!("  {id} = {addr}\n"));
+    }
+    out.push_str(&format!("entries ({} shown):\n", state.entries.len()));
+    let rows: Vec<Vec<String>> = state
+        .entries
+        .iter()
+        .map(|e| {
+            vec![
+                e.index.to_string(),
+                e.term.to_string(),
+                e.kind.clone(),
+                e.size.to_string(),
+                e.data.clone(),
+            ]
+        })
+        .collect();
+    out.push_str(&render_table(
+        &["index", "term", "kind", "size", "data"],
+        &rows,
+    ));
+    out
+}
