@@ -394,9 +394,13 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
             entries: ready.take_entries(),
             ..Default::default()
         };
-        if ready.hs().is_some() || self.commit_dirty {
+        if ready.must_sync() {
             batch.hard_state = Some(self.raw.raft.hard_state());
             self.commit_dirty = false;
+        } else if ready.hs().is_some() {
+            // Only the commit index moved. It need not be durable (a restarted node relearns
+            // it from the leader), so it rides on the next write instead of costing an fsync.
+            self.commit_dirty = true;
         }
         self.take_pending_meta(&mut batch);
         self.persist(batch).await?;

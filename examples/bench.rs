@@ -1,0 +1,242 @@
+//! pontoon's benchmark: an N-node cluster in this process (real loopback gRPC, LMDB with fsync on,
+//! fresh data dirs), driven by concurrent proposers through `RaftNode::propose`.
+//!
+//!     cargo run --release --example bench -- --nodes 3 --clients 256 --seconds 10
+//!     cargo run --release --example bench -- --mode read --clients 64 --json
+//!
+//! Prints throughput, latency percentiles, fsyncs per committed entry, bytes on disk and peak RSS.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use pontoon::{async_trait, AbstractStateMachine, Config, Peers, Raft, Result};
+
+#[derive(Parser, Debug)]
+#[command(about = "pontoon benchmark")]
+struct Args {
+    /// Cluster size.
+    #[arg(long, default_value_t = 3)]
+    nodes: u64,
+    /// Concurrent proposers (or readers).
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// How long to run the load.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Entry size in bytes.
+    #[arg(long, default_value_t = 16)]
+    size: usize,
+    /// `write` (proposals) or `read` (linearizable reads).
+    #[arg(long, default_value = "write")]
+    mode: String,
+    /// Send the load to followers too (forwarded), instead of the leader only.
+    #[arg(long)]
+    all_nodes: bool,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Counts applied entries; answers nothing.
+#[derive(Clone, Default)]
+struct Counter(Arc<AtomicU64>);
+
+#[async_trait]
+impl AbstractStateMachine for Counter {
+    async fn apply(&mut self, _log_entry: Vec<u8>) -> Result<Vec<u8>> {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        Ok(Vec::new())
+    }
+    async fn snapshot(&self) -> Result<Vec<u8>> {
+        Ok(self.0.load(Ordering::Relaxed).to_be_bytes().to_vec())
+    }
+    async fn restore(&mut self, snapshot: Vec<u8>) -> Result<()> {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(snapshot.get(..8).unwrap_or(&[0; 8]));
+        self.0.store(u64::from_be_bytes(b), Ordering::Relaxed);
+        Ok(())
+    }
+    fn encode(&self) -> Result<Vec<u8>> {
+        self.snapshot_bytes()
+    }
+    fn decode(bytes: &[u8]) -> Result<Self> {
+        let c = Counter::default();
+        if bytes.len() >= 8 {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&bytes[..8]);
+            c.0.store(u64::from_be_bytes(b), Ordering::Relaxed);
+        }
+        Ok(c)
+    }
+}
+
+impl Counter {
+    fn snapshot_bytes(&self) -> Result<Vec<u8>> {
+        Ok(self.0.load(Ordering::Relaxed).to_be_bytes().to_vec())
+    }
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.split(['{', ' ']).next() == Some(name))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum()
+}
+
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| {
+            let p = e.path();
+            if p.is_dir() {
+                dir_bytes(&p)
+            } else {
+                e.metadata().map(|m| m.len()).unwrap_or(0)
+            }
+        })
+        .sum()
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i] as f64 / 1000.0
+}
+
+#[tokio::main]
+async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
+    let args = Args::parse();
+    let tmp = tempfile::tempdir()?;
+    let listeners: Vec<_> = (0..args.nodes)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<_>>()?;
+    let peers: Peers = (1..=args.nodes)
+        .zip(
+            listeners
+                .iter()
+                .map(|l| l.local_addr().map(|a| a.to_string())),
+        )
+        .map(|(id, a)| a.map(|a| (id, a)))
+        .collect::<std::io::Result<_>>()?;
+    drop(listeners);
+    let logger = pontoon::slog::Logger::root(pontoon::slog::Discard, pontoon::slog::o!());
+    let mut nodes = Vec::new();
+    for id in 1..=args.nodes {
+        let config = Config {
+            data_dir: tmp.path().join(format!("node-{id}")),
+            initial_peers: Some(peers.clone()),
+            cluster_id: "bench".into(),
+            tick_interval: Duration::from_millis(50),
+            snapshot_threshold: 1_000_000,
+            ..Default::default()
+        };
+        let raft = Raft::bootstrap(
+            id,
+            peers[&id].clone(),
+            Counter::default(),
+            config,
+            logger.clone(),
+        )
+        .await?;
+        tokio::spawn(raft.clone().run());
+        nodes.push(raft);
+    }
+    let leader_id = nodes[0].wait_for_leader(Duration::from_secs(20)).await?;
+    let leader = nodes[(leader_id - 1) as usize].clone();
+    // Warm up connections and the leader's first entry.
+    leader.propose(vec![0; args.size]).await?;
+    let before = leader.metrics_text();
+
+    let deadline = Instant::now() + Duration::from_secs(args.seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..args.clients {
+        let target = if args.all_nodes {
+            nodes[c % nodes.len()].clone()
+        } else {
+            leader.clone()
+        };
+        let read = args.mode == "read";
+        let size = args.size;
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut errors = 0u64;
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                let ok = if read {
+                    target.read_index().await.is_ok()
+                } else {
+                    target.propose(vec![7u8; size]).await.is_ok()
+                };
+                if ok {
+                    latencies.push(t.elapsed().as_micros() as u64);
+                } else {
+                    errors += 1;
+                }
+            }
+            (latencies, errors)
+        }));
+    }
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (l, e) = t.await?;
+        all.extend(l);
+        errors += e;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    all.sort_unstable();
+    let after = leader.metrics_text();
+    let committed = metric(&after, "pontoon_committed_entries_total")
+        - metric(&before, "pontoon_committed_entries_total");
+    let fsyncs = metric(&after, "pontoon_fsyncs_total") - metric(&before, "pontoon_fsyncs_total");
+    let ops = all.len() as f64;
+    let result = serde_json::json!({
+        "mode": args.mode,
+        "setup": format!("{} nodes in one process, loopback gRPC, LMDB fsync on", args.nodes),
+        "clients": args.clients,
+        "entry_bytes": args.size,
+        "seconds": elapsed,
+        "ops": all.len(),
+        "errors": errors,
+        "ops_per_sec": ops / elapsed,
+        "p50_ms": percentile(&all, 0.50),
+        "p99_ms": percentile(&all, 0.99),
+        "p999_ms": percentile(&all, 0.999),
+        "leader_fsyncs": fsyncs,
+        "leader_committed_entries": committed,
+        "fsyncs_per_committed_entry": if committed > 0.0 { fsyncs / committed } else { 0.0 },
+        "bytes_on_disk": dir_bytes(tmp.path()),
+        "peak_rss_kib": peak_rss_kib(),
+    });
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&result)?);
+    } else {
+        for (k, v) in result.as_object().into_iter().flatten() {
+            println!("{k:<28} {v}");
+        }
+    }
+    for node in &nodes {
+        let _ = node.quit().await;
+    }
+    Ok(())
+}
