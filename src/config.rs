@@ -37,6 +37,15 @@ pub struct Config {
     pub snapshot_threshold: u64,
     /// Entries kept below the snapshot index when compacting, for followers slightly behind.
     pub compaction_margin: u64,
+    /// Also take a snapshot when this much time passed since the last one and something was
+    /// applied since (`None`: only by entry count).
+    pub snapshot_interval: Option<Duration>,
+    /// Snapshots travel to followers in chunks of this many bytes.
+    pub snapshot_chunk_bytes: usize,
+    /// Largest snapshot accepted from a leader, in bytes.
+    pub max_snapshot_bytes: u64,
+    /// Deadline of one snapshot transfer.
+    pub snapshot_timeout: Duration,
     /// Deadline of a proposal (local or forwarded). On expiry the outcome is unknown.
     pub propose_timeout: Duration,
     /// Deadline of one RPC to a peer.
@@ -79,6 +88,10 @@ impl Default for Config {
             tick_interval: Duration::from_millis(100),
             snapshot_threshold: 10_000,
             compaction_margin: 1_000,
+            snapshot_interval: None,
+            snapshot_chunk_bytes: 1024 * 1024,
+            max_snapshot_bytes: 64 * 1024 * 1024 * 1024,
+            snapshot_timeout: Duration::from_secs(300),
             propose_timeout: Duration::from_secs(10),
             rpc_timeout: Duration::from_secs(5),
             mailbox_capacity: 16 * 1024,
@@ -125,6 +138,11 @@ impl Config {
         if self.snapshot_threshold == 0 {
             return Err(Error::Config(
                 "snapshot_threshold must be above zero".into(),
+            ));
+        }
+        if self.snapshot_chunk_bytes == 0 || self.snapshot_chunk_bytes >= self.max_message_bytes {
+            return Err(Error::Config(
+                "snapshot_chunk_bytes must be above zero and below max_message_bytes".into(),
             ));
         }
         if self.mailbox_capacity == 0

@@ -25,6 +25,10 @@ pub struct Metrics {
     pub peer_messages_dropped: IntCounterVec,
     pub snapshots: IntCounter,
     pub snapshot_bytes: Histogram,
+    pub snapshot_chunks_sent: IntCounter,
+    pub snapshot_chunks_received: IntCounter,
+    pub snapshot_chunk_max_bytes: IntGauge,
+    pub snapshot_transfers_failed: IntCounter,
     pub reads: IntCounter,
     pub read_index_rounds: IntCounter,
 }
@@ -113,6 +117,26 @@ impl Metrics {
                 "snapshot_bytes",
                 "Size of snapshots taken or installed",
                 prometheus::exponential_buckets(1024.0, 4.0, 10).unwrap_or_default(),
+            ),
+            snapshot_chunks_sent: counter(
+                r,
+                "snapshot_chunks_sent_total",
+                "Snapshot chunks streamed to followers",
+            ),
+            snapshot_chunks_received: counter(
+                r,
+                "snapshot_chunks_received_total",
+                "Snapshot chunks received from a leader",
+            ),
+            snapshot_chunk_max_bytes: gauge(
+                r,
+                "snapshot_chunk_max_bytes",
+                "Largest snapshot chunk received",
+            ),
+            snapshot_transfers_failed: counter(
+                r,
+                "snapshot_transfers_failed_total",
+                "Snapshot streams that broke or were refused",
             ),
             reads: counter(r, "reads_total", "Linearizable reads asked of this node"),
             read_index_rounds: counter(r, "read_index_rounds_total", "ReadIndex rounds started"),

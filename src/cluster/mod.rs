@@ -124,6 +124,7 @@ impl<F: AbstractStateMachine> Raft<F> {
         let peers = if resumed {
             if let Some(snapshot) = store.latest_snapshot()? {
                 let envelope = SnapshotEnvelope::decode(snapshot.get_data())?;
+                envelope.check_matches(snapshot.get_metadata())?;
                 fsm.restore(envelope.user_data).await?;
                 applied = snapshot.get_metadata().index;
                 max_node_id = envelope.max_node_id;
@@ -136,6 +137,8 @@ impl<F: AbstractStateMachine> Raft<F> {
             // never an entry it would have to replay.
             max_node_id = initial.keys().copied().max().unwrap_or(node_id);
             let envelope = SnapshotEnvelope {
+                index: INITIAL_INDEX,
+                term: INITIAL_TERM,
                 peers: initial.clone(),
                 max_node_id,
                 user_data: fsm.snapshot().await?,
@@ -204,6 +207,7 @@ impl<F: AbstractStateMachine> Raft<F> {
                 clients: ClientPool::default(),
                 query_handler: std::sync::RwLock::new(None),
                 metrics: metrics.clone(),
+                cut_snapshot_stream_after: std::sync::atomic::AtomicU64::new(0),
             }),
         };
         let run_loop = RunLoop {
@@ -225,6 +229,7 @@ impl<F: AbstractStateMachine> Raft<F> {
             max_node_id,
             reads: ReadBatcher::default(),
             metrics,
+            last_snapshot_at: tokio::time::Instant::now(),
         };
         let service = RaftGrpcService::new(node.clone());
         Ok(Raft {

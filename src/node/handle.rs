@@ -36,6 +36,8 @@ pub(crate) struct Shared {
     pub(crate) clients: ClientPool,
     pub(crate) query_handler: std::sync::RwLock<Option<QueryHandler>>,
     pub(crate) metrics: crate::metrics::Metrics,
+    /// Test support: abort the next incoming snapshot stream after this many chunks (0 = off).
+    pub(crate) cut_snapshot_stream_after: std::sync::atomic::AtomicU64,
 }
 
 /// A type-erased query handler: gets the state machine as `&dyn Any` and the query bytes.
@@ -424,6 +426,15 @@ impl RaftNode {
     /// This node's metrics in the Prometheus text format (what memstore serves at `/metrics`).
     pub fn metrics_text(&self) -> String {
         self.shared.metrics.render()
+    }
+
+    /// Fault injection for tests: abort the next snapshot stream this node receives after
+    /// `chunks` chunks, as a broken connection would. The sender must retry.
+    #[doc(hidden)]
+    pub fn cut_next_snapshot_stream_after(&self, chunks: u64) {
+        self.shared
+            .cut_snapshot_stream_after
+            .store(chunks, std::sync::atomic::Ordering::Release);
     }
 
     /// True once the node has fully stopped.

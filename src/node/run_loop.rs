@@ -60,6 +60,7 @@ pub(crate) struct RunLoop<S: LogStore, F: AbstractStateMachine> {
     pub(crate) max_node_id: u64,
     pub(crate) reads: ReadBatcher,
     pub(crate) metrics: Metrics,
+    pub(crate) last_snapshot_at: tokio::time::Instant,
 }
 
 impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
@@ -423,7 +424,12 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
         let snap_index = self.store.snapshot_metadata().index;
         let since = self.applied.saturating_sub(snap_index);
         let requested = self.store.take_snapshot_request() && since > 0;
-        if requested || since >= self.config.snapshot_threshold {
+        let due = since > 0
+            && self
+                .config
+                .snapshot_interval
+                .is_some_and(|every| self.last_snapshot_at.elapsed() >= every);
+        if requested || due || since >= self.config.snapshot_threshold {
             // A failed snapshot only delays compaction; the node keeps serving.
             if let Err(e) = self.take_snapshot().await {
                 slog::error!(self.logger, "snapshot failed; the log is not compacted"; "error" => %e);
@@ -470,6 +476,7 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
     async fn install_snapshot(&mut self, snapshot: Snapshot) -> Result<()> {
         let index = snapshot.get_metadata().index;
         let envelope = SnapshotEnvelope::decode(snapshot.get_data())?;
+        envelope.check_matches(snapshot.get_metadata())?;
         let store = self.store.clone();
         let peers = envelope.peers.clone();
         tokio::task::spawn_blocking(move || store.install_snapshot(&snapshot, &peers))
@@ -596,6 +603,8 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
         let term = self.raw.raft.raft_log.term(index)?;
         let user_data = self.fsm.snapshot().await?;
         let envelope = SnapshotEnvelope {
+            index,
+            term,
             peers: self.peers.to_peers(),
             max_node_id: self.max_node_id,
             user_data,
@@ -620,6 +629,7 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
         .map_err(|e| Error::Other(format!("storage thread failed: {e}")))??;
         self.metrics.snapshots.inc();
         self.metrics.snapshot_bytes.observe(size as f64);
+        self.last_snapshot_at = tokio::time::Instant::now();
         slog::info!(self.logger, "snapshot taken"; "index" => index, "term" => term, "bytes" => size, "compacted_below" => compact_to);
         Ok(index)
     }

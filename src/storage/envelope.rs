@@ -18,6 +18,10 @@ const MAGIC: &[u8; 4] = b"PTSN";
 pub struct SnapshotEnvelope {
     /// The address book as of the snapshot index.
     pub peers: Peers,
+    /// Index and term of the snapshot, repeated inside the checksummed body so a snapshot whose
+    /// data does not belong to its metadata is refused.
+    pub index: u64,
+    pub term: u64,
     /// The highest node id ever admitted or reserved, so a reserved or removed id is never
     /// handed out again (see `Raft::request_id`).
     pub max_node_id: u64,
@@ -38,6 +42,23 @@ impl SnapshotEnvelope {
         out.extend_from_slice(&crc32(&body).to_be_bytes());
         out.extend_from_slice(&body);
         Ok(out)
+    }
+
+    /// Refuse an envelope whose index/term differ from the snapshot metadata it travels with.
+    pub fn check_matches(
+        &self,
+        meta: &raft::eraftpb::SnapshotMetadata,
+    ) -> Result<(), StorageError> {
+        if self.index != meta.index || self.term != meta.term {
+            return Err(StorageError::Corrupt {
+                what: "snapshot envelope".into(),
+                reason: format!(
+                    "holds index {} term {}, its metadata says index {} term {}",
+                    self.index, self.term, meta.index, meta.term
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// Decode and verify an envelope; any mismatch is a `Corrupt` error, never a panic.
@@ -64,17 +85,9 @@ impl SnapshotEnvelope {
     }
 }
 
-/// CRC-32 (IEEE), bitwise. Snapshots are rare, so a table-free loop is fast enough.
-fn crc32(data: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &byte in data {
-        crc ^= u32::from(byte);
-        for _ in 0..8 {
-            let mask = (crc & 1).wrapping_neg();
-            crc = (crc >> 1) ^ (0xEDB8_8320 & mask);
-        }
-    }
-    !crc
+/// CRC-32 (IEEE) of `data`.
+pub fn crc32(data: &[u8]) -> u32 {
+    crc32fast::hash(data)
 }
 
 #[cfg(test)]

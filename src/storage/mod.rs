@@ -14,7 +14,7 @@ mod envelope;
 mod error;
 mod lmdb;
 
-pub use envelope::{SnapshotEnvelope, ENVELOPE_VERSION};
+pub use envelope::{crc32, SnapshotEnvelope, ENVELOPE_VERSION};
 pub use error::StorageError;
 pub use lmdb::{LmdbStorage, StoredIdentity, FORMAT_VERSION};
 

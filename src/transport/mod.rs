@@ -7,6 +7,7 @@
 
 mod peer_sender;
 mod server;
+mod snapshot_receiver;
 
 pub use peer_sender::GrpcTransport;
 pub use server::RaftGrpcService;

@@ -18,10 +18,13 @@ use tokio::task::JoinHandle;
 
 use super::pb;
 use super::Transport;
+use tonic::transport::Channel;
+
 use crate::client::connect_lazy;
 use crate::config::{Config, Peers};
 use crate::metrics::Metrics;
 use crate::node::Command;
+use crate::transport::pb::raft_service_client::RaftServiceClient as GrpcClient;
 
 const BACKOFF_START: Duration = Duration::from_millis(20);
 const BACKOFF_CAP: Duration = Duration::from_secs(1);
@@ -80,6 +83,7 @@ impl GrpcTransport {
                 .metrics
                 .peer_messages_dropped
                 .with_label_values(&[&peer_id.to_string()]),
+            metrics_chunks: self.metrics.snapshot_chunks_sent.clone(),
             logger: self.logger.new(slog::o!("peer" => peer_id)),
         };
         let task = tokio::spawn(worker.run(rx));
@@ -158,6 +162,7 @@ struct SenderWorker {
     feedback: mpsc::Sender<Command>,
     sent: prometheus::IntCounter,
     dropped: prometheus::IntCounter,
+    metrics_chunks: prometheus::IntCounter,
     logger: Logger,
 }
 
@@ -183,71 +188,141 @@ impl SenderWorker {
                     Err(_) => break,
                 }
             }
-            let snapshots: Vec<u64> = batch
-                .iter()
-                .filter(|m| m.get_msg_type() == MessageType::MsgSnapshot)
-                .map(|m| m.to)
-                .collect();
-            let mut encoded = Vec::with_capacity(batch.len());
-            for m in &batch {
-                match m.write_to_bytes() {
-                    Ok(b) => encoded.push(b),
-                    Err(e) => {
-                        slog::error!(self.logger, "cannot encode raft message"; "error" => %e)
+            // Snapshots travel on their own stream; everything else in one batch call.
+            let (snapshots, messages): (Vec<Message>, Vec<Message>) = batch
+                .drain(..)
+                .partition(|m| m.get_msg_type() == MessageType::MsgSnapshot);
+            if !messages.is_empty() {
+                let ok = self
+                    .send_batch(&mut client, &messages, &mut failing, &mut backoff)
+                    .await;
+                if !ok {
+                    for _ in &snapshots {
+                        self.report_snapshot(SnapshotStatus::Failure);
                     }
+                    self.pause(&mut queue, &mut backoff).await;
+                    continue;
                 }
             }
-            let request = pb::MessageBatch {
-                cluster_id: self.cluster_id.clone(),
-                from: self.from,
-                messages: encoded,
-            };
-            let sent =
-                tokio::time::timeout(self.config.rpc_timeout, client.send_messages(request)).await;
-            match sent {
-                Ok(Ok(_)) => {
-                    self.sent.inc_by(batch.len() as u64);
-                    if failing {
-                        slog::info!(self.logger, "peer reachable again"; "addr" => &self.addr);
+            for snapshot in snapshots {
+                match self.stream_snapshot(&mut client, snapshot).await {
+                    Ok(chunks) => {
+                        slog::info!(self.logger, "snapshot sent"; "chunks" => chunks);
+                        self.report_snapshot(SnapshotStatus::Finish);
                     }
-                    failing = false;
-                    backoff = BACKOFF_START;
-                    for _ in &snapshots {
-                        let _ = self
-                            .feedback
-                            .try_send(Command::ReportSnapshot(self.to, SnapshotStatus::Finish));
+                    Err(reason) => {
+                        slog::warn!(self.logger, "snapshot transfer failed; raft will retry"; "reason" => reason);
+                        self.report_snapshot(SnapshotStatus::Failure);
+                        let _ = self.feedback.try_send(Command::ReportUnreachable(self.to));
                     }
-                }
-                Ok(Err(status)) => {
-                    self.dropped.inc_by(batch.len() as u64);
-                    self.on_failure(&mut failing, &snapshots, &status.to_string())
-                        .await;
-                    if status.code() == tonic::Code::PermissionDenied {
-                        // Another cluster answers at this address: retrying faster will not help.
-                        backoff = BACKOFF_CAP;
-                    }
-                    self.pause(&mut queue, &mut backoff).await;
-                }
-                Err(_) => {
-                    self.dropped.inc_by(batch.len() as u64);
-                    self.on_failure(&mut failing, &snapshots, "timed out").await;
-                    self.pause(&mut queue, &mut backoff).await;
                 }
             }
         }
     }
 
-    async fn on_failure(&self, failing: &mut bool, snapshots: &[u64], reason: &str) {
+    fn report_snapshot(&self, status: SnapshotStatus) {
+        let _ = self
+            .feedback
+            .try_send(Command::ReportSnapshot(self.to, status));
+    }
+
+    /// One `SendMessages` call; false when it failed (the caller backs off).
+    async fn send_batch(
+        &self,
+        client: &mut GrpcClient<Channel>,
+        messages: &[Message],
+        failing: &mut bool,
+        backoff: &mut Duration,
+    ) -> bool {
+        let mut encoded = Vec::with_capacity(messages.len());
+        for m in messages {
+            match m.write_to_bytes() {
+                Ok(b) => encoded.push(b),
+                Err(e) => slog::error!(self.logger, "cannot encode raft message"; "error" => %e),
+            }
+        }
+        let request = pb::MessageBatch {
+            cluster_id: self.cluster_id.clone(),
+            from: self.from,
+            messages: encoded,
+        };
+        let sent =
+            tokio::time::timeout(self.config.rpc_timeout, client.send_messages(request)).await;
+        match sent {
+            Ok(Ok(_)) => {
+                self.sent.inc_by(messages.len() as u64);
+                if *failing {
+                    slog::info!(self.logger, "peer reachable again"; "addr" => &self.addr);
+                }
+                *failing = false;
+                *backoff = BACKOFF_START;
+                true
+            }
+            Ok(Err(status)) => {
+                self.dropped.inc_by(messages.len() as u64);
+                self.on_failure(failing, &status.to_string());
+                if status.code() == tonic::Code::PermissionDenied {
+                    // Another cluster answers at this address: retrying faster will not help.
+                    *backoff = BACKOFF_CAP;
+                }
+                false
+            }
+            Err(_) => {
+                self.dropped.inc_by(messages.len() as u64);
+                self.on_failure(failing, "timed out");
+                false
+            }
+        }
+    }
+
+    /// Stream one MsgSnapshot in chunks of `snapshot_chunk_bytes`. The chunks are cut from the
+    /// snapshot's shared buffer as the stream is polled, so only a few are in memory at once.
+    async fn stream_snapshot(
+        &self,
+        client: &mut GrpcClient<Channel>,
+        mut msg: Message,
+    ) -> Result<u64, String> {
+        let data: bytes::Bytes = msg.mut_snapshot().take_data();
+        let header = msg.write_to_bytes().map_err(|e| e.to_string())?;
+        let total = data.len();
+        let crc = crc32fast::hash(&data);
+        let chunk = self.config.snapshot_chunk_bytes.max(1);
+        let count = total.div_ceil(chunk).max(1);
+        let cluster_id = self.cluster_id.clone();
+        let from = self.from;
+        let sent = self.metrics_chunks.clone();
+        let chunks = (0..count).map(move |i| {
+            sent.inc();
+            let lo = i * chunk;
+            let hi = (lo + chunk).min(total);
+            pb::SnapshotChunk {
+                cluster_id: if i == 0 {
+                    cluster_id.clone()
+                } else {
+                    String::new()
+                },
+                from,
+                message: if i == 0 { header.clone() } else { Vec::new() },
+                total_size: total as u64,
+                crc32: crc,
+                seq: i as u64,
+                data: data.slice(lo..hi).to_vec(),
+            }
+        });
+        let call = client.install_snapshot(tokio_stream::iter(chunks));
+        match tokio::time::timeout(self.config.snapshot_timeout, call).await {
+            Ok(Ok(ack)) => Ok(ack.into_inner().chunks),
+            Ok(Err(status)) => Err(status.to_string()),
+            Err(_) => Err("timed out".into()),
+        }
+    }
+
+    fn on_failure(&self, failing: &mut bool, reason: &str) {
         if !*failing {
             slog::warn!(self.logger, "cannot reach peer; will retry with backoff"; "addr" => &self.addr, "reason" => reason);
         }
         *failing = true;
         let _ = self.feedback.try_send(Command::ReportUnreachable(self.to));
-        for _ in snapshots {
-            let _ = self
-                .feedback
-                .try_send(Command::ReportSnapshot(self.to, SnapshotStatus::Failure));
-        }
     }
 
     /// Wait out the backoff, then discard what queued up meanwhile: those messages are stale and

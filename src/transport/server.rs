@@ -10,6 +10,7 @@ use tonic::{Request, Response, Status};
 
 use super::pb;
 use super::pb::raft_service_server::RaftService;
+use super::snapshot_receiver::receive_snapshot;
 use crate::node::{result_to_response, RaftNode};
 
 /// The gRPC service of one node.
@@ -79,6 +80,19 @@ impl RaftService for RaftGrpcService {
                 .map_err(|_| Status::unavailable("node is shutting down"))?;
         }
         Ok(Response::new(pb::SendAck {}))
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<tonic::Streaming<pb::SnapshotChunk>>,
+    ) -> Result<Response<pb::SnapshotAck>, Status> {
+        let (msg, chunks) =
+            receive_snapshot(&self.node, request.into_inner(), |c| self.check_cluster(c)).await?;
+        self.node
+            .deliver(msg)
+            .await
+            .map_err(|_| Status::unavailable("node is shutting down"))?;
+        Ok(Response::new(pb::SnapshotAck { chunks }))
     }
 
     async fn propose(
