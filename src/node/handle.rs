@@ -400,7 +400,9 @@ impl RaftNode {
     /// Take a snapshot now and compact the log below it; returns the snapshot's index.
     pub async fn make_snapshot(&self) -> Result<u64> {
         let (reply, rx) = oneshot::channel();
-        self.request(Command::MakeSnapshot { reply }, rx).await?
+        let deadline = Instant::now() + self.shared.config.snapshot_timeout;
+        self.request_until(Command::MakeSnapshot { reply }, rx, deadline)
+            .await?
     }
 
     /// Stop this node gracefully: the loop flushes and closes storage, the server stops.
@@ -462,6 +464,15 @@ impl RaftNode {
 
     async fn request<T>(&self, cmd: Command, rx: oneshot::Receiver<T>) -> Result<T> {
         let deadline = Instant::now() + self.shared.config.rpc_timeout;
+        self.request_until(cmd, rx, deadline).await
+    }
+
+    async fn request_until<T>(
+        &self,
+        cmd: Command,
+        rx: oneshot::Receiver<T>,
+        deadline: Instant,
+    ) -> Result<T> {
         self.send_until(cmd, deadline).await?;
         match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(v)) => Ok(v),

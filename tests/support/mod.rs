@@ -16,6 +16,8 @@ use tokio::time::Instant;
 pub struct AppliedLog {
     pub entries: Arc<Mutex<Vec<String>>>,
     pub restores: Arc<Mutex<u32>>,
+    /// How many times `apply` ran on this instance.
+    pub apply_calls: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl AppliedLog {
@@ -30,6 +32,8 @@ impl AppliedLog {
 #[async_trait]
 impl AbstractStateMachine for AppliedLog {
     async fn apply(&mut self, log_entry: Vec<u8>) -> Result<Vec<u8>> {
+        self.apply_calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let entry = String::from_utf8(log_entry).map_err(|e| Error::StateMachine(e.to_string()))?;
         let mut entries = self.entries.lock().expect("lock");
         entries.push(entry.clone());
@@ -50,7 +54,7 @@ impl AbstractStateMachine for AppliedLog {
         let entries: Vec<String> = bincode::deserialize(bytes)?;
         Ok(AppliedLog {
             entries: Arc::new(Mutex::new(entries)),
-            restores: Arc::default(),
+            ..Default::default()
         })
     }
 }
@@ -134,6 +138,11 @@ impl TestCluster {
 
     /// Start (or restart, on its existing data dir) node `id`.
     pub async fn start_node(&mut self, id: u64) {
+        self.start_node_with(id, |_| {}).await
+    }
+
+    /// `start_node`, running `before_run` on the node before its run loop starts.
+    pub async fn start_node_with(&mut self, id: u64, before_run: impl FnOnce(&Raft<AppliedLog>)) {
         let fsm = AppliedLog::default();
         let raft = Raft::bootstrap(
             id,
@@ -144,6 +153,7 @@ impl TestCluster {
         )
         .await
         .expect("bootstrap");
+        before_run(&raft);
         let task = tokio::spawn(raft.clone().run());
         self.nodes.insert(id, TestNode { raft, fsm, task });
     }
@@ -260,6 +270,16 @@ impl TestCluster {
             self.stop_node(id).await;
         }
     }
+}
+
+/// The value of a metric in a node's Prometheus text (summed over label sets; 0 when absent).
+pub fn metric(raft: &pontoon::RaftNode, name: &str) -> f64 {
+    raft.metrics_text()
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.split(['{', ' ']).next() == Some(name))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum()
 }
 
 pub async fn propose_retrying<F: AbstractStateMachine>(raft: &Raft<F>, data: &str) -> Vec<u8> {

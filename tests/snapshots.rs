@@ -1,0 +1,255 @@
+//! Snapshots and compaction: bounded logs, catch-up by snapshot, chunked transfer that survives a
+//! broken stream, and refusal of corrupt snapshots.
+
+mod support;
+
+use std::time::Duration;
+
+use pontoon::transport::pb;
+use support::{eventually, metric, TestCluster};
+
+fn compacting(c: &mut pontoon::Config) {
+    c.snapshot_threshold = 1_000;
+    c.compaction_margin = 200;
+}
+
+async fn write_many(cluster: &TestCluster, via: u64, n: usize, prefix: &str) {
+    for chunk in 0..n / 100 {
+        let mut tasks = Vec::new();
+        for i in 0..100 {
+            let raft = cluster.node(via).clone();
+            let data = format!("{prefix}-{chunk}-{i}");
+            tasks.push(tokio::spawn(async move {
+                support::propose_retrying(&raft, &data).await
+            }));
+        }
+        for t in tasks {
+            t.await.expect("task");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_10000_writes_every_log_is_bounded_by_threshold_plus_margin() {
+    let cluster = TestCluster::start_with(3, compacting).await;
+    let leader = cluster.wait_for_leader().await;
+    write_many(&cluster, leader, 10_000, "w").await;
+    cluster.wait_all_applied(10_000).await;
+    for (id, node) in &cluster.nodes {
+        let s = node.raft.inspect().await.expect("inspect");
+        let held = s.last_index + 1 - s.first_index;
+        assert!(
+            held <= 1_200,
+            "node {id} holds {held} entries ({}..{})",
+            s.first_index,
+            s.last_index
+        );
+        assert!(
+            s.snapshot_index >= 9_000,
+            "node {id} snapshot at {}",
+            s.snapshot_index
+        );
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_behind_the_compacted_log_catches_up_by_snapshot() {
+    let mut cluster = TestCluster::start_with(3, compacting).await;
+    let leader = cluster.wait_for_leader().await;
+    let follower = cluster.follower_of(leader);
+    cluster.stop_node(follower).await;
+    write_many(&cluster, leader, 10_000, "w").await;
+    let first = cluster
+        .node(leader)
+        .inspect()
+        .await
+        .expect("inspect")
+        .first_index;
+    assert!(
+        first > 2,
+        "the leader compacted its log (first index {first})"
+    );
+    cluster.start_node(follower).await;
+    let log = cluster.wait_all_applied(10_000).await;
+    assert_eq!(log.len(), 10_000);
+    assert!(
+        metric(
+            cluster.node(follower),
+            "pontoon_snapshot_chunks_received_total"
+        ) >= 1.0,
+        "the follower caught up through a snapshot"
+    );
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_node_joining_a_compacted_cluster_catches_up_by_snapshot() {
+    let mut cluster = TestCluster::start_with(3, compacting).await;
+    let leader = cluster.wait_for_leader().await;
+    write_many(&cluster, leader, 2_500, "w").await;
+    let joined = cluster.join_new_node(leader, false).await;
+    let log = cluster.wait_all_applied(2_500).await;
+    assert_eq!(log.len(), 2_500);
+    assert!(
+        metric(
+            cluster.node(joined),
+            "pontoon_snapshot_chunks_received_total"
+        ) >= 1.0
+    );
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_64_mib_snapshot_streams_in_chunks_and_survives_a_cut_stream() {
+    let mut cluster = TestCluster::start_with(3, |c| {
+        c.snapshot_threshold = 1_000_000;
+        c.compaction_margin = 0;
+        c.snapshot_chunk_bytes = 1024 * 1024;
+        c.propose_timeout = Duration::from_secs(30);
+    })
+    .await;
+    let leader = cluster.wait_for_leader().await;
+    let follower = cluster.follower_of(leader);
+    cluster.stop_node(follower).await;
+    let blob = "x".repeat(1024 * 1024);
+    for i in 0..65 {
+        cluster.propose(leader, &format!("{i:03}{blob}")).await;
+    }
+    let index = cluster
+        .node(leader)
+        .make_snapshot()
+        .await
+        .expect("snapshot");
+    let first = cluster
+        .node(leader)
+        .inspect()
+        .await
+        .expect("inspect")
+        .first_index;
+    assert!(first > index - 1, "log compacted up to the snapshot");
+    // The restarted follower's first snapshot stream breaks after 3 chunks.
+    cluster
+        .start_node_with(follower, |raft| raft.cut_next_snapshot_stream_after(3))
+        .await;
+    let fsm = cluster.nodes[&follower].fsm.clone();
+    eventually(
+        Duration::from_secs(120),
+        "the follower holds the 64 MiB state",
+        || fsm.len() >= 65,
+    )
+    .await;
+    let leader_log = cluster.nodes[&leader].fsm.snapshot_entries();
+    assert_eq!(
+        fsm.snapshot_entries(),
+        leader_log,
+        "receiver state equals the leader's"
+    );
+    let node = cluster.node(follower);
+    let chunks = metric(node, "pontoon_snapshot_chunks_received_total");
+    assert!(
+        chunks >= 64.0 + 3.0,
+        "64+ MiB arrived in 1 MiB chunks, plus the cut attempt: {chunks}"
+    );
+    assert!(metric(node, "pontoon_snapshot_chunk_max_bytes") <= (1024 * 1024) as f64);
+    assert!(
+        metric(node, "pontoon_snapshot_transfers_failed_total") >= 1.0,
+        "the cut was seen"
+    );
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_or_truncated_snapshot_streams_are_refused_and_change_nothing() {
+    let cluster = TestCluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    cluster.propose(leader, "kept").await;
+    let target = cluster.follower_of(leader);
+    let before = cluster.node(target).inspect().await.expect("inspect");
+    let config = cluster.config(target);
+    let mut client =
+        pontoon::client::connect_lazy(&cluster.peers[&target], &config).expect("client");
+
+    let header = {
+        use protobuf::Message as _;
+        let mut msg = pontoon::raft::eraftpb::Message::default();
+        msg.set_msg_type(pontoon::raft::eraftpb::MessageType::MsgSnapshot);
+        msg.from = leader;
+        msg.to = target;
+        msg.term = before.term;
+        msg.mut_snapshot().mut_metadata().index = before.commit_index + 100;
+        msg.mut_snapshot().mut_metadata().term = before.term;
+        msg.write_to_bytes().expect("encode")
+    };
+    let chunk = |seq: u64, data: &[u8], total: u64, crc: u32| pb::SnapshotChunk {
+        cluster_id: if seq == 0 {
+            cluster.cluster_id.clone()
+        } else {
+            String::new()
+        },
+        from: leader,
+        message: if seq == 0 { header.clone() } else { Vec::new() },
+        total_size: total,
+        crc32: crc,
+        seq,
+        data: data.to_vec(),
+    };
+    let garbage = b"definitely not a snapshot envelope".to_vec();
+    let good_crc = pontoon::storage::crc32(&garbage);
+    // Wrong checksum.
+    let bad_crc = client
+        .install_snapshot(tokio_stream::iter(vec![chunk(
+            0,
+            &garbage,
+            garbage.len() as u64,
+            good_crc ^ 1,
+        )]))
+        .await
+        .expect_err("bad checksum refused");
+    assert_eq!(bad_crc.code(), tonic::Code::DataLoss);
+    // Truncated: announces more than it sends.
+    let truncated = client
+        .install_snapshot(tokio_stream::iter(vec![chunk(
+            0, &garbage, 1_000, good_crc,
+        )]))
+        .await
+        .expect_err("truncated refused");
+    assert_eq!(truncated.code(), tonic::Code::DataLoss);
+    // Complete and checksummed, but not a pontoon envelope.
+    let not_envelope = client
+        .install_snapshot(tokio_stream::iter(vec![chunk(
+            0,
+            &garbage,
+            garbage.len() as u64,
+            good_crc,
+        )]))
+        .await
+        .expect_err("bad envelope refused");
+    assert_eq!(not_envelope.code(), tonic::Code::InvalidArgument);
+    assert!(
+        not_envelope.message().contains("refusing snapshot"),
+        "{}",
+        not_envelope.message()
+    );
+
+    let after = cluster.node(target).inspect().await.expect("inspect");
+    assert_eq!(
+        after.snapshot_index, before.snapshot_index,
+        "nothing installed"
+    );
+    assert!(after.applied_index >= before.applied_index);
+    cluster.propose(leader, "still-fine").await;
+    let log = cluster.wait_all_applied(2).await;
+    assert_eq!(log, vec!["kept", "still-fine"]);
+    let leftovers: Vec<_> = std::fs::read_dir(cluster.dir.path().join(format!("node-{target}")))
+        .expect("read dir")
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("incoming-snapshot")
+        })
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files removed");
+    cluster.shutdown().await;
+}
