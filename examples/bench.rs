@@ -37,20 +37,32 @@ struct Args {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Instead of the load: fill the state with this many MiB, then time `make_snapshot` (how
+    /// long the run loop stalls while the state machine serialises and the snapshot is stored).
+    #[arg(long)]
+    snapshot_mib: Option<usize>,
 }
 
-/// Counts applied entries; answers nothing.
+/// Counts applied entries and keeps their bytes (so a snapshot has real size); answers nothing.
 #[derive(Clone, Default)]
-struct Counter(Arc<AtomicU64>);
+struct Counter(Arc<AtomicU64>, Arc<std::sync::Mutex<Vec<u8>>>);
 
 #[async_trait]
 impl AbstractStateMachine for Counter {
-    async fn apply(&mut self, _log_entry: Vec<u8>) -> Result<Vec<u8>> {
+    async fn apply(&mut self, log_entry: Vec<u8>) -> Result<Vec<u8>> {
         self.0.fetch_add(1, Ordering::Relaxed);
+        if log_entry.len() >= 1024 {
+            self.1
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend_from_slice(&log_entry);
+        }
         Ok(Vec::new())
     }
     async fn snapshot(&self) -> Result<Vec<u8>> {
-        Ok(self.0.load(Ordering::Relaxed).to_be_bytes().to_vec())
+        let mut out = self.0.load(Ordering::Relaxed).to_be_bytes().to_vec();
+        out.extend_from_slice(&self.1.lock().unwrap_or_else(|p| p.into_inner()));
+        Ok(out)
     }
     async fn restore(&mut self, snapshot: Vec<u8>) -> Result<()> {
         let mut b = [0u8; 8];
@@ -164,6 +176,43 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     let leader = nodes[(leader_id - 1) as usize].clone();
     // Warm up connections and the leader's first entry.
     leader.propose(vec![0; args.size]).await?;
+    if let Some(mib) = args.snapshot_mib {
+        for _ in 0..mib {
+            leader.propose(vec![1u8; 1024 * 1024]).await?;
+        }
+        // Probe the run loop while the snapshot is taken: the slowest inspect() is the stall.
+        let probe_node = leader.clone();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop_probe = stop.clone();
+        let probe = tokio::spawn(async move {
+            let mut worst = Duration::ZERO;
+            while !stop_probe.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                let _ = probe_node.inspect().await;
+                worst = worst.max(t.elapsed());
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            worst
+        });
+        let t = Instant::now();
+        let index = leader.make_snapshot().await?;
+        let total_ms = t.elapsed().as_secs_f64() * 1000.0;
+        stop.store(true, Ordering::Relaxed);
+        let stall_ms = probe.await?.as_secs_f64() * 1000.0;
+        let result = serde_json::json!({
+            "mode": "snapshot",
+            "state_mib": mib,
+            "snapshot_index": index,
+            "make_snapshot_ms": total_ms,
+            "run_loop_max_stall_ms": stall_ms,
+            "peak_rss_kib": peak_rss_kib(),
+        });
+        println!("{}", serde_json::to_string_pretty(&result)?);
+        for node in &nodes {
+            let _ = node.quit().await;
+        }
+        return Ok(());
+    }
     let before = leader.metrics_text();
 
     let deadline = Instant::now() + Duration::from_secs(args.seconds);

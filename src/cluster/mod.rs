@@ -136,20 +136,23 @@ impl<F: AbstractStateMachine> Raft<F> {
             // joins later is caught up by that (or a later) snapshot: the initial membership is
             // never an entry it would have to replay.
             max_node_id = initial.keys().copied().max().unwrap_or(node_id);
+            let voters: Vec<u64> = initial.keys().copied().collect();
+            let conf_state = ConfState::from((voters, vec![]));
             let envelope = SnapshotEnvelope {
                 index: INITIAL_INDEX,
                 term: INITIAL_TERM,
                 peers: initial.clone(),
                 max_node_id,
                 user_data: fsm.snapshot().await?,
-            };
+                ..Default::default()
+            }
+            .with_conf_state(&conf_state);
             let mut snapshot = Snapshot::default();
             snapshot.set_data(envelope.encode()?.into());
             let meta = snapshot.mut_metadata();
             meta.index = INITIAL_INDEX;
             meta.term = INITIAL_TERM;
-            let voters: Vec<u64> = initial.keys().copied().collect();
-            meta.set_conf_state(ConfState::from((voters, vec![])));
+            meta.set_conf_state(conf_state);
             let store = store.clone();
             let book = initial.clone();
             tokio::task::spawn_blocking(move || store.install_snapshot(&snapshot, &book))
@@ -230,6 +233,7 @@ impl<F: AbstractStateMachine> Raft<F> {
             reads: ReadBatcher::default(),
             metrics,
             last_snapshot_at: tokio::time::Instant::now(),
+            snapshot_task: None,
         };
         let service = RaftGrpcService::new(node.clone());
         Ok(Raft {

@@ -399,10 +399,22 @@ impl RaftNode {
 
     /// Take a snapshot now and compact the log below it; returns the snapshot's index.
     pub async fn make_snapshot(&self) -> Result<u64> {
-        let (reply, rx) = oneshot::channel();
         let deadline = Instant::now() + self.shared.config.snapshot_timeout;
-        self.request_until(Command::MakeSnapshot { reply }, rx, deadline)
-            .await?
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            let (reply, rx) = oneshot::channel();
+            match self
+                .request_until(Command::MakeSnapshot { reply }, rx, deadline)
+                .await?
+            {
+                // Another snapshot is being stored: wait for it, then take ours.
+                Err(Error::NotReady(_)) if Instant::now() < deadline => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(LEADER_POLL_CAP);
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Stop this node gracefully: the loop flushes and closes storage, the server stops.

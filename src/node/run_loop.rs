@@ -11,7 +11,7 @@ use raft::{RawNode, StateRole};
 use raft_proto::ConfChangeI;
 use serde::{Deserialize, Serialize};
 use slog::Logger;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::MissedTickBehavior;
 
 use super::mailbox::Command;
@@ -61,6 +61,8 @@ pub(crate) struct RunLoop<S: LogStore, F: AbstractStateMachine> {
     pub(crate) reads: ReadBatcher,
     pub(crate) metrics: Metrics,
     pub(crate) last_snapshot_at: tokio::time::Instant,
+    /// The background task storing the latest snapshot, if one is running.
+    pub(crate) snapshot_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
@@ -103,6 +105,10 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
             }
         };
         let flushed = self.flush().await;
+        // Let a snapshot being stored finish, so the storage is closed when `run` returns.
+        if let Some(task) = self.snapshot_task.take() {
+            let _ = task.await;
+        }
         self.waiters.fail_all(|| {
             Error::OutcomeUnknown("the node stopped before the entry was applied".into())
         });
@@ -145,7 +151,7 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
                 let _ = reply.send(self.node_status());
             }
             Command::MakeSnapshot { reply } => {
-                let _ = reply.send(self.take_snapshot().await);
+                self.start_snapshot(Some(reply)).await;
             }
             Command::ReportUnreachable(id) => self.raw.report_unreachable(id),
             Command::ReportSnapshot(id, status) => self.raw.report_snapshot(id, status),
@@ -430,10 +436,8 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
                 .snapshot_interval
                 .is_some_and(|every| self.last_snapshot_at.elapsed() >= every);
         if requested || due || since >= self.config.snapshot_threshold {
-            // A failed snapshot only delays compaction; the node keeps serving.
-            if let Err(e) = self.take_snapshot().await {
-                slog::error!(self.logger, "snapshot failed; the log is not compacted"; "error" => %e);
-            }
+            // A failed snapshot only delays compaction (it is logged); the node keeps serving.
+            self.start_snapshot(None).await;
         }
         Ok(())
     }
@@ -591,47 +595,96 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
         Ok((proposal, cs))
     }
 
-    /// Snapshot the state machine at the applied index, store it, and compact the log below it
-    /// (keeping `compaction_margin` entries for followers slightly behind).
-    async fn take_snapshot(&mut self) -> Result<u64> {
+    /// Snapshot the state machine at the applied index, then store it and compact the log below
+    /// it (keeping `compaction_margin` entries for followers slightly behind).
+    ///
+    /// Only the user's `snapshot()` runs on the loop (it must see the state exactly at `applied`).
+    /// Encoding, checksumming, the LMDB write and compaction run in the background, so a large
+    /// state does not stall heartbeats; `reply` (if any) is answered when the snapshot is stored.
+    /// One snapshot at a time: while one is being stored, another request gets `NotReady`.
+    async fn start_snapshot(&mut self, reply: Option<oneshot::Sender<Result<u64>>>) {
+        let answer = |reply: Option<oneshot::Sender<Result<u64>>>, r: Result<u64>| {
+            if let Some(reply) = reply {
+                let _ = reply.send(r);
+            }
+        };
+        if self
+            .snapshot_task
+            .as_ref()
+            .is_some_and(|t| !t.is_finished())
+        {
+            answer(
+                reply,
+                Err(Error::NotReady("a snapshot is being stored".into())),
+            );
+            return;
+        }
         let index = self.applied;
         if index == 0 {
-            return Err(Error::InvalidRequest(
-                "nothing applied yet, nothing to snapshot".into(),
-            ));
+            answer(
+                reply,
+                Err(Error::InvalidRequest(
+                    "nothing applied yet, nothing to snapshot".into(),
+                )),
+            );
+            return;
         }
-        let term = self.raw.raft.raft_log.term(index)?;
-        let user_data = self.fsm.snapshot().await?;
+        let term = match self.raw.raft.raft_log.term(index) {
+            Ok(t) => t,
+            Err(e) => return answer(reply, Err(e.into())),
+        };
+        let user_data = match self.fsm.snapshot().await {
+            Ok(d) => d,
+            Err(e) => {
+                slog::error!(self.logger, "state machine snapshot failed; the log is not compacted"; "error" => %e);
+                return answer(reply, Err(e));
+            }
+        };
+        let conf_state = self.raw.raft.prs().conf().to_conf_state();
         let envelope = SnapshotEnvelope {
             index,
             term,
             peers: self.peers.to_peers(),
             max_node_id: self.max_node_id,
             user_data,
-        };
-        let mut snapshot = Snapshot::default();
-        snapshot.set_data(envelope.encode()?.into());
-        let meta = snapshot.mut_metadata();
-        meta.index = index;
-        meta.term = term;
-        meta.set_conf_state(self.raw.raft.prs().conf().to_conf_state());
+            ..Default::default()
+        }
+        .with_conf_state(&conf_state);
         let compact_to = index.saturating_sub(self.config.compaction_margin);
         let store = self.store.clone();
-        let size = snapshot.get_data().len();
-        tokio::task::spawn_blocking(move || -> Result<()> {
+        let metrics = self.metrics.clone();
+        let logger = self.logger.clone();
+        let stored = tokio::task::spawn_blocking(move || -> Result<usize> {
+            let mut snapshot = Snapshot::default();
+            snapshot.set_data(envelope.encode()?.into());
+            let meta = snapshot.mut_metadata();
+            meta.index = index;
+            meta.term = term;
+            meta.set_conf_state(conf_state);
+            let size = snapshot.get_data().len();
             store.save_snapshot(&snapshot)?;
             if compact_to > 1 {
                 store.compact(compact_to)?;
             }
-            Ok(())
-        })
-        .await
-        .map_err(|e| Error::Other(format!("storage thread failed: {e}")))??;
-        self.metrics.snapshots.inc();
-        self.metrics.snapshot_bytes.observe(size as f64);
+            Ok(size)
+        });
         self.last_snapshot_at = tokio::time::Instant::now();
-        slog::info!(self.logger, "snapshot taken"; "index" => index, "term" => term, "bytes" => size, "compacted_below" => compact_to);
-        Ok(index)
+        self.snapshot_task = Some(tokio::spawn(async move {
+            let result = match stored.await {
+                Ok(Ok(size)) => {
+                    metrics.snapshots.inc();
+                    metrics.snapshot_bytes.observe(size as f64);
+                    slog::info!(logger, "snapshot taken"; "index" => index, "term" => term, "bytes" => size, "compacted_below" => compact_to);
+                    Ok(index)
+                }
+                Ok(Err(e)) => Err(e),
+                Err(e) => Err(Error::Other(format!("storage thread failed: {e}"))),
+            };
+            if let Err(e) = &result {
+                slog::error!(logger, "storing a snapshot failed; the log is not compacted"; "error" => %e);
+            }
+            answer(reply, result);
+        }));
     }
 
     /// Write what is still only in memory (the latest commit index) before stopping.

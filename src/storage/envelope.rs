@@ -14,7 +14,7 @@ pub const ENVELOPE_VERSION: u32 = 1;
 const MAGIC: &[u8; 4] = b"PTSN";
 
 /// A decoded snapshot envelope.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct SnapshotEnvelope {
     /// The address book as of the snapshot index.
     pub peers: Peers,
@@ -25,30 +25,72 @@ pub struct SnapshotEnvelope {
     /// The highest node id ever admitted or reserved, so a reserved or removed id is never
     /// handed out again (see `Raft::request_id`).
     pub max_node_id: u64,
+    /// The membership at the snapshot index (voters, learners, outgoing voters).
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
+    pub voters_outgoing: Vec<u64>,
     /// What the user's `AbstractStateMachine::snapshot` returned.
     pub user_data: Vec<u8>,
 }
 
 impl SnapshotEnvelope {
-    /// Encode as `MAGIC | version u32 | crc32 u32 | bincode(body)`.
+    /// Encode as `MAGIC | version u32 | crc32 u32 | header length u32 | bincode(header) | user
+    /// bytes`. The user's bytes are copied once, straight into the output (no intermediate
+    /// serialisation of a possibly huge state); the CRC covers everything after it.
     pub fn encode(&self) -> Result<Vec<u8>, StorageError> {
-        let body = bincode::serialize(self).map_err(|e| StorageError::Corrupt {
+        let header = EnvelopeHeader {
+            index: self.index,
+            term: self.term,
+            max_node_id: self.max_node_id,
+            voters: self.voters.clone(),
+            learners: self.learners.clone(),
+            voters_outgoing: self.voters_outgoing.clone(),
+            peers: self.peers.clone(),
+        };
+        let header = bincode::serialize(&header).map_err(|e| StorageError::Corrupt {
             what: "snapshot envelope".into(),
             reason: e.to_string(),
         })?;
-        let mut out = Vec::with_capacity(body.len() + 12);
+        let header_len = u32::try_from(header.len()).map_err(|_| StorageError::Corrupt {
+            what: "snapshot envelope".into(),
+            reason: "address book too large".into(),
+        })?;
+        let mut out = Vec::with_capacity(16 + header.len() + self.user_data.len());
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&ENVELOPE_VERSION.to_be_bytes());
-        out.extend_from_slice(&crc32(&body).to_be_bytes());
-        out.extend_from_slice(&body);
+        out.extend_from_slice(&[0; 4]); // CRC, filled in below
+        out.extend_from_slice(&header_len.to_be_bytes());
+        out.extend_from_slice(&header);
+        out.extend_from_slice(&self.user_data);
+        let crc = crc32(&out[12..]);
+        out[8..12].copy_from_slice(&crc.to_be_bytes());
         Ok(out)
     }
 
-    /// Refuse an envelope whose index/term differ from the snapshot metadata it travels with.
+    /// Fill the membership fields from a conf state.
+    pub fn with_conf_state(mut self, cs: &raft::eraftpb::ConfState) -> Self {
+        self.voters = cs.voters.clone();
+        self.learners = cs.learners.clone();
+        self.voters_outgoing = cs.voters_outgoing.clone();
+        self
+    }
+
+    /// Refuse an envelope whose index, term or membership differ from the snapshot metadata it
+    /// travels with.
     pub fn check_matches(
         &self,
         meta: &raft::eraftpb::SnapshotMetadata,
     ) -> Result<(), StorageError> {
+        let cs = meta.get_conf_state();
+        let same_members = self.voters == cs.voters
+            && self.learners == cs.learners
+            && self.voters_outgoing == cs.voters_outgoing;
+        if !same_members {
+            return Err(StorageError::Corrupt {
+                what: "snapshot envelope".into(),
+                reason: "its membership differs from the snapshot metadata".into(),
+            });
+        }
         if self.index != meta.index || self.term != meta.term {
             return Err(StorageError::Corrupt {
                 what: "snapshot envelope".into(),
@@ -61,8 +103,40 @@ impl SnapshotEnvelope {
         Ok(())
     }
 
+    /// Check an encoded envelope (magic, version, checksum, header) and that it belongs to
+    /// `meta`, without copying the user's bytes out.
+    pub fn verify(
+        bytes: &[u8],
+        meta: &raft::eraftpb::SnapshotMetadata,
+    ) -> Result<(), StorageError> {
+        let (header, _) = Self::split(bytes)?;
+        SnapshotEnvelope {
+            index: header.index,
+            term: header.term,
+            voters: header.voters,
+            learners: header.learners,
+            voters_outgoing: header.voters_outgoing,
+            ..Default::default()
+        }
+        .check_matches(meta)
+    }
+
     /// Decode and verify an envelope; any mismatch is a `Corrupt` error, never a panic.
     pub fn decode(bytes: &[u8]) -> Result<Self, StorageError> {
+        let (header, user_data) = Self::split(bytes)?;
+        Ok(SnapshotEnvelope {
+            peers: header.peers,
+            index: header.index,
+            term: header.term,
+            max_node_id: header.max_node_id,
+            voters: header.voters,
+            learners: header.learners,
+            voters_outgoing: header.voters_outgoing,
+            user_data: user_data.to_vec(),
+        })
+    }
+
+    fn split(bytes: &[u8]) -> Result<(EnvelopeHeader, &[u8]), StorageError> {
         let corrupt = |reason: String| StorageError::Corrupt {
             what: "snapshot envelope".into(),
             reason,
@@ -77,12 +151,33 @@ impl SnapshotEnvelope {
             )));
         }
         let crc = u32::from_be_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
-        let body = &bytes[12..];
-        if crc32(body) != crc {
+        if crc32(&bytes[12..]) != crc {
             return Err(corrupt("checksum mismatch".into()));
         }
-        bincode::deserialize(body).map_err(|e| corrupt(e.to_string()))
+        let rest = &bytes[12..];
+        if rest.len() < 4 {
+            return Err(corrupt("missing header length".into()));
+        }
+        let header_len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        let header_bytes = rest
+            .get(4..4 + header_len)
+            .ok_or_else(|| corrupt("header longer than the envelope".into()))?;
+        let header: EnvelopeHeader =
+            bincode::deserialize(header_bytes).map_err(|e| corrupt(e.to_string()))?;
+        Ok((header, &rest[4 + header_len..]))
     }
+}
+
+/// The envelope's fixed-size-independent part; the user bytes follow it unencoded.
+#[derive(Serialize, Deserialize)]
+struct EnvelopeHeader {
+    index: u64,
+    term: u64,
+    max_node_id: u64,
+    voters: Vec<u64>,
+    learners: Vec<u64>,
+    voters_outgoing: Vec<u64>,
+    peers: Peers,
 }
 
 /// CRC-32 (IEEE) of `data`.
@@ -108,6 +203,10 @@ mod tests {
         assert!(SnapshotEnvelope::decode(&flipped).is_err());
         assert!(SnapshotEnvelope::decode(&bytes[..bytes.len() - 2]).is_err());
         assert!(SnapshotEnvelope::decode(b"junk").is_err());
+        let mut other_version = bytes.clone();
+        other_version[7] = 9;
+        let err = SnapshotEnvelope::decode(&other_version).expect_err("foreign version");
+        assert!(err.to_string().contains("version 9"), "{err}");
     }
 
     #[test]

@@ -133,11 +133,7 @@ pub(crate) async fn receive_snapshot(
     let data = tokio::fs::read(&temp.path)
         .await
         .map_err(|e| Status::internal(format!("reading received snapshot: {e}")))?;
-    let envelope = SnapshotEnvelope::decode(&data).and_then(|e| {
-        e.check_matches(msg.get_snapshot().get_metadata())?;
-        Ok(e)
-    });
-    if let Err(e) = envelope {
+    if let Err(e) = SnapshotEnvelope::verify(&data, msg.get_snapshot().get_metadata()) {
         metrics.snapshot_transfers_failed.inc();
         return Err(Status::invalid_argument(format!("refusing snapshot: {e}")));
     }
