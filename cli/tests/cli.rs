@@ -115,7 +115,7 @@ async fn debug_persisted_reads_a_stopped_nodes_data_dir() {
     assert!(human.contains("node id:        2"), "{human}");
     assert!(human.contains("cluster id:     test-cluster"), "{human}");
     assert!(human.contains("voters=[1,2,3]"), "{human}");
-    assert!(human.contains("index  term  kind"), "{human}");
+    assert!(human.contains("index  term  type"), "{human}");
     assert!(human.contains("w-4"), "{human}");
 
     let state: PersistedState =

@@ -250,6 +250,7 @@ pub fn render_persisted(state: &PersistedState) -> String {
             vec![
                 e.index.to_string(),
                 e.term.to_string(),
+                e.entry_type.clone(),
                 e.kind.clone(),
                 e.size.to_string(),
                 e.data.clone(),
@@ -257,7 +258,7 @@ pub fn render_persisted(state: &PersistedState) -> String {
         })
         .collect();
     out.push_str(&render_table(
-        &["index", "term", "kind", "size", "data"],
+        &["index", "term", "type", "kind", "size", "data"],
         &rows,
     ));
     out
