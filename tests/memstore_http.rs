@@ -78,6 +78,30 @@ async fn start_cluster(dir: &std::path::Path) -> Vec<HttpNode> {
     nodes
 }
 
+/// The fault routes exist only with the fault-injection feature (the README's test command
+/// enables it).
+#[cfg(feature = "fault-injection")]
+async fn check_fault_routes(http: &reqwest::Client, url: &str) {
+    let cut = http
+        .post(format!("{url}/fault/partition/2,3"))
+        .send()
+        .await
+        .expect("fault");
+    assert_eq!(cut.status(), 200);
+    let healed = http
+        .post(format!("{url}/fault/heal"))
+        .send()
+        .await
+        .expect("heal");
+    assert_eq!(healed.status(), 200);
+    let bad = http
+        .post(format!("{url}/fault/drop/7"))
+        .send()
+        .await
+        .expect("drop");
+    assert_eq!(bad.status(), 400);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memstore_routes_answer_with_values_and_clear_status_codes() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -266,6 +290,9 @@ async fn memstore_routes_answer_with_values_and_clear_status_codes() {
     let body: serde_json::Value =
         serde_json::from_str(&snap.text().await.expect("body")).expect("json");
     assert!(body["snapshot_index"].as_u64().expect("index") >= 3);
+
+    #[cfg(feature = "fault-injection")]
+    check_fault_routes(&http, &nodes[0].url).await;
 
     // Transfer leadership to a follower and see the cluster follow.
     let target = follower.raft.id();

@@ -20,7 +20,7 @@ pub struct AppState {
 }
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let router = Router::new()
         .route("/store/{key}/{value}", put(put_value))
         .route("/store/{key}", get(get_value))
         .route("/leader", get(leader))
@@ -32,8 +32,60 @@ pub fn router(state: AppState) -> Router {
         .route("/members/{id}/remove", post(remove_member))
         .route("/transfer_leader/{id}", post(transfer_leader))
         .route("/campaign", post(campaign))
-        .route("/metrics", get(metrics))
-        .with_state(state)
+        .route("/metrics", get(metrics));
+    #[cfg(feature = "fault-injection")]
+    let router = router
+        .route("/fault/partition/{peers}", post(fault_partition))
+        .route("/fault/drop/{fraction}", post(fault_drop))
+        .route("/fault/delay/{min_ms}/{max_ms}", post(fault_delay))
+        .route("/fault/heal", post(fault_heal));
+    router.with_state(state)
+}
+
+/// `POST /fault/partition/2,3`: lose all raft traffic between this node and nodes 2 and 3.
+#[cfg(feature = "fault-injection")]
+async fn fault_partition(State(s): State<AppState>, Path(peers): Path<String>) -> Response {
+    let ids: Result<Vec<u64>, _> = peers.split(',').map(|p| p.trim().parse::<u64>()).collect();
+    match ids {
+        Ok(ids) => {
+            s.raft.faults().partition_from(&ids);
+            (StatusCode::OK, format!("partitioned from {ids:?}\n")).into_response()
+        }
+        Err(_) => bad_node_id(&peers),
+    }
+}
+
+/// `POST /fault/drop/0.2`: drop 20% of outgoing raft messages.
+#[cfg(feature = "fault-injection")]
+async fn fault_drop(State(s): State<AppState>, Path(fraction): Path<String>) -> Response {
+    match fraction.parse::<f64>() {
+        Ok(f) if (0.0..=1.0).contains(&f) => {
+            s.raft.faults().set_drop_rate(f);
+            (StatusCode::OK, format!("dropping {f}\n")).into_response()
+        }
+        _ => (
+            StatusCode::BAD_REQUEST,
+            "fraction must be between 0 and 1\n",
+        )
+            .into_response(),
+    }
+}
+
+/// `POST /fault/delay/0/20`: delay outgoing raft messages by 0-20 ms (reorders them).
+#[cfg(feature = "fault-injection")]
+async fn fault_delay(State(s): State<AppState>, Path((min, max)): Path<(u64, u64)>) -> Response {
+    s.raft.faults().set_delay(
+        std::time::Duration::from_millis(min),
+        std::time::Duration::from_millis(max),
+    );
+    (StatusCode::OK, format!("delaying {min}-{max} ms\n")).into_response()
+}
+
+/// `POST /fault/heal`: remove every injected fault on this node.
+#[cfg(feature = "fault-injection")]
+async fn fault_heal(State(s): State<AppState>) -> Response {
+    s.raft.faults().heal();
+    (StatusCode::OK, "healed\n").into_response()
 }
 
 fn error_response(e: Error) -> Response {

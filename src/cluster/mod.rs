@@ -24,7 +24,7 @@ use crate::metrics::Metrics;
 use crate::node::{RaftNode, ReadBatcher, Role, RunLoop, Shared, SoftStatus, Waiters};
 use crate::state_machine::AbstractStateMachine;
 use crate::storage::{LmdbStorage, LogStore, SnapshotEnvelope};
-use crate::transport::{GrpcTransport, RaftGrpcService, Transport};
+use crate::transport::{FaultInjector, GrpcTransport, RaftGrpcService, Transport};
 
 /// Index and term of the snapshot a new static cluster starts from.
 const INITIAL_INDEX: u64 = 1;
@@ -189,11 +189,13 @@ impl<F: AbstractStateMachine> Raft<F> {
         let (stopped_tx, stopped_rx) = watch::channel(false);
         let book = AddressBook::new(peers.clone());
         let metrics = Metrics::new(node_id);
+        let faults = Arc::new(FaultInjector::default());
         let transport = GrpcTransport::new(
             node_id,
             &config,
             mailbox_tx.clone(),
             metrics.clone(),
+            faults.clone(),
             logger.clone(),
         );
         transport.set_peers(&peers);
@@ -211,6 +213,7 @@ impl<F: AbstractStateMachine> Raft<F> {
                 query_handler: std::sync::RwLock::new(None),
                 metrics: metrics.clone(),
                 cut_snapshot_stream_after: std::sync::atomic::AtomicU64::new(0),
+                faults,
             }),
         };
         let run_loop = RunLoop {

@@ -36,6 +36,8 @@ pub(crate) struct Shared {
     pub(crate) clients: ClientPool,
     pub(crate) query_handler: std::sync::RwLock<Option<QueryHandler>>,
     pub(crate) metrics: crate::metrics::Metrics,
+    /// Faults injected into this node's raft traffic (tests only; see `FaultInjector`).
+    pub(crate) faults: Arc<crate::transport::FaultInjector>,
     /// Test support: abort the next incoming snapshot stream after this many chunks (0 = off).
     pub(crate) cut_snapshot_stream_after: std::sync::atomic::AtomicU64,
 }
@@ -440,6 +442,13 @@ impl RaftNode {
     /// This node's metrics in the Prometheus text format (what memstore serves at `/metrics`).
     pub fn metrics_text(&self) -> String {
         self.shared.metrics.render()
+    }
+
+    /// Fault injection for tests: partition this node from peers, drop or delay its messages.
+    /// Only with the `fault-injection` feature.
+    #[cfg(feature = "fault-injection")]
+    pub fn faults(&self) -> &crate::transport::FaultInjector {
+        &self.shared.faults
     }
 
     /// Fault injection for tests: abort the next snapshot stream this node receives after

@@ -5,10 +5,13 @@
 //! batching, capped backoff); `server` is the tonic service that receives them and the framework
 //! RPCs. A fault-injecting test double can implement the same trait.
 
+mod faults;
 mod peer_sender;
 mod server;
 mod snapshot_receiver;
 
+pub use faults::FaultInjector;
+pub(crate) use faults::Verdict;
 pub use peer_sender::GrpcTransport;
 pub use server::RaftGrpcService;
 

@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::pb;
-use super::Transport;
+use super::{FaultInjector, Transport, Verdict};
 use tonic::transport::Channel;
 
 use crate::client::connect_lazy;
@@ -43,6 +43,7 @@ pub struct GrpcTransport {
     feedback: mpsc::Sender<Command>,
     peers: Mutex<HashMap<u64, PeerSender>>,
     metrics: Metrics,
+    faults: Arc<FaultInjector>,
     logger: Logger,
 }
 
@@ -53,6 +54,7 @@ impl GrpcTransport {
         config: &Config,
         feedback: mpsc::Sender<Command>,
         metrics: Metrics,
+        faults: Arc<FaultInjector>,
         logger: Logger,
     ) -> Arc<Self> {
         Arc::new(GrpcTransport {
@@ -62,6 +64,7 @@ impl GrpcTransport {
             feedback,
             peers: Mutex::new(HashMap::new()),
             metrics,
+            faults,
             logger,
         })
     }
@@ -112,6 +115,26 @@ impl Transport for GrpcTransport {
         let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
         for msg in messages {
             let to = msg.to;
+            match self.faults.verdict(to) {
+                Verdict::Pass => {}
+                Verdict::Drop => {
+                    self.metrics
+                        .peer_messages_dropped
+                        .with_label_values(&[&to.to_string()])
+                        .inc();
+                    continue;
+                }
+                Verdict::Delay(delay) => {
+                    if let Some(peer) = peers.get(&to) {
+                        let queue = peer.queue.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(delay).await;
+                            let _ = queue.try_send(msg);
+                        });
+                    }
+                    continue;
+                }
+            }
             let Some(peer) = peers.get(&to) else {
                 slog::debug!(self.logger, "dropping message for unknown peer"; "to" => to, "type" => ?msg.get_msg_type());
                 continue;

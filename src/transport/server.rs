@@ -50,6 +50,11 @@ impl RaftService for RaftGrpcService {
     ) -> Result<Response<pb::SendAck>, Status> {
         let batch = request.into_inner();
         self.check_cluster(&batch.cluster_id)?;
+        if self.node.shared.faults.is_cut_off(batch.from) {
+            return Err(Status::unavailable(
+                "partitioned from the sender (injected fault)",
+            ));
+        }
         // Decode the whole batch first: a malformed batch is refused whole.
         let mut messages = Vec::with_capacity(batch.messages.len());
         for (i, bytes) in batch.messages.iter().enumerate() {

@@ -39,6 +39,11 @@ pub(crate) async fn receive_snapshot(
         .await?
         .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
     check_cluster(&first.cluster_id)?;
+    if node.shared.faults.is_cut_off(first.from) {
+        return Err(Status::unavailable(
+            "partitioned from the sender (injected fault)",
+        ));
+    }
     let mut msg = Message::parse_from_bytes(&first.message)
         .map_err(|e| Status::invalid_argument(format!("first chunk holds no raft message: {e}")))?;
     if msg.get_msg_type() != MessageType::MsgSnapshot

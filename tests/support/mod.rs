@@ -202,6 +202,24 @@ impl TestCluster {
             .expect("a running node besides the leader")
     }
 
+    /// Cut node `id` off from every other running node, both ways.
+    #[cfg(feature = "fault-injection")]
+    pub fn isolate(&self, id: u64) {
+        let others: Vec<u64> = self.nodes.keys().copied().filter(|o| *o != id).collect();
+        self.node(id).faults().partition_from(&others);
+        for o in others {
+            self.node(o).faults().partition_from(&[id]);
+        }
+    }
+
+    /// Remove every injected fault on every running node.
+    #[cfg(feature = "fault-injection")]
+    pub fn heal_all(&self) {
+        for node in self.nodes.values() {
+            node.raft.faults().heal();
+        }
+    }
+
     pub fn node(&self, id: u64) -> &Raft<AppliedLog> {
         &self.nodes[&id].raft
     }
