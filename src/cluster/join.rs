@@ -293,7 +293,9 @@ async fn remote_change(
                 leader_addr: Some(leader),
                 ..
             }) => queue.push_front(leader),
-            Err(e) if e.is_retryable() => {
+            // A joiner is patient: a voter that looks unreachable (a loaded follower missing one
+            // election timeout) is waited for within the join deadline.
+            Err(e) if e.is_retryable() || matches!(e, Error::WouldLoseQuorum(_)) => {
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(BACKOFF_CAP);
                 queue.push_back(addr);

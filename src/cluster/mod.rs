@@ -113,6 +113,7 @@ impl<F: AbstractStateMachine> Raft<F> {
                 .map_err(|e| Error::Other(format!("storage thread failed: {e}")))??
         };
 
+        crate::transport::remove_stale_snapshot_files(&config.data_dir);
         let resumed = {
             let store = store.clone();
             tokio::task::spawn_blocking(move || store.is_initialized())
@@ -155,9 +156,11 @@ impl<F: AbstractStateMachine> Raft<F> {
             meta.set_conf_state(conf_state);
             let store = store.clone();
             let book = initial.clone();
-            tokio::task::spawn_blocking(move || store.install_snapshot(&snapshot, &book))
-                .await
-                .map_err(|e| Error::Other(format!("storage thread failed: {e}")))??;
+            tokio::task::spawn_blocking(move || {
+                store.install_snapshot(snapshot.get_metadata(), snapshot.get_data(), &book)
+            })
+            .await
+            .map_err(|e| Error::Other(format!("storage thread failed: {e}")))??;
             applied = INITIAL_INDEX;
             initial
         } else {

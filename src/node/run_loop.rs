@@ -311,7 +311,9 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
                 }
             }
         }
-        if !leaving {
+        // Only a change of the voter set can cost the quorum; adding or removing a learner cannot.
+        let old_voters: std::collections::BTreeSet<u64> = cs.voters.iter().copied().collect();
+        if !leaving && voters != old_voters {
             let active = voters
                 .iter()
                 .filter(|id| {
@@ -477,15 +479,32 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
         Ok(())
     }
 
-    async fn install_snapshot(&mut self, snapshot: Snapshot) -> Result<()> {
-        let index = snapshot.get_metadata().index;
-        let envelope = SnapshotEnvelope::decode(snapshot.get_data())?;
-        envelope.check_matches(snapshot.get_metadata())?;
+    /// Install a snapshot from the leader. Its data is usually a reference to the file the
+    /// transport received it into (see `transport::snapshot_file_ref`): the file is read once,
+    /// stored, and its user bytes handed to `restore` without another copy.
+    async fn install_snapshot(&mut self, mut snapshot: Snapshot) -> Result<()> {
+        let meta = snapshot.take_metadata();
+        let index = meta.index;
+        let data = snapshot.take_data();
+        let file = crate::transport::snapshot_file_ref(&data);
         let store = self.store.clone();
-        let peers = envelope.peers.clone();
-        tokio::task::spawn_blocking(move || store.install_snapshot(&snapshot, &peers))
-            .await
-            .map_err(|e| Error::Other(format!("storage thread failed: {e}")))??;
+        let (meta, envelope) = tokio::task::spawn_blocking(move || -> Result<_> {
+            let bytes = match &file {
+                Some(path) => {
+                    let bytes = std::fs::read(path)?;
+                    let _ = std::fs::remove_file(path);
+                    bytes
+                }
+                None => Vec::from(data),
+            };
+            SnapshotEnvelope::verify(&bytes, &meta)?;
+            let peers = SnapshotEnvelope::decode_header(&bytes)?.peers;
+            store.install_snapshot(&meta, &bytes, &peers)?;
+            Ok((meta, SnapshotEnvelope::decode_owned(bytes)?))
+        })
+        .await
+        .map_err(|e| Error::Other(format!("storage thread failed: {e}")))??;
+        let _ = meta;
         self.fsm.restore(envelope.user_data).await?;
         self.max_node_id = envelope.max_node_id;
         self.peers.replace(envelope.peers);

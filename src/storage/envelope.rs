@@ -121,6 +121,95 @@ impl SnapshotEnvelope {
         .check_matches(meta)
     }
 
+    /// The envelope's header fields (no user bytes), after checking magic, version and checksum.
+    pub fn decode_header(bytes: &[u8]) -> Result<Self, StorageError> {
+        let (header, _) = Self::split(bytes)?;
+        Ok(SnapshotEnvelope {
+            peers: header.peers,
+            index: header.index,
+            term: header.term,
+            max_node_id: header.max_node_id,
+            voters: header.voters,
+            learners: header.learners,
+            voters_outgoing: header.voters_outgoing,
+            user_data: Vec::new(),
+        })
+    }
+
+    /// Verify an envelope held in `bytes` and take its user bytes out without copying them: the
+    /// header is drained in place. Returns the envelope (with `user_data`).
+    pub fn decode_owned(mut bytes: Vec<u8>) -> Result<Self, StorageError> {
+        let (header, user) = Self::split(&bytes)?;
+        let start = bytes.len() - user.len();
+        bytes.drain(..start);
+        Ok(SnapshotEnvelope {
+            peers: header.peers,
+            index: header.index,
+            term: header.term,
+            max_node_id: header.max_node_id,
+            voters: header.voters,
+            learners: header.learners,
+            voters_outgoing: header.voters_outgoing,
+            user_data: bytes,
+        })
+    }
+
+    /// Verify an envelope stored in a file (checksum, header, metadata) reading it in blocks, so
+    /// a large snapshot is never held in memory for the check.
+    pub fn verify_file(
+        path: &std::path::Path,
+        meta: &raft::eraftpb::SnapshotMetadata,
+    ) -> Result<(), StorageError> {
+        use std::io::Read;
+        let corrupt = |reason: String| StorageError::Corrupt {
+            what: "snapshot envelope".into(),
+            reason,
+        };
+        let mut file = std::fs::File::open(path)?;
+        let mut fixed = [0u8; 16];
+        file.read_exact(&mut fixed)
+            .map_err(|_| corrupt("shorter than its header".into()))?;
+        if &fixed[..4] != MAGIC {
+            return Err(corrupt("missing header".into()));
+        }
+        let version = u32::from_be_bytes([fixed[4], fixed[5], fixed[6], fixed[7]]);
+        if version != ENVELOPE_VERSION {
+            return Err(corrupt(format!(
+                "version {version}, this build reads {ENVELOPE_VERSION}"
+            )));
+        }
+        let stored_crc = u32::from_be_bytes([fixed[8], fixed[9], fixed[10], fixed[11]]);
+        let header_len = u32::from_be_bytes([fixed[12], fixed[13], fixed[14], fixed[15]]) as usize;
+        let mut header_bytes = vec![0u8; header_len];
+        file.read_exact(&mut header_bytes)
+            .map_err(|_| corrupt("header longer than the envelope".into()))?;
+        let mut hasher = crc32fast::Hasher::new();
+        hasher.update(&fixed[12..]);
+        hasher.update(&header_bytes);
+        let mut block = vec![0u8; 1 << 20];
+        loop {
+            let n = file.read(&mut block)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&block[..n]);
+        }
+        if hasher.finalize() != stored_crc {
+            return Err(corrupt("checksum mismatch".into()));
+        }
+        let header: EnvelopeHeader =
+            bincode::deserialize(&header_bytes).map_err(|e| corrupt(e.to_string()))?;
+        SnapshotEnvelope {
+            index: header.index,
+            term: header.term,
+            voters: header.voters,
+            learners: header.learners,
+            voters_outgoing: header.voters_outgoing,
+            ..Default::default()
+        }
+        .check_matches(meta)
+    }
+
     /// Decode and verify an envelope; any mismatch is a `Corrupt` error, never a panic.
     pub fn decode(bytes: &[u8]) -> Result<Self, StorageError> {
         let (header, user_data) = Self::split(bytes)?;
@@ -196,6 +285,20 @@ mod tests {
         env.user_data = b"state".to_vec();
         let bytes = env.encode().expect("encode");
         assert_eq!(SnapshotEnvelope::decode(&bytes).expect("decode"), env);
+        assert_eq!(
+            SnapshotEnvelope::decode_owned(bytes.clone()).expect("decode"),
+            env
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("snap");
+        std::fs::write(&path, &bytes).expect("write");
+        let meta = raft::eraftpb::SnapshotMetadata::default();
+        SnapshotEnvelope::verify_file(&path, &meta).expect("file verifies");
+        let mut bad = bytes.clone();
+        let at = bad.len() - 1;
+        bad[at] ^= 1;
+        std::fs::write(&path, &bad).expect("write");
+        assert!(SnapshotEnvelope::verify_file(&path, &meta).is_err());
 
         let mut flipped = bytes.clone();
         let last = flipped.len() - 1;

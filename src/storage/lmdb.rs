@@ -564,8 +564,12 @@ impl LogStore for LmdbStorage {
         Ok(())
     }
 
-    fn install_snapshot(&self, snapshot: &Snapshot, peers: &Peers) -> Result<(), StorageError> {
-        let meta = snapshot.get_metadata();
+    fn install_snapshot(
+        &self,
+        meta: &SnapshotMetadata,
+        data: &[u8],
+        peers: &Peers,
+    ) -> Result<(), StorageError> {
         let cache = self.cache();
         if meta.index < cache.truncated.0 {
             return Err(StorageError::InvalidOperation(format!(
@@ -584,9 +588,7 @@ impl LogStore for LmdbStorage {
             inner.put_conf_state(wtxn, meta.get_conf_state(), meta.index)?;
             inner.put_truncated(wtxn, meta.index, meta.term)?;
             inner.put_peers(wtxn, peers)?;
-            inner
-                .snapshot
-                .put(wtxn, K_SNAPSHOT_DATA, snapshot.get_data())?;
+            inner.snapshot.put(wtxn, K_SNAPSHOT_DATA, data)?;
             Ok(())
         })?;
         self.update_cache(|c| {

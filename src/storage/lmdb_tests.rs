@@ -54,7 +54,7 @@ fn apply(ops: &[Op], lmdb: &LmdbStorage, mem: &MemStorage) {
             }
             Op::ApplySnapshot(s) => {
                 mem.wl().apply_snapshot(s.clone()).expect("mem snapshot");
-                lmdb.install_snapshot(s, &Peers::new())
+                lmdb.install_snapshot(s.get_metadata(), s.get_data(), &Peers::new())
                     .expect("lmdb snapshot");
             }
         }
@@ -180,8 +180,12 @@ fn snapshot_apply_sets_hard_state_and_conf_state() {
     })
     .expect("hs");
     let snap = snapshot(9, 3, vec![1, 2]);
-    lmdb.install_snapshot(&snap, &Peers::from([(1, "a".to_string())]))
-        .expect("install");
+    lmdb.install_snapshot(
+        snap.get_metadata(),
+        snap.get_data(),
+        &Peers::from([(1, "a".to_string())]),
+    )
+    .expect("install");
     let state = lmdb.initial_state().expect("state");
     assert_eq!(state.hard_state.term, 3);
     assert_eq!(state.hard_state.commit, 9);
@@ -193,7 +197,11 @@ fn snapshot_apply_sets_hard_state_and_conf_state() {
     assert_eq!(stored.get_data(), b"snap");
     // A snapshot older than the compacted log is refused and changes nothing.
     assert!(lmdb
-        .install_snapshot(&snapshot(3, 1, vec![1]), &Peers::new())
+        .install_snapshot(
+            snapshot(3, 1, vec![1]).get_metadata(),
+            b"old",
+            &Peers::new()
+        )
         .is_err());
     assert_eq!(lmdb.first_index().expect("first"), 10);
 }

@@ -53,7 +53,12 @@ pub trait LogStore: raft::Storage + Clone + Send + Sync + 'static {
     fn persist(&self, batch: PersistBatch) -> Result<(), StorageError>;
     /// Replace the log with a snapshot received from the leader: store its data and metadata,
     /// drop every entry, and adopt its conf state and address book.
-    fn install_snapshot(&self, snapshot: &Snapshot, peers: &Peers) -> Result<(), StorageError>;
+    fn install_snapshot(
+        &self,
+        meta: &SnapshotMetadata,
+        data: &[u8],
+        peers: &Peers,
+    ) -> Result<(), StorageError>;
     /// Store a snapshot this node made of its own state (the log is left as it is).
     fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), StorageError>;
     /// Remove every entry below `compact_index`. Requires `compact_index <= last_index() + 1`.

@@ -14,6 +14,7 @@ pub use faults::FaultInjector;
 pub(crate) use faults::Verdict;
 pub use peer_sender::GrpcTransport;
 pub use server::RaftGrpcService;
+pub(crate) use snapshot_receiver::{remove_stale_snapshot_files, snapshot_file_ref};
 
 use raft::eraftpb::Message;
 

@@ -125,6 +125,7 @@ pub(crate) async fn receive_snapshot(
         .await
         .map_err(|e| Status::internal(format!("writing snapshot: {e}")))?;
     drop(file);
+    drop(stream);
     if received != total_size {
         metrics.snapshot_transfers_failed.inc();
         return Err(Status::data_loss(format!(
@@ -135,13 +136,47 @@ pub(crate) async fn receive_snapshot(
         metrics.snapshot_transfers_failed.inc();
         return Err(Status::data_loss("snapshot checksum mismatch"));
     }
-    let data = tokio::fs::read(&temp.path)
+    // Check the envelope from the file (in blocks), then hand raft a reference to the file
+    // instead of the bytes: the run loop reads it once, when it installs the snapshot.
+    let meta = msg.get_snapshot().get_metadata().clone();
+    let path = temp.path.clone();
+    let verified = tokio::task::spawn_blocking(move || SnapshotEnvelope::verify_file(&path, &meta))
         .await
-        .map_err(|e| Status::internal(format!("reading received snapshot: {e}")))?;
-    if let Err(e) = SnapshotEnvelope::verify(&data, msg.get_snapshot().get_metadata()) {
+        .map_err(|e| Status::internal(format!("verifying snapshot: {e}")))?;
+    if let Err(e) = verified {
         metrics.snapshot_transfers_failed.inc();
         return Err(Status::invalid_argument(format!("refusing snapshot: {e}")));
     }
-    msg.mut_snapshot().set_data(data.into());
+    let ready = temp.path.with_extension("snap");
+    tokio::fs::rename(&temp.path, &ready)
+        .await
+        .map_err(|e| Status::internal(format!("keeping received snapshot: {e}")))?;
+    let mut reference = FILE_REF_MAGIC.to_vec();
+    reference.extend_from_slice(ready.to_string_lossy().as_bytes());
+    msg.mut_snapshot().set_data(reference.into());
     Ok((msg, chunks))
+}
+
+const FILE_REF_MAGIC: &[u8] = b"PONTOON-SNAPSHOT-FILE:";
+
+/// If a snapshot's data is a reference to a received snapshot file, its path.
+pub(crate) fn snapshot_file_ref(data: &[u8]) -> Option<PathBuf> {
+    let path = data.strip_prefix(FILE_REF_MAGIC)?;
+    std::str::from_utf8(path).ok().map(PathBuf::from)
+}
+
+/// Remove received snapshot files a previous run left behind (it stopped before installing).
+pub(crate) fn remove_stale_snapshot_files(data_dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(data_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with("incoming-snapshot-")
+        {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
