@@ -110,30 +110,13 @@ impl SnapshotEnvelope {
         meta: &raft::eraftpb::SnapshotMetadata,
     ) -> Result<(), StorageError> {
         let (header, _) = Self::split(bytes)?;
-        SnapshotEnvelope {
-            index: header.index,
-            term: header.term,
-            voters: header.voters,
-            learners: header.learners,
-            voters_outgoing: header.voters_outgoing,
-            ..Default::default()
-        }
-        .check_matches(meta)
+        header.into_envelope(Vec::new()).check_matches(meta)
     }
 
     /// The envelope's header fields (no user bytes), after checking magic, version and checksum.
     pub fn decode_header(bytes: &[u8]) -> Result<Self, StorageError> {
         let (header, _) = Self::split(bytes)?;
-        Ok(SnapshotEnvelope {
-            peers: header.peers,
-            index: header.index,
-            term: header.term,
-            max_node_id: header.max_node_id,
-            voters: header.voters,
-            learners: header.learners,
-            voters_outgoing: header.voters_outgoing,
-            user_data: Vec::new(),
-        })
+        Ok(header.into_envelope(Vec::new()))
     }
 
     /// Verify an envelope held in `bytes` and take its user bytes out without copying them: the
@@ -142,16 +125,7 @@ impl SnapshotEnvelope {
         let (header, user) = Self::split(&bytes)?;
         let start = bytes.len() - user.len();
         bytes.drain(..start);
-        Ok(SnapshotEnvelope {
-            peers: header.peers,
-            index: header.index,
-            term: header.term,
-            max_node_id: header.max_node_id,
-            voters: header.voters,
-            learners: header.learners,
-            voters_outgoing: header.voters_outgoing,
-            user_data: bytes,
-        })
+        Ok(header.into_envelope(bytes))
     }
 
     /// Verify an envelope stored in a file (checksum, header, metadata) reading it in blocks, so
@@ -199,30 +173,13 @@ impl SnapshotEnvelope {
         }
         let header: EnvelopeHeader =
             bincode::deserialize(&header_bytes).map_err(|e| corrupt(e.to_string()))?;
-        SnapshotEnvelope {
-            index: header.index,
-            term: header.term,
-            voters: header.voters,
-            learners: header.learners,
-            voters_outgoing: header.voters_outgoing,
-            ..Default::default()
-        }
-        .check_matches(meta)
+        header.into_envelope(Vec::new()).check_matches(meta)
     }
 
     /// Decode and verify an envelope; any mismatch is a `Corrupt` error, never a panic.
     pub fn decode(bytes: &[u8]) -> Result<Self, StorageError> {
         let (header, user_data) = Self::split(bytes)?;
-        Ok(SnapshotEnvelope {
-            peers: header.peers,
-            index: header.index,
-            term: header.term,
-            max_node_id: header.max_node_id,
-            voters: header.voters,
-            learners: header.learners,
-            voters_outgoing: header.voters_outgoing,
-            user_data: user_data.to_vec(),
-        })
+        Ok(header.into_envelope(user_data.to_vec()))
     }
 
     fn split(bytes: &[u8]) -> Result<(EnvelopeHeader, &[u8]), StorageError> {
@@ -257,7 +214,7 @@ impl SnapshotEnvelope {
     }
 }
 
-/// The envelope's fixed-size-independent part; the user bytes follow it unencoded.
+/// The envelope's encoded header; the user bytes follow it unencoded.
 #[derive(Serialize, Deserialize)]
 struct EnvelopeHeader {
     index: u64,
@@ -267,6 +224,21 @@ struct EnvelopeHeader {
     learners: Vec<u64>,
     voters_outgoing: Vec<u64>,
     peers: Peers,
+}
+
+impl EnvelopeHeader {
+    fn into_envelope(self, user_data: Vec<u8>) -> SnapshotEnvelope {
+        SnapshotEnvelope {
+            peers: self.peers,
+            index: self.index,
+            term: self.term,
+            max_node_id: self.max_node_id,
+            voters: self.voters,
+            learners: self.learners,
+            voters_outgoing: self.voters_outgoing,
+            user_data,
+        }
+    }
 }
 
 /// CRC-32 (IEEE) of `data`.

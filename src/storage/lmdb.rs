@@ -180,6 +180,16 @@ impl LmdbStorage {
         }
         wtxn.commit()?;
 
+        Self::from_parts(env, entries, meta, snapshot, path)
+    }
+
+    fn from_parts(
+        env: Env<WithoutTls>,
+        entries: EntriesDb,
+        meta: MetaDb,
+        snapshot: MetaDb,
+        path: PathBuf,
+    ) -> Result<Self, StorageError> {
         let inner = Inner {
             env,
             entries,
@@ -244,21 +254,7 @@ impl LmdbStorage {
             .ok_or_else(|| not_a_dir("no snapshot database"))?;
         // Committing (not dropping) the read transaction keeps the database handles valid.
         rtxn.commit()?;
-        let inner = Inner {
-            env,
-            entries,
-            meta,
-            snapshot,
-            txn_gate: RwLock::new(()),
-            cache: RwLock::new(Cache::default()),
-            snapshot_request: AtomicBool::new(false),
-            path,
-        };
-        let cache = inner.load_cache()?;
-        *lock_write(&inner.cache) = cache;
-        Ok(LmdbStorage {
-            inner: Arc::new(inner),
-        })
+        Self::from_parts(env, entries, meta, snapshot, path)
     }
 
     /// The stored conf state and the log index of the change it reflects.
