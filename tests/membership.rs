@@ -134,7 +134,9 @@ async fn membership_changes_are_refused_with_typed_errors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removed_node_that_keeps_running_cannot_disturb_the_cluster() {
-    let cluster = TestCluster::start(3).await;
+    // Long election timeouts, so a loaded CI machine does not cause an unrelated election while
+    // the term is being compared.
+    let cluster = TestCluster::start_with(3, |c| c.raft.election_tick = 40).await;
     let leader = cluster.wait_for_leader().await;
     let victim = cluster.follower_of(leader);
     cluster
