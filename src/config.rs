@@ -60,6 +60,8 @@ pub struct Config {
     pub max_message_bytes: usize,
     /// Largest proposal accepted, in bytes.
     pub max_proposal_bytes: usize,
+    /// At most this many proposals may wait for their commit on one node; more get `Busy`.
+    pub max_pending_proposals: usize,
     /// Initial LMDB map size in bytes; it grows on demand.
     pub initial_map_size: usize,
     /// Deadline of `join_cluster` (learner, catch-up, promotion).
@@ -78,6 +80,8 @@ impl Default for Config {
             max_size_per_msg: 1024 * 1024,
             pre_vote: true,
             check_quorum: true,
+            // Bound the log a leader accepts beyond what is committed (raft drops proposals past it).
+            max_uncommitted_size: 256 * 1024 * 1024,
             ..Default::default()
         };
         Config {
@@ -99,6 +103,7 @@ impl Default for Config {
             max_batch_messages: 512,
             max_message_bytes: 64 * 1024 * 1024,
             max_proposal_bytes: 8 * 1024 * 1024,
+            max_pending_proposals: 64 * 1024,
             initial_map_size: 1 << 30,
             join_timeout: Duration::from_secs(60),
             promotion_lag: 100,

@@ -42,6 +42,10 @@ pub enum Error {
     /// Retried by `RaftNode` within the call's deadline; surfaces only when it persists.
     #[error("the leader is not ready yet: {0}; retry shortly")]
     NotReady(String),
+    /// A bounded resource is full (too many pending proposals); nothing was proposed. Retry
+    /// later or slow down.
+    #[error("node is busy: {0}; retry later")]
+    Busy(String),
     /// The node id is not a member of this cluster.
     #[error("node {0} is not a member of this cluster")]
     UnknownNode(u64),
@@ -106,6 +110,7 @@ impl Error {
                 | Error::ProposalDropped(_)
                 | Error::ChangeInProgress(_)
                 | Error::NotReady(_)
+                | Error::Busy(_)
         )
     }
 }

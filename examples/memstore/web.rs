@@ -98,6 +98,8 @@ fn error_response(e: Error) -> Response {
         | Error::Timeout(_)
         | Error::OutcomeUnknown(_)
         | Error::ProposalDropped(_)
+        | Error::NotReady(_)
+        | Error::Busy(_)
         | Error::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         Error::StateMachine(_) => StatusCode::UNPROCESSABLE_ENTITY,
         _ => StatusCode::INTERNAL_SERVER_ERROR,

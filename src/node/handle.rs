@@ -580,7 +580,7 @@ pub(crate) fn result_to_response(result: Result<Vec<u8>>) -> pb::ProposeResponse
             S::UnknownNode
         }
         Error::WouldLoseQuorum(_) => S::WouldLoseQuorum,
-        Error::NotReady(_) => S::NotReady,
+        Error::NotReady(_) | Error::Busy(_) => S::NotReady,
         Error::ShuttingDown => S::ShuttingDown,
         _ => S::UnknownOutcome,
     };
@@ -593,6 +593,7 @@ pub(crate) fn result_to_response(result: Result<Vec<u8>>) -> pb::ProposeResponse
         | Error::ChangeInProgress(m)
         | Error::WouldLoseQuorum(m)
         | Error::NotReady(m)
+        | Error::Busy(m)
         | Error::OutcomeUnknown(m) => m,
         other => other.to_string(),
     };

@@ -356,6 +356,13 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
             ))));
             return;
         }
+        if self.waiters.len() >= self.config.max_pending_proposals {
+            let _ = reply.send(Err(Error::Busy(format!(
+                "{} proposals already wait for their commit",
+                self.waiters.len()
+            ))));
+            return;
+        }
         let ctx = self.waiters.next_context(kind);
         let before = self.raw.raft.raft_log.last_index();
         match self.raw.propose(ctx.encode(), data) {
