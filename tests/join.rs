@@ -55,12 +55,7 @@ async fn one_node_grows_to_five_by_tickets_from_different_members() {
 async fn id_requests_around_a_leader_kill_get_distinct_ids() {
     let mut cluster = TestCluster::start(3).await;
     let leader = cluster.wait_for_leader().await;
-    let followers: Vec<u64> = cluster
-        .nodes
-        .keys()
-        .copied()
-        .filter(|id| *id != leader)
-        .collect();
+    let followers: Vec<u64> = cluster.followers_of(leader);
     let first = Raft::<AppliedLog>::request_id(
         "127.0.0.1:1".to_string(),
         cluster.peers[&followers[0]].clone(),

@@ -32,12 +32,7 @@ async fn proposals_beyond_the_pending_limit_get_busy() {
     })
     .await;
     let leader = cluster.wait_for_leader().await;
-    let followers: Vec<u64> = cluster
-        .nodes
-        .keys()
-        .copied()
-        .filter(|id| *id != leader)
-        .collect();
+    let followers: Vec<u64> = cluster.followers_of(leader);
     for f in followers {
         cluster.stop_node(f).await;
     }

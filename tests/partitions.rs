@@ -14,12 +14,7 @@ async fn an_isolated_leader_is_replaced_serves_no_stale_reads_and_catches_up_aft
     cluster.isolate(old);
 
     // The majority side elects a new leader and keeps taking writes.
-    let others: Vec<u64> = cluster
-        .nodes
-        .keys()
-        .copied()
-        .filter(|id| *id != old)
-        .collect();
+    let others: Vec<u64> = cluster.followers_of(old);
     let mut new_leader = 0;
     eventually(
         Duration::from_secs(20),

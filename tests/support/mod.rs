@@ -193,6 +193,15 @@ impl TestCluster {
         node.task.await.expect("join").expect("run ended cleanly");
     }
 
+    /// Every running node other than `leader`.
+    pub fn followers_of(&self, leader: u64) -> Vec<u64> {
+        self.nodes
+            .keys()
+            .copied()
+            .filter(|id| *id != leader)
+            .collect()
+    }
+
     /// Some running node other than `leader`.
     pub fn follower_of(&self, leader: u64) -> u64 {
         *self
