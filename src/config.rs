@@ -35,7 +35,8 @@ pub struct Config {
     pub tick_interval: Duration,
     /// Take a snapshot and compact the log once this many entries were applied since the last one.
     pub snapshot_threshold: u64,
-    /// Entries kept below the snapshot index when compacting, for followers slightly behind.
+    /// Entries kept (at or below the snapshot index) when compacting, for followers slightly
+    /// behind: the log holds at most `snapshot_threshold + compaction_margin` entries.
     pub compaction_margin: u64,
     /// Also take a snapshot when this much time passed since the last one and something was
     /// applied since (`None`: only by entry count).

@@ -676,7 +676,8 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
             ..Default::default()
         }
         .with_conf_state(&conf_state);
-        let compact_to = index.saturating_sub(self.config.compaction_margin);
+        // Keep exactly `compaction_margin` entries at or below the snapshot index.
+        let compact_to = (index + 1).saturating_sub(self.config.compaction_margin);
         let store = self.store.clone();
         let metrics = self.metrics.clone();
         let logger = self.logger.clone();
