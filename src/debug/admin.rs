@@ -21,18 +21,7 @@ fn admin_config() -> Config {
 
 /// The cluster id and address book as the node at `addr` reports them.
 pub async fn discover(addr: &str) -> Result<(String, Peers, u64)> {
-    let config = admin_config();
-    let mut client = connect_lazy(addr, &config)?;
-    let reply = tokio::time::timeout(
-        config.rpc_timeout,
-        client.get_peers(pb::GetPeersRequest {
-            cluster_id: String::new(),
-        }),
-    )
-    .await
-    .map_err(|_| Error::Timeout(format!("member list from {addr}")))?
-    .map_err(|s| Error::Transport(format!("{addr}: {}", s.message())))?
-    .into_inner();
+    let reply = super::live::fetch_peers(addr, "", &admin_config()).await?;
     Ok((
         reply.cluster_id,
         reply.peers.into_iter().collect(),

@@ -32,6 +32,25 @@ pub async fn node_status(addr: &str, cluster_id: &str) -> Result<NodeStatus> {
     Ok(serde_json::from_str(&reply.into_inner().json)?)
 }
 
+/// The `GetPeers` answer of the node at `addr` (address book, cluster id, leader).
+pub(crate) async fn fetch_peers(
+    addr: &str,
+    cluster_id: &str,
+    config: &Config,
+) -> Result<pb::GetPeersResponse> {
+    let mut client = connect_lazy(addr, config)?;
+    let request = pb::GetPeersRequest {
+        cluster_id: cluster_id.to_string(),
+    };
+    Ok(
+        tokio::time::timeout(config.rpc_timeout, client.get_peers(request))
+            .await
+            .map_err(|_| Error::Timeout(format!("member list from {addr}")))?
+            .map_err(|s| Error::Transport(format!("{addr}: {}", s.message())))?
+            .into_inner(),
+    )
+}
+
 /// One member as seen in `debug cluster`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberRow {
@@ -47,18 +66,7 @@ pub struct MemberRow {
 
 /// The status of every member known to the node at `addr`, unreachable ones marked.
 pub async fn cluster_status(addr: &str, cluster_id: &str) -> Result<Vec<MemberRow>> {
-    let config = rpc_config();
-    let mut client = connect_lazy(addr, &config)?;
-    let peers = tokio::time::timeout(
-        config.rpc_timeout,
-        client.get_peers(pb::GetPeersRequest {
-            cluster_id: cluster_id.to_string(),
-        }),
-    )
-    .await
-    .map_err(|_| Error::Timeout(format!("member list from {addr}")))?
-    .map_err(|s| Error::Transport(format!("{addr}: {}", s.message())))?
-    .into_inner();
+    let peers = fetch_peers(addr, cluster_id, &rpc_config()).await?;
     let mut members: Vec<(u64, String)> = peers.peers.into_iter().collect();
     members.sort();
     let mut rows = Vec::new();
