@@ -330,10 +330,81 @@ async fn memstore_write_without_quorum_answers_503_instead_of_hanging() {
         .await
         .expect("an answer, not a hang");
     assert_eq!(put.status(), 503);
+    // Without a quorum the write may sit uncommitted in a leader's log (`unknown`) or never have
+    // been accepted (`not-applied`); the header says which, so a client knows if a retry is safe.
+    let outcome = put
+        .headers()
+        .get("pontoon-outcome")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    assert!(
+        matches!(outcome.as_deref(), Some("unknown") | Some("not-applied")),
+        "outcome header: {outcome:?}"
+    );
     let reason = put.text().await.expect("body");
     assert!(
         !reason.trim().is_empty() && reason.trim().lines().count() == 1,
         "one-line reason: {reason:?}"
     );
     survivor.raft.quit().await.expect("quit");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memstore_body_put_enforces_the_value_limit_with_413_and_keeps_serving() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nodes = start_cluster(dir.path()).await;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .build()
+        .expect("client");
+    let url = &nodes[0].url;
+    // A value of exactly the limit, as a body, is stored.
+    let largest = "v".repeat(web::MAX_VALUE_BYTES);
+    let put = http
+        .put(format!("{url}/store/big"))
+        .body(largest.clone())
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(put.status(), 200);
+    // One byte more is refused before anything is proposed.
+    let too_big = http
+        .put(format!("{url}/store/big"))
+        .body("w".repeat(web::MAX_VALUE_BYTES + 1))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(too_big.status(), 413);
+    // Not UTF-8: 400, marked as not applied.
+    let binary = http
+        .put(format!("{url}/store/bin"))
+        .body(vec![0xff, 0xfe, 0x00])
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(binary.status(), 400);
+    assert_eq!(
+        binary
+            .headers()
+            .get("pontoon-outcome")
+            .map(|v| v.as_bytes()),
+        Some(&b"not-applied"[..])
+    );
+    let absent = http
+        .get(format!("{url}/store/bin"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(absent.status(), 404, "a refused write must not be applied");
+    // The node keeps serving, and the stored value is the accepted one.
+    let get = http
+        .get(format!("{url}/store/big"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(get.status(), 200);
+    assert_eq!(get.text().await.expect("body"), largest);
+    for node in &nodes {
+        node.raft.quit().await.expect("quit");
+    }
 }

@@ -45,6 +45,12 @@ struct Args {
     /// Start N nodes in this process on 127.0.0.1 (raft 60061.., HTTP 8001..) and serve them all.
     #[arg(long)]
     local_cluster: Option<u64>,
+    /// Take a snapshot and compact the log every this many applied entries.
+    #[arg(long, default_value_t = Config::default().snapshot_threshold)]
+    snapshot_threshold: u64,
+    /// Entries kept behind a snapshot for slow followers.
+    #[arg(long, default_value_t = Config::default().compaction_margin)]
+    compaction_margin: u64,
     /// Print what the data dir DIR holds, with memstore's entries decoded, and exit
     /// (like `pontoon-cli debug persisted`, which shows them as raw text).
     #[arg(long, value_name = "DIR")]
@@ -61,11 +67,13 @@ struct Spec {
 
 async fn start_node(
     spec: Spec,
-    cluster_id: &str,
+    args: &Args,
     logger: &pontoon::slog::Logger,
 ) -> Result<(Raft<HashStore>, tokio::task::JoinHandle<()>), Box<dyn std::error::Error>> {
     let config = Config {
-        cluster_id: cluster_id.to_string(),
+        cluster_id: args.cluster_id.clone(),
+        snapshot_threshold: args.snapshot_threshold,
+        compaction_margin: args.compaction_margin,
         data_dir: spec.data_dir.clone(),
         initial_peers: spec.initial_peers,
         propose_timeout: Duration::from_secs(5),
@@ -218,7 +226,7 @@ async fn real_main() -> Result<(), Box<dyn std::error::Error>> {
     let mut nodes = Vec::new();
     let mut servers = Vec::new();
     for spec in specs {
-        let (node, http) = start_node(spec, &args.cluster_id, &logger).await?;
+        let (node, http) = start_node(spec, &args, &logger).await?;
         nodes.push(node);
         servers.push(http);
     }

@@ -1,7 +1,8 @@
 //! The memstore HTTP API (raftify's routes). Every error is a status code with a one-line reason;
 //! no request waits longer than the node's propose timeout.
 
-use axum::extract::{Path, Query, State};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -10,8 +11,15 @@ use pontoon::{AbstractLogEntry, Error, Raft};
 
 use crate::store::{HashStore, LogEntry};
 
-/// Longest value accepted by `PUT /store/{key}/{value}`.
+/// Longest value accepted by `PUT /store/{key}/{value}` and `PUT /store/{key}` (body). A larger
+/// body is refused with 413 before it is read in full.
 pub const MAX_VALUE_BYTES: usize = 4 * 1024;
+
+/// Response header on every error answer of a write: `not-applied` when the write is definitely
+/// not in the log (safe to retry), `unknown` when it may still be committed and applied later
+/// (a timeout, the node stopping, the leader changing mid-flight). Clients that must not apply a
+/// write twice check this before retrying.
+pub const OUTCOME_HEADER: &str = "pontoon-outcome";
 
 #[derive(Clone)]
 pub struct AppState {
@@ -22,7 +30,12 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     let router = Router::new()
         .route("/store/{key}/{value}", put(put_value))
-        .route("/store/{key}", get(get_value))
+        .route(
+            "/store/{key}",
+            get(get_value)
+                .put(put_body)
+                .layer(DefaultBodyLimit::max(MAX_VALUE_BYTES)),
+        )
         .route("/leader", get(leader))
         .route("/peers", get(peers))
         .route("/debug", get(debug))
@@ -104,16 +117,39 @@ fn error_response(e: Error) -> Response {
         Error::StateMachine(_) => StatusCode::UNPROCESSABLE_ENTITY,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
-    (status, format!("{e}\n")).into_response()
+    let outcome = if e.is_retryable() || status == StatusCode::BAD_REQUEST {
+        "not-applied"
+    } else {
+        "unknown"
+    };
+    (status, [(OUTCOME_HEADER, outcome)], format!("{e}\n")).into_response()
 }
 
 async fn put_value(
     State(s): State<AppState>,
     Path((key, value)): Path<(String, String)>,
 ) -> Response {
+    insert(s, key, value).await
+}
+
+/// `PUT /store/{key}` with the value as the request body (UTF-8, at most `MAX_VALUE_BYTES`).
+async fn put_body(State(s): State<AppState>, Path(key): Path<String>, body: Bytes) -> Response {
+    match String::from_utf8(body.to_vec()) {
+        Ok(value) => insert(s, key, value).await,
+        Err(_) => (
+            StatusCode::BAD_REQUEST,
+            [(OUTCOME_HEADER, "not-applied")],
+            "the value must be UTF-8 text\n",
+        )
+            .into_response(),
+    }
+}
+
+async fn insert(s: AppState, key: String, value: String) -> Response {
     if key.is_empty() || value.len() > MAX_VALUE_BYTES {
         return (
             StatusCode::BAD_REQUEST,
+            [(OUTCOME_HEADER, "not-applied")],
             format!("key must be non-empty and value at most {MAX_VALUE_BYTES} bytes\n"),
         )
             .into_response();

@@ -1,0 +1,401 @@
+//! chaos: real memstore processes under `kill -9`, partitions and snapshots while clients read
+//! and write, then a linearizability check of everything the clients saw.
+//!
+//! ```text
+//! cargo build --release --features fault-injection --examples
+//! target/release/examples/chaos --nodes 5 --duration 600
+//! ```
+//!
+//! What it does, in order:
+//! 1. starts `--nodes` memstore processes (built with `fault-injection`) on loopback ports with
+//!    fresh data dirs and a small snapshot threshold, so restarts catch up by snapshot too;
+//! 2. runs `--clients` clients for `--duration` seconds: random linearizable reads and writes of
+//!    `--keys` hot keys through random nodes, each recorded with invoke/complete time and outcome
+//!    (ok / failed / unknown, from the status code and memstore's `pontoon-outcome` header), plus
+//!    write-once "ledger" keys;
+//! 3. meanwhile the nemesis kills (SIGKILL) random nodes or the leader and restarts them on their
+//!    data dirs, isolates nodes or the leader with the fault-injection routes and heals, and forces
+//!    snapshots;
+//! 4. heals everything, waits until every node has applied a final barrier write and holds the
+//!    same values, reads every hot key through every node, and checks that every acknowledged
+//!    ledger write is on every node;
+//! 5. checks the history per key against a register model (tests/support/linearizability.rs) and
+//!    writes it as JSON; exits non-zero on a violation, a lost write or a cluster that does not
+//!    converge.
+
+#[path = "../../tests/support/linearizability.rs"]
+mod linearizability;
+mod nemesis;
+mod procs;
+mod workload;
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Serialize;
+use tokio::time::Instant;
+
+use linearizability::{History, OpKind, Outcome};
+use nemesis::FaultCounts;
+use procs::{admin_client, leader_seen_by, post_ok, stale_get, ProcCluster};
+use workload::{hot_key, Workload};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "chaos",
+    about = "kill -9, partitions and a linearizability check"
+)]
+struct Args {
+    /// Number of memstore processes.
+    #[arg(long, default_value_t = 3)]
+    nodes: u64,
+    /// Seconds of faults and client load (setup and the final checks come on top).
+    #[arg(long, default_value_t = 60)]
+    duration: u64,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 8)]
+    clients: u64,
+    /// Hot keys the clients read and write (the linearizability check is per key).
+    #[arg(long, default_value_t = 8)]
+    keys: u64,
+    /// Seed for the workload and the nemesis (printed, so a run can be repeated).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// The memstore binary. Default: `memstore` next to this binary (build both with
+    /// `cargo build --features fault-injection --examples`).
+    #[arg(long)]
+    memstore: Option<PathBuf>,
+    /// Where data dirs, node logs and the history go. Default: a fresh dir under the temp dir,
+    /// removed after a clean run.
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// Keep the work dir after a clean run.
+    #[arg(long)]
+    keep: bool,
+    /// Snapshot threshold passed to the nodes (small, so snapshots happen during the run).
+    #[arg(long, default_value_t = 300)]
+    snapshot_threshold: u64,
+    /// Clients read with `?consistency=stale` (a node's local copy). Not linearizable under
+    /// partitions: a run with this flag is expected to FAIL, which shows the check bites.
+    #[arg(long)]
+    stale_reads: bool,
+    /// Print the report as one JSON line at the end.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct Report {
+    nodes: u64,
+    duration_s: u64,
+    seed: u64,
+    operations: u64,
+    ok: u64,
+    failed: u64,
+    unknown: u64,
+    writes_ok: u64,
+    reads_ok: u64,
+    ops_checked: usize,
+    keys_checked: usize,
+    violations: usize,
+    undecided_keys: Vec<String>,
+    ledger_writes_acked: usize,
+    acknowledged_writes_lost: usize,
+    converged: bool,
+    faults: FaultCounts,
+    faults_total: u64,
+    history: String,
+    passed: bool,
+}
+
+fn log_line(origin: Instant, msg: &str) {
+    println!("[{:>7.2}s] {msg}", origin.elapsed().as_secs_f64());
+}
+
+/// The memstore binary: `--memstore`, or the one next to this binary.
+fn find_memstore(args: &Args) -> Result<PathBuf, String> {
+    if let Some(p) = &args.memstore {
+        return Ok(p.clone());
+    }
+    let exe = std::env::current_exe().map_err(|e| format!("cannot locate myself: {e}"))?;
+    let sibling = exe.with_file_name(format!("memstore{}", std::env::consts::EXE_SUFFIX));
+    if sibling.exists() {
+        Ok(sibling)
+    } else {
+        Err(format!(
+            "no memstore binary at {}; build it with `cargo build --features fault-injection \
+             --examples` (same profile as chaos) or pass --memstore",
+            sibling.display()
+        ))
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    match run(Args::parse()).await {
+        Ok(true) => {}
+        Ok(false) => std::process::exit(1),
+        Err(e) => {
+            eprintln!("chaos: {e}");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// Poll `check` every 100 ms until it is true or `limit` passes.
+async fn wait_until<F, Fut>(limit: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn run(args: Args) -> Result<bool, String> {
+    if args.nodes < 3 {
+        return Err("--nodes must be at least 3 (a minority must be able to fail)".into());
+    }
+    let seed = args.seed.unwrap_or_else(rand::random);
+    let memstore = find_memstore(&args)?;
+    let work_dir = match &args.work_dir {
+        Some(d) => d.clone(),
+        None => std::env::temp_dir().join(format!(
+            "pontoon-chaos-{}-{}",
+            std::process::id(),
+            seed % 1_000_000
+        )),
+    };
+    std::fs::create_dir_all(&work_dir)
+        .map_err(|e| format!("cannot create {}: {e}", work_dir.display()))?;
+    let origin = Instant::now();
+    log_line(
+        origin,
+        &format!(
+            "{} memstore processes ({}), work dir {}, seed {seed}",
+            args.nodes,
+            memstore.display(),
+            work_dir.display()
+        ),
+    );
+    let mut cluster = ProcCluster::start(
+        args.nodes,
+        &work_dir,
+        memstore,
+        "chaos".into(),
+        args.snapshot_threshold,
+        args.snapshot_threshold / 3,
+    )?;
+    let http = admin_client();
+    let addrs = cluster.http_addrs();
+    let first = addrs[0].clone();
+    let elected = wait_until(Duration::from_secs(60), || async {
+        leader_seen_by(&http, &first).await.is_some()
+    })
+    .await;
+    if !elected {
+        return Err(format!(
+            "no leader within 60 s; see the node logs in {}",
+            work_dir.display()
+        ));
+    }
+    if !post_ok(&http, cluster.node(1).url("/fault/heal")).await {
+        return Err(
+            "memstore has no /fault routes: build it with --features fault-injection".into(),
+        );
+    }
+    log_line(origin, "leader elected; starting clients and faults");
+
+    let workload = Arc::new(Workload {
+        history: Arc::new(History::new()),
+        ledger_acked: Mutex::new(Vec::new()),
+        origin,
+        stop: Default::default(),
+        addrs: addrs.clone(),
+        keys: args.keys.max(1),
+        request_timeout: Duration::from_secs(8),
+        stale_reads: args.stale_reads,
+    });
+    let clients: Vec<_> = (0..args.clients)
+        .map(|c| tokio::spawn(workload.clone().run_client(c, seed)))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(args.duration);
+    let mut fault_log = |msg: String| log_line(origin, &msg);
+    let faults = nemesis::run(&mut cluster, deadline, seed, &mut fault_log).await;
+    workload.stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        let _ = c.await;
+    }
+    log_line(
+        origin,
+        &format!(
+            "load stopped after {} operations; {} faults; converging",
+            workload.history.len(),
+            faults.total()
+        ),
+    );
+
+    // Every node runs and is healed (the nemesis repairs each fault before the next). A barrier
+    // write, retried until acknowledged, then every node must apply it.
+    let mut converged = false;
+    let barrier = format!("done-{seed}");
+    let acked = wait_until(Duration::from_secs(60), || async {
+        for addr in &addrs {
+            if workload.write(&http, addr, "barrier", &barrier).await == Outcome::Ok {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    if acked {
+        converged = wait_until(Duration::from_secs(60), || async {
+            for addr in &addrs {
+                if stale_get(&http, addr, "barrier").await != Ok(Some(barrier.clone())) {
+                    return false;
+                }
+            }
+            true
+        })
+        .await;
+    }
+    let mut differing = Vec::new();
+    if converged {
+        for i in 0..workload.keys {
+            let key = hot_key(i);
+            let mut seen = Vec::new();
+            for addr in &addrs {
+                seen.push(stale_get(&http, addr, &key).await);
+            }
+            if seen.windows(2).any(|w| w[0] != w[1]) {
+                differing.push(format!("{key}: {seen:?}"));
+            }
+            for addr in &addrs {
+                workload.final_read(&http, addr, &key).await;
+            }
+        }
+    }
+    if !differing.is_empty() {
+        log_line(origin, &format!("nodes disagree: {differing:?}"));
+        converged = false;
+    }
+    let ledger = workload.ledger_acked.lock().expect("ledger lock").clone();
+    let mut lost = 0;
+    if converged {
+        for key in &ledger {
+            let mut present_everywhere = true;
+            for addr in &addrs {
+                if stale_get(&http, addr, key).await != Ok(Some("1".to_string())) {
+                    present_everywhere = false;
+                }
+            }
+            if !present_everywhere {
+                log_line(origin, &format!("acknowledged write of {key} is missing"));
+                lost += 1;
+            }
+        }
+    }
+    log_line(
+        origin,
+        &format!(
+            "converged: {converged}; {} acknowledged ledger writes checked, {lost} lost",
+            ledger.len()
+        ),
+    );
+    cluster.kill_all();
+
+    let ops = workload.history.ops();
+    let check_ops = ops.clone();
+    let report = tokio::task::spawn_blocking(move || linearizability::check(&check_ops))
+        .await
+        .map_err(|e| format!("checker panicked: {e}"))?;
+    let history_path = work_dir.join("history.json");
+    linearizability::write_history_json(&ops, &report, &history_path)
+        .map_err(|e| format!("cannot write {}: {e}", history_path.display()))?;
+    for v in &report.violations {
+        log_line(origin, &format!("VIOLATION on {}: {}", v.key, v.reason));
+    }
+    let count =
+        |pred: &dyn Fn(&linearizability::Op) -> bool| ops.iter().filter(|o| pred(o)).count() as u64;
+    // A key the checker could not decide within its search budget proves nothing: not a pass.
+    let passed = report.violations.is_empty()
+        && report.undecided.is_empty()
+        && lost == 0
+        && converged
+        && faults.unexpected_exits.is_empty();
+    let result = Report {
+        nodes: args.nodes,
+        duration_s: args.duration,
+        seed,
+        operations: ops.len() as u64,
+        ok: count(&|o| o.outcome == Outcome::Ok),
+        failed: count(&|o| o.outcome == Outcome::Fail),
+        unknown: count(&|o| o.outcome == Outcome::Unknown),
+        writes_ok: count(&|o| o.outcome == Outcome::Ok && matches!(o.kind, OpKind::Write { .. })),
+        reads_ok: count(&|o| o.outcome == Outcome::Ok && matches!(o.kind, OpKind::Read { .. })),
+        ops_checked: report.ops_checked,
+        keys_checked: report.keys,
+        violations: report.violations.len(),
+        undecided_keys: report.undecided.clone(),
+        ledger_writes_acked: ledger.len(),
+        acknowledged_writes_lost: lost,
+        converged,
+        faults_total: faults.total(),
+        faults,
+        history: history_path.display().to_string(),
+        passed,
+    };
+    println!(
+        "\nnodes {} | {} s | seed {}\noperations {} (ok {}, failed {}, unknown {}; writes ok {}, \
+         reads ok {})\nfaults {} (kill {}, kill leader {}, partition {}, partition leader {}, \
+         snapshot {}, restarts {})\nlinearizability: {} ops on {} keys checked, {} violations, \
+         undecided keys {:?}\nacknowledged writes lost: {} of {} ledger writes; converged: {}\n\
+         history: {}\nresult: {}",
+        result.nodes,
+        result.duration_s,
+        result.seed,
+        result.operations,
+        result.ok,
+        result.failed,
+        result.unknown,
+        result.writes_ok,
+        result.reads_ok,
+        result.faults_total,
+        result.faults.kill,
+        result.faults.kill_leader,
+        result.faults.partition,
+        result.faults.partition_leader,
+        result.faults.snapshot,
+        result.faults.restarts,
+        result.ops_checked,
+        result.keys_checked,
+        result.violations,
+        result.undecided_keys,
+        result.acknowledged_writes_lost,
+        result.ledger_writes_acked,
+        result.converged,
+        result.history,
+        if passed { "PASS" } else { "FAIL" }
+    );
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string(&result).map_err(|e| format!("report: {e}"))?
+        );
+    }
+    if passed && args.work_dir.is_none() && !args.keep {
+        let _ = std::fs::remove_dir_all(&work_dir);
+    }
+    Ok(passed)
+}
