@@ -5,7 +5,7 @@ mod support;
 use std::time::Duration;
 
 use pontoon::Error;
-use support::{eventually, TestCluster};
+use support::{eventually, metric, TestCluster};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proposal_over_the_size_limit_is_refused_and_the_node_keeps_serving() {
@@ -70,4 +70,33 @@ async fn proposals_beyond_the_pending_limit_get_busy() {
             "{outcome:?}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_peer_queue_drops_and_counts_messages_without_blocking_the_leader() {
+    // Tiny per-peer queues: a stopped follower's queue fills at once and must not stall the
+    // leader, which keeps committing with the other follower.
+    let mut cluster = TestCluster::start_with(3, |c| c.peer_queue_capacity = 4).await;
+    let leader = cluster.wait_for_leader().await;
+    let down = cluster.follower_of(leader);
+    cluster.stop_node(down).await;
+    let mut writers = Vec::new();
+    for i in 0..200 {
+        let raft = cluster.node(leader).clone();
+        writers.push(tokio::spawn(async move {
+            support::propose_retrying(&raft, &format!("w{i}")).await
+        }));
+    }
+    for w in writers {
+        w.await.expect("writer");
+    }
+    let dropped = metric(cluster.node(leader), "pontoon_peer_messages_dropped_total");
+    assert!(
+        dropped > 0.0,
+        "messages to the stopped peer must be dropped and counted"
+    );
+    // Dropping is safe: raft resends what the follower misses once it is back.
+    cluster.start_node(down).await;
+    cluster.wait_all_applied(200).await;
+    cluster.shutdown().await;
 }
