@@ -21,9 +21,9 @@ use crate::client::ClientPool;
 use crate::config::{Config, Peers};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::node::{RaftNode, ReadBatcher, Role, RunLoop, Shared, SoftStatus, Waiters};
+use crate::node::{RaftNode, ReadBatcher, Role, RunLoop, Shared, SoftStatus, Waiters, Writer};
 use crate::state_machine::AbstractStateMachine;
-use crate::storage::{LmdbStorage, LogStore, SnapshotEnvelope};
+use crate::storage::{LmdbStorage, LogStore, SnapshotEnvelope, StagedLog};
 use crate::transport::{FaultInjector, GrpcTransport, RaftGrpcService, Transport};
 
 /// Index and term of the snapshot a new static cluster starts from.
@@ -178,7 +178,7 @@ impl<F: AbstractStateMachine> Raft<F> {
         let mut raft_config = config.raft.clone();
         raft_config.id = node_id;
         raft_config.applied = applied;
-        let raw = RawNode::new(&raft_config, store.clone(), &logger)?;
+        let raw = RawNode::new(&raft_config, StagedLog::new(store.clone()), &logger)?;
 
         let (mailbox_tx, mailbox_rx) = mpsc::channel(config.mailbox_capacity);
         let initial = SoftStatus {
@@ -219,8 +219,10 @@ impl<F: AbstractStateMachine> Raft<F> {
                 faults,
             }),
         };
+        let writer = Writer::idle();
         let run_loop = RunLoop {
             raw,
+            writer,
             store,
             fsm,
             mailbox: mailbox_rx,

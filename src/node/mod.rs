@@ -5,25 +5,30 @@
 //! One task owns the `RawNode`, the state machine and the proposal waiters. Everything else sends
 //! it a `Command` through a bounded mailbox. Each turn:
 //!
-//! 1. Wait for the next command or the tick deadline, then drain the mailbox without waiting, so
-//!    everything that arrived together lands in one Ready (group commit). Tick when it is time.
-//! 2. If raft has a `Ready`, take it.
-//! 3. Send `ready.messages()` at once: a leader may replicate before its own write finishes.
-//! 4. If the Ready holds a snapshot, store it and `restore()` the state machine from it.
-//! 5. Apply the committed entries: normal entries go to `apply` and answer the waiter registered
-//!    under the entry's proposal id; conf changes go to `apply_conf_change` and update the
-//!    address book.
-//! 6. Persist the new entries and hard state in one LMDB transaction (one fsync), on the
-//!    blocking thread pool so the async runtime never waits on the disk.
-//! 7. Only then send `ready.persisted_messages()` (votes and acks promise durable state).
-//! 8. `advance()`, and handle the returned `LightReady` the same way (commit index, messages,
-//!    committed entries); then `advance_apply_to(applied)`.
-//! 9. If enough entries were applied since the last snapshot, take one and compact the log.
+//! 1. Wait for the next command, the tick deadline or a write the writer thread finished, then
+//!    drain the mailbox without waiting, so everything that arrived together lands in one Ready
+//!    (group commit). Tick when it is time.
+//! 2. If raft has a `Ready` (and fewer than 64 writes are in flight), take it.
+//! 3. Send `ready.messages()` at once: a leader replicates before its own write finishes.
+//! 4. If the Ready holds a snapshot, wait for the writes in flight, store it and `restore()` the
+//!    state machine from it.
+//! 5. Apply the committed entries (raft hands out only entries that are committed *and* durable
+//!    here): normal entries go to `apply` and answer the waiter registered under the entry's
+//!    proposal id; conf changes go to `apply_conf_change` and update the address book.
+//! 6. Stage the new entries in memory (`StagedLog`: raft reads them from there until they are
+//!    durable), hand entries + hard state to the writer thread with the Ready's
+//!    `persisted_messages`, and `advance_append_async`. The loop does not wait for the disk: it
+//!    goes back to step 1 and builds the next Ready while this one is being fsynced.
+//! 7. When the writer reports Readies durable (it merges everything queued into one transaction
+//!    and one fsync), send their `persisted_messages` (votes and acks promise durable state) and
+//!    call `on_persist_ready`; only now does raft count this node's copy towards a commit.
+//! 8. If enough entries were applied since the last snapshot, take one and compact the log.
 //!
 //! # Invariants
 //!
 //! - Nothing is acknowledged to a client before its entry is committed, and raft commits only
-//!   entries persisted on a quorum (raft-rs counts a node's own ack only after step 6).
+//!   entries persisted on a quorum (raft-rs counts a node's own copy only after step 7, and a
+//!   follower's ack leaves only after its own step 7).
 //! - A proposal waiter is answered exactly once: with `apply`'s result, with a definite error
 //!   (dropped / overwritten), or with "outcome unknown" on shutdown or timeout.
 //! - The loop never awaits a network call; transports only enqueue.
@@ -34,6 +39,7 @@ mod proposals;
 mod reads;
 mod run_loop;
 mod status;
+mod writer;
 
 pub use handle::RaftNode;
 pub use mailbox::Command;
@@ -47,3 +53,4 @@ pub(crate) use handle::{
 pub(crate) use proposals::Waiters;
 pub(crate) use reads::ReadBatcher;
 pub(crate) use run_loop::RunLoop;
+pub(crate) use writer::Writer;

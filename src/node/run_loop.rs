@@ -18,12 +18,13 @@ use super::mailbox::Command;
 use super::proposals::{EntryKind, FrameworkEntry, ProposalContext, Waiters};
 use super::reads::ReadBatcher;
 use super::status::{NodeStatus, PeerStatus, Role, SoftStatus};
+use super::writer::{WriteDone, WriteJob, Writer};
 use crate::cluster::AddressBook;
 use crate::config::{Config, Peers};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::state_machine::AbstractStateMachine;
-use crate::storage::{LogStore, PersistBatch, SnapshotEnvelope};
+use crate::storage::{LogStore, PersistBatch, SnapshotEnvelope, StagedLog};
 use crate::transport::Transport;
 
 /// What a conf-change entry carries in its context: the addresses of the nodes it adds, so every
@@ -35,10 +36,16 @@ pub struct ConfChangeContext {
     pub addrs: Peers,
 }
 
+/// How many Readies may be handed to the writer and not yet durable. Beyond it the loop stops
+/// taking Readies until the writer catches up (memory stays bounded under a slow disk).
+const MAX_WRITES_IN_FLIGHT: usize = 64;
+
 /// Everything the loop owns.
 pub(crate) struct RunLoop<S: LogStore, F: AbstractStateMachine> {
-    pub(crate) raw: RawNode<S>,
+    pub(crate) raw: RawNode<StagedLog<S>>,
     pub(crate) store: S,
+    /// Makes Readies durable on its own thread (see `writer`).
+    pub(crate) writer: Writer,
     pub(crate) fsm: F,
     pub(crate) mailbox: mpsc::Receiver<Command>,
     pub(crate) transport: Arc<dyn Transport>,
@@ -68,6 +75,8 @@ pub(crate) struct RunLoop<S: LogStore, F: AbstractStateMachine> {
 impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
     /// Run until `quit` (or a fatal storage / state machine error). Always flushes what it can.
     pub(crate) async fn run(mut self) -> Result<()> {
+        self.writer
+            .start(self.store.clone(), self.metrics.clone(), self.raw.raft.id)?;
         let mut ticker = tokio::time::interval(self.config.tick_interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let drain_limit = self.config.mailbox_capacity;
@@ -75,6 +84,17 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
             // 1. Wait for the next message or tick, then drain the mailbox without waiting.
             let mut quit = false;
             tokio::select! {
+                done = self.writer.next_done(), if self.writer.inflight() > 0 => match done {
+                    Some(done) => {
+                        if let Err(e) = self.on_persisted(done) {
+                            slog::crit!(self.logger, "run loop stopped by a fatal error"; "error" => %e);
+                            break Err(e);
+                        }
+                    }
+                    None => {
+                        break Err(Error::Other("the writer thread stopped unexpectedly".into()));
+                    }
+                },
                 _ = ticker.tick() => {
                     self.raw.tick();
                     self.reads.on_tick(2 * self.config.raft.election_tick);
@@ -105,6 +125,7 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
             }
         };
         let flushed = self.flush().await;
+        self.writer.shutdown().await;
         // Let a snapshot being stored finish, so the storage is closed when `run` returns.
         if let Some(task) = self.snapshot_task.take() {
             let _ = task.await;
@@ -387,25 +408,32 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
         }
     }
 
-    /// Steps 2-9 of a turn (see the `node` module docs).
+    /// Steps 2-8 of a turn (see the `node` module docs).
     async fn on_ready(&mut self) -> Result<()> {
-        if !self.raw.has_ready() {
+        if self.writer.inflight() >= MAX_WRITES_IN_FLIGHT || !self.raw.has_ready() {
             return Ok(());
         }
         // 2. Take the Ready.
         let mut ready = self.raw.ready();
         // 3. Messages that may leave before this node's own write (leader appends).
         self.transport.send(ready.take_messages());
-        // 4. A snapshot from the leader: persist it, then restore the state machine from it.
-        if !ready.snapshot().is_empty() {
+        // 4. A snapshot from the leader replaces the log: let every write in flight land, then
+        //    store it and restore the state machine from it before anything else.
+        let has_snapshot = !ready.snapshot().is_empty();
+        if has_snapshot {
+            self.finish_writes().await?;
+            self.raw.store().clear();
             self.install_snapshot(ready.snapshot().clone()).await?;
         }
-        // 5. Apply committed entries; note the read indexes raft confirmed.
+        // 5. Apply committed entries (raft hands out only entries durable here and committed);
+        //    note the read indexes raft confirmed.
         self.apply_committed(ready.take_committed_entries()).await?;
         for rs in ready.take_read_states() {
             self.reads.on_read_state(&rs.request_ctx, rs.index);
         }
-        // 6. Persist entries + hard state (+ conf state, address book) in one transaction.
+        // 6. Stage the new entries (raft reads them from memory until they are durable) and
+        //    hand entries + hard state (+ conf state, address book) to the writer, with the
+        //    messages that must wait for them.
         let mut batch = PersistBatch {
             entries: ready.take_entries(),
             ..Default::default()
@@ -419,23 +447,22 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
             self.commit_dirty = true;
         }
         self.take_pending_meta(&mut batch);
-        self.persist(batch).await?;
-        // 7. Messages that must wait for this node's write (votes, follower acks).
-        self.transport.send(ready.take_persisted_messages());
-        // 8. Advance, then handle the LightReady the same way.
-        let mut light = self.raw.advance(ready);
-        if light.commit_index().is_some() {
-            self.commit_dirty = true;
+        let number = ready.number();
+        self.raw.store().stage(number, &batch.entries);
+        let persisted_messages = ready.take_persisted_messages();
+        self.raw.advance_append_async(ready);
+        self.writer.submit(WriteJob {
+            number,
+            batch,
+            persisted_messages,
+        })?;
+        if has_snapshot {
+            // raft accepts the snapshot's index as applied only once it knows it is durable.
+            self.finish_writes().await?;
         }
-        self.transport.send(light.take_messages());
-        self.apply_committed(light.take_committed_entries()).await?;
         self.raw.advance_apply_to(self.applied);
         self.reads.on_applied(self.applied);
-        // Conf changes applied from the LightReady are written now, not at some later turn.
-        let mut meta = PersistBatch::default();
-        self.take_pending_meta(&mut meta);
-        self.persist(meta).await?;
-        // 9. Snapshot policy.
+        // 8. Snapshot policy.
         let snap_index = self.store.snapshot_metadata().index;
         let since = self.applied.saturating_sub(snap_index);
         let requested = self.store.take_snapshot_request() && since > 0;
@@ -447,6 +474,33 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
         if requested || due || since >= self.config.snapshot_threshold {
             // A failed snapshot only delays compaction (it is logged); the node keeps serving.
             self.start_snapshot(None).await;
+        }
+        Ok(())
+    }
+
+    /// 7. The writer made Readies up to `done.number` durable: send the messages that waited
+    ///    for it (votes, follower acks) and tell raft, which may now count this node's copy
+    ///    towards a commit; the next turn's Ready carries what that unlocked.
+    fn on_persisted(&mut self, done: WriteDone) -> Result<()> {
+        done.result?;
+        self.transport.send(done.messages);
+        self.raw.on_persist_ready(done.number);
+        self.raw.store().release(done.number);
+        Ok(())
+    }
+
+    /// Wait until every write handed to the writer is durable (before a snapshot replaces the
+    /// log, and before stopping).
+    async fn finish_writes(&mut self) -> Result<()> {
+        while self.writer.inflight() > 0 {
+            match self.writer.next_done().await {
+                Some(done) => self.on_persisted(done)?,
+                None => {
+                    return Err(Error::Other(
+                        "the writer thread stopped unexpectedly".into(),
+                    ))
+                }
+            }
         }
         Ok(())
     }
@@ -714,8 +768,10 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
         }));
     }
 
-    /// Write what is still only in memory (the latest commit index) before stopping.
+    /// Let every queued write land, then write what is still only in memory (the latest commit
+    /// index, a conf change applied last) before stopping.
     async fn flush(&mut self) -> Result<()> {
+        self.finish_writes().await?;
         let mut batch = PersistBatch::default();
         if self.commit_dirty {
             batch.hard_state = Some(self.raw.raft.hard_state());

@@ -13,10 +13,12 @@
 mod envelope;
 mod error;
 mod lmdb;
+mod staged;
 
 pub use envelope::{crc32, SnapshotEnvelope, ENVELOPE_VERSION};
 pub use error::StorageError;
 pub use lmdb::{LmdbStorage, StoredIdentity, FORMAT_VERSION};
+pub use staged::StagedLog;
 
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 
@@ -42,6 +44,25 @@ impl PersistBatch {
             && self.hard_state.is_none()
             && self.conf_state.is_none()
             && self.peers.is_none()
+    }
+
+    /// Fold a later batch into this one, so that writing the result equals writing `self` and
+    /// then `later`: `later`'s entries replace ours from their first index on, and its hard
+    /// state, conf state and address book win where present.
+    pub fn merge(&mut self, later: PersistBatch) {
+        if let Some(first) = later.entries.first().map(|e| e.index) {
+            self.entries.retain(|e| e.index < first);
+            self.entries.extend(later.entries);
+        }
+        if later.hard_state.is_some() {
+            self.hard_state = later.hard_state;
+        }
+        if later.conf_state.is_some() {
+            self.conf_state = later.conf_state;
+        }
+        if later.peers.is_some() {
+            self.peers = later.peers;
+        }
     }
 }
 

@@ -1,0 +1,291 @@
+//! `StagedLog`: what raft reads while its writes are still in flight.
+//!
+//! With asynchronous persistence (raft-rs `advance_append_async` / `on_persist_ready`) the run
+//! loop hands a Ready's entries to the writer thread and goes on at once. raft-rs drops those
+//! entries from its own unstable buffer at that moment and requires that `Storage` can serve them
+//! from then on, durable or not. `StagedLog` wraps a `LogStore` with an in-memory *staged tail*:
+//! entries handed to the writer and not yet known to be durable.
+//!
+//! Invariants:
+//! - The staged tail is contiguous (`base..=last`) and each entry is tagged with the number of the
+//!   write that staged it; tags never decrease from front to back (a later write only replaces a
+//!   suffix and appends).
+//! - The log raft sees is the store's entries below `base` followed by the staged tail.
+//!   `base <= store.last_index() + 1` always holds, so there is never a gap.
+//! - An entry leaves the tail only once the write that staged it is durable (`release`), so it
+//!   is always readable from one place or the other.
+//! - Staging never makes anything durable and never answers anyone: raft counts an entry towards
+//!   commit only after `on_persist_ready`, which the run loop calls after the writer's fsync.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use protobuf::Message as PbMessage;
+use raft::eraftpb::{Entry, Snapshot};
+use raft::{GetEntriesContext, RaftState};
+
+use super::LogStore;
+
+/// A `LogStore` plus the entries staged for writing; see the module docs.
+#[derive(Clone)]
+pub struct StagedLog<S> {
+    store: S,
+    tail: Arc<Mutex<VecDeque<(u64, Entry)>>>,
+}
+
+impl<S: LogStore> StagedLog<S> {
+    /// Wrap `store` with an empty staged tail.
+    pub fn new(store: S) -> Self {
+        StagedLog {
+            store,
+            tail: Arc::new(Mutex::new(VecDeque::new())),
+        }
+    }
+
+    /// The wrapped store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    fn tail(&self) -> MutexGuard<'_, VecDeque<(u64, Entry)>> {
+        // Only the run loop touches the tail; a poisoned lock means it panicked mid-update, and
+        // the next stage/release rebuilds what matters.
+        self.tail.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Make `entries` (written by write number `tag`) readable before they are durable. They
+    /// replace every staged or stored entry at or after their first index, as the write will.
+    pub fn stage(&self, tag: u64, entries: &[Entry]) {
+        let Some(first) = entries.first().map(|e| e.index) else {
+            return;
+        };
+        let mut tail = self.tail();
+        if let Some(base) = tail.front().map(|(_, e)| e.index) {
+            if first <= base {
+                tail.clear();
+            } else {
+                tail.truncate((first - base) as usize);
+            }
+        }
+        tail.extend(entries.iter().map(|e| (tag, e.clone())));
+    }
+
+    /// Writes up to number `tag` are durable: their entries are readable from the store now.
+    pub fn release(&self, tag: u64) {
+        let mut tail = self.tail();
+        while tail.front().is_some_and(|(t, _)| *t <= tag) {
+            tail.pop_front();
+        }
+    }
+
+    /// Forget the staged tail (a snapshot replaced the log, after every write landed).
+    pub fn clear(&self) {
+        self.tail().clear();
+    }
+
+    /// Number of entries staged and not yet known durable.
+    pub fn staged_len(&self) -> usize {
+        self.tail().len()
+    }
+}
+
+impl<S: LogStore> raft::Storage for StagedLog<S> {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        self.store.initial_state()
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        let max_size = max_size.into();
+        let tail = self.tail();
+        let (base, last) = match (tail.front(), tail.back()) {
+            (Some((_, f)), Some((_, l))) => (f.index, l.index),
+            _ => {
+                drop(tail);
+                return self.store.entries(low, high, max_size, context);
+            }
+        };
+        if high > last + 1 {
+            return Err(raft::Error::Store(raft::StorageError::Unavailable));
+        }
+        let mut out = if low < base {
+            let stored = self.store.entries(low, high.min(base), max_size, context)?;
+            if (stored.len() as u64) < high.min(base) - low {
+                // The size limit cut the stored part short: the staged part cannot follow.
+                return Ok(stored);
+            }
+            stored
+        } else {
+            Vec::new()
+        };
+        let mut size: u64 = out.iter().map(|e| u64::from(e.compute_size())).sum();
+        let from = low.max(base);
+        for (_, entry) in tail.iter().skip((from - base) as usize) {
+            if entry.index >= high {
+                break;
+            }
+            size += u64::from(entry.compute_size());
+            // Like raft's own limit: always at least one entry.
+            if let Some(max) = max_size {
+                if !out.is_empty() && size > max {
+                    break;
+                }
+            }
+            out.push(entry.clone());
+        }
+        Ok(out)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        let tail = self.tail();
+        if let (Some((_, f)), Some((_, l))) = (tail.front(), tail.back()) {
+            if idx >= f.index {
+                if idx > l.index {
+                    return Err(raft::Error::Store(raft::StorageError::Unavailable));
+                }
+                return Ok(tail[(idx - f.index) as usize].1.term);
+            }
+        }
+        drop(tail);
+        self.store.term(idx)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        self.store.first_index()
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        if let Some((_, last)) = self.tail().back() {
+            return Ok(last.index);
+        }
+        self.store.last_index()
+    }
+
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        self.store.snapshot(request_index, to)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{LmdbStorage, PersistBatch};
+    use raft::{GetEntriesContext, Storage};
+
+    fn entry(index: u64, term: u64) -> Entry {
+        let mut e = Entry::default();
+        e.index = index;
+        e.term = term;
+        e.data = vec![index as u8; 10].into();
+        e
+    }
+
+    fn open(dir: &std::path::Path) -> LmdbStorage {
+        LmdbStorage::open(dir, 1, "staged-test", 1 << 20).expect("open")
+    }
+
+    fn indexes_terms(v: Vec<Entry>) -> Vec<(u64, u64)> {
+        v.into_iter().map(|e| (e.index, e.term)).collect()
+    }
+
+    fn ctx() -> GetEntriesContext {
+        GetEntriesContext::empty(false)
+    }
+
+    #[test]
+    fn staged_entries_are_readable_before_and_after_they_are_written() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path());
+        let log = StagedLog::new(store.clone());
+        let durable: Vec<Entry> = (1..=3).map(|i| entry(i, 1)).collect();
+        store
+            .persist(PersistBatch {
+                entries: durable,
+                ..Default::default()
+            })
+            .expect("persist");
+        let staged: Vec<Entry> = (4..=6).map(|i| entry(i, 2)).collect();
+        log.stage(7, &staged);
+        assert_eq!(log.last_index().expect("last"), 6);
+        assert_eq!(store.last_index().expect("last"), 3);
+        assert_eq!(log.term(5).expect("term"), 2);
+        assert_eq!(log.term(2).expect("term"), 1);
+        assert_eq!(
+            indexes_terms(log.entries(2, 7, None, ctx()).expect("entries")),
+            vec![(2, 1), (3, 1), (4, 2), (5, 2), (6, 2)]
+        );
+        assert!(log.entries(2, 8, None, ctx()).is_err(), "beyond the tail");
+        // The writer lands write 7; releasing it leaves the same log, now read from the store.
+        store
+            .persist(PersistBatch {
+                entries: staged,
+                ..Default::default()
+            })
+            .expect("persist");
+        log.release(7);
+        assert_eq!(log.staged_len(), 0);
+        assert_eq!(
+            indexes_terms(log.entries(2, 7, None, ctx()).expect("entries")),
+            vec![(2, 1), (3, 1), (4, 2), (5, 2), (6, 2)]
+        );
+    }
+
+    #[test]
+    fn a_later_write_replaces_the_staged_suffix_and_release_keeps_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path());
+        let log = StagedLog::new(store.clone());
+        let first: Vec<Entry> = (1..=5).map(|i| entry(i, 1)).collect();
+        log.stage(1, &first);
+        // A new leader overwrites from index 4 before write 1 is durable.
+        let second: Vec<Entry> = (4..=4).map(|i| entry(i, 3)).collect();
+        log.stage(2, &second);
+        assert_eq!(log.last_index().expect("last"), 4);
+        assert_eq!(log.term(4).expect("term"), 3);
+        assert!(log.term(5).is_err());
+        // Write 1 lands (entries 1..=5 of term 1): only 1..=3 leave the tail; 4 stays staged.
+        store
+            .persist(PersistBatch {
+                entries: first,
+                ..Default::default()
+            })
+            .expect("persist");
+        log.release(1);
+        assert_eq!(log.staged_len(), 1);
+        assert_eq!(log.last_index().expect("last"), 4);
+        assert_eq!(
+            indexes_terms(log.entries(1, 5, None, ctx()).expect("entries")),
+            vec![(1, 1), (2, 1), (3, 1), (4, 3)]
+        );
+        // Staging at or before the tail's base replaces it whole.
+        log.stage(3, &[entry(4, 4), entry(5, 4)]);
+        assert_eq!(
+            indexes_terms(log.entries(3, 6, None, ctx()).expect("entries")),
+            vec![(3, 1), (4, 4), (5, 4)]
+        );
+    }
+
+    #[test]
+    fn the_size_limit_spans_stored_and_staged_entries() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path());
+        let log = StagedLog::new(store.clone());
+        store
+            .persist(PersistBatch {
+                entries: (1..=2).map(|i| entry(i, 1)).collect(),
+                ..Default::default()
+            })
+            .expect("persist");
+        log.stage(1, &(3..=6).map(|i| entry(i, 1)).collect::<Vec<_>>());
+        let one = u64::from(entry(1, 1).compute_size());
+        let got = log.entries(1, 7, Some(3 * one), ctx()).expect("entries");
+        assert_eq!(got.len(), 3, "stops at the limit across the boundary");
+        let got = log.entries(4, 7, Some(0), ctx()).expect("entries");
+        assert_eq!(got.len(), 1, "at least one entry");
+    }
+}
