@@ -11,21 +11,38 @@ use tonic::transport::{Channel, Endpoint};
 use crate::config::{Config, Peers};
 use crate::error::{Error, Result};
 use crate::node::NodeStatus;
+use crate::tls::{TlsConfig, TlsError};
 use crate::transport::pb;
 use crate::transport::pb::raft_service_client::RaftServiceClient as GrpcClient;
 
-/// A client to `addr` (`host:port`) that connects on first use and reconnects by itself.
+/// A client to `addr` (`host:port`) that connects on first use and reconnects by itself. With
+/// `config.tls` set the connection is mutual TLS (`https`), otherwise plaintext.
 pub fn connect_lazy(addr: &str, config: &Config) -> Result<GrpcClient<Channel>> {
-    let uri = if addr.starts_with("http://") || addr.starts_with("https://") {
-        addr.to_string()
+    let host_port = addr
+        .strip_prefix("http://")
+        .or_else(|| addr.strip_prefix("https://"))
+        .unwrap_or(addr);
+    let scheme = if config.tls.is_some() {
+        "https"
     } else {
-        format!("http://{addr}")
+        "http"
     };
-    let endpoint = Endpoint::from_shared(uri)
+    let endpoint = Endpoint::from_shared(format!("{scheme}://{host_port}"))
         .map_err(|e| Error::InvalidRequest(format!("bad peer address {addr:?}: {e}")))?
         .connect_timeout(config.rpc_timeout)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(std::time::Duration::from_secs(10));
+    let endpoint = match &config.tls {
+        Some(tls) => endpoint
+            .tls_config(tls.client_config(config.rpc_timeout))
+            .map_err(|e| {
+                Error::Tls(TlsError::Setup(format!(
+                    "client TLS for {addr:?}: {}",
+                    crate::tls::error_chain(&e)
+                )))
+            })?,
+        None => endpoint,
+    };
     Ok(GrpcClient::new(endpoint.connect_lazy())
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes))
@@ -67,6 +84,54 @@ pub struct RaftServiceClient {
     pool: ClientPool,
 }
 
+/// Options of a `RaftServiceClient` before it connects (see `RaftServiceClient::builder`).
+#[derive(Clone, Debug)]
+pub struct ClientBuilder {
+    addrs: Vec<String>,
+    cluster_id: String,
+    deadline: Duration,
+    tls: Option<TlsConfig>,
+}
+
+impl ClientBuilder {
+    /// The deadline of each call (default 10 s).
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    /// Talk to the cluster over mutual TLS: present this certificate, trust only this CA.
+    /// Required when the nodes run with `Config::tls`.
+    pub fn tls(mut self, tls: TlsConfig) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Learn the members from the first address that answers. Fails with a clear error when
+    /// none answers within the deadline.
+    pub async fn connect(self) -> Result<RaftServiceClient> {
+        if self.addrs.is_empty() {
+            return Err(Error::InvalidRequest("no member addresses given".into()));
+        }
+        let config = Config {
+            rpc_timeout: self.deadline.min(Duration::from_secs(2)),
+            tls: self.tls,
+            ..Config::default()
+        };
+        let client = RaftServiceClient {
+            cluster_id: self.cluster_id,
+            config,
+            deadline: self.deadline,
+            max_attempts: 64,
+            known: Mutex::new(self.addrs),
+            leader: Mutex::new(None),
+            pool: ClientPool::default(),
+        };
+        client.get_peers().await?;
+        Ok(client)
+    }
+}
+
 enum Call {
     Propose(Vec<u8>),
     Read(Vec<u8>),
@@ -89,24 +154,30 @@ impl RaftServiceClient {
         cluster_id: impl Into<String>,
         deadline: Duration,
     ) -> Result<Self> {
-        if addrs.is_empty() {
-            return Err(Error::InvalidRequest("no member addresses given".into()));
-        }
-        let config = Config {
-            rpc_timeout: deadline.min(Duration::from_secs(2)),
-            ..Config::default()
-        };
-        let client = RaftServiceClient {
+        Self::builder(addrs, cluster_id)
+            .deadline(deadline)
+            .connect()
+            .await
+    }
+
+    /// A client with more options (TLS, deadline); finish with `ClientBuilder::connect`.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> pontoon::Result<()> {
+    /// let tls = pontoon::TlsConfig::from_pem_files("client.pem", "client.key", "ca.pem")?;
+    /// let client = pontoon::client::RaftServiceClient::builder(vec!["10.0.0.1:60061".into()], "prod")
+    ///     .tls(tls)
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn builder(addrs: Vec<String>, cluster_id: impl Into<String>) -> ClientBuilder {
+        ClientBuilder {
+            addrs,
             cluster_id: cluster_id.into(),
-            config,
-            deadline,
-            max_attempts: 64,
-            known: Mutex::new(addrs),
-            leader: Mutex::new(None),
-            pool: ClientPool::default(),
-        };
-        client.get_peers().await?;
-        Ok(client)
+            deadline: Duration::from_secs(10),
+            tls: None,
+        }
     }
 
     /// Change the per-call deadline.

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::tls::TlsConfig;
 
 /// Node id -> raft address (`host:port`) for every member.
 pub type Peers = BTreeMap<u64, String>;
@@ -70,6 +71,15 @@ pub struct Config {
     /// A joining learner is promoted to voter once its log is at most this many entries behind
     /// the leader's.
     pub promotion_lag: u64,
+    /// Mutual TLS for every gRPC connection (`None`: plaintext). When set, the server accepts
+    /// only clients with a certificate signed by the CA, and every outgoing connection presents
+    /// this node's certificate and checks the server's. Build it with
+    /// `TlsConfig::from_pem_files`, which reads and checks the files once.
+    pub tls: Option<TlsConfig>,
+    /// Shared secret for membership: when set, `RequestId` and `ChangeConfig` RPCs must carry
+    /// the same token or are refused with `Error::Unauthorized`. This node also sends it on its
+    /// own such calls (forwarding, joining). Without TLS it travels in clear.
+    pub join_token: Option<String>,
 }
 
 impl Default for Config {
@@ -108,6 +118,8 @@ impl Default for Config {
             initial_map_size: 1 << 30,
             join_timeout: Duration::from_secs(60),
             promotion_lag: 100,
+            tls: None,
+            join_token: None,
         }
     }
 }
@@ -123,6 +135,8 @@ impl std::fmt::Debug for Config {
             .field("election_tick", &self.raft.election_tick)
             .field("heartbeat_tick", &self.raft.heartbeat_tick)
             .field("snapshot_threshold", &self.snapshot_threshold)
+            .field("tls", &self.tls)
+            .field("join_token", &self.join_token.as_ref().map(|_| "<set>"))
             .finish_non_exhaustive()
     }
 }
@@ -156,6 +170,11 @@ impl Config {
             || self.max_batch_messages == 0
         {
             return Err(Error::Config("queue capacities must be above zero".into()));
+        }
+        if self.join_token.as_deref() == Some("") {
+            return Err(Error::Config(
+                "join_token must not be empty; use None for no token".into(),
+            ));
         }
         if let Some(peers) = &self.initial_peers {
             if !peers.contains_key(&node_id) {

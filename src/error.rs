@@ -5,6 +5,7 @@
 //! to do about it.
 
 use crate::storage::StorageError;
+use crate::tls::TlsError;
 
 /// Result alias used throughout pontoon and by user state machines.
 pub type Result<T> = std::result::Result<T, Error>;
@@ -69,6 +70,15 @@ pub enum Error {
         "cluster id mismatch: this node is in cluster {local:?}, the other side in {remote:?}"
     )]
     ClusterMismatch { local: String, remote: String },
+    /// The call needs the cluster's join token (`Config::join_token`) and none, or a different
+    /// one, was presented. Nothing was changed. Configure the same token as the cluster.
+    #[error(
+        "unauthorized: {0}; configure the cluster's join token (Config::join_token / --join-token)"
+    )]
+    Unauthorized(String),
+    /// TLS material could not be loaded or used.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     /// The input was refused as given (too large, malformed, unknown id, ...).
     #[error("invalid request: {0}")]
     InvalidRequest(String),

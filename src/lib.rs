@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod node;
 pub mod state_machine;
 pub mod storage;
+pub mod tls;
 pub mod transport;
 
 pub use cluster::{default_logger, JoinTicket, Raft};
@@ -32,6 +33,7 @@ pub use config::{parse_peers, Config, Peers};
 pub use error::{Error, Result};
 pub use node::{NodeStatus, RaftNode, Role};
 pub use state_machine::{AbstractLogEntry, AbstractStateMachine};
+pub use tls::{TlsConfig, TlsError};
 
 /// Re-exports so applications need not depend on these crates directly.
 pub use async_trait::async_trait;

@@ -16,6 +16,45 @@ use pontoon::debug;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// PEM client certificate, for clusters that run mutual TLS (with --tls-key and --tls-ca).
+    #[arg(long, global = true, value_name = "FILE")]
+    tls_cert: Option<String>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, global = true, value_name = "FILE")]
+    tls_key: Option<String>,
+    /// PEM certificate(s) of the CA that signs the nodes' certificates.
+    #[arg(long, global = true, value_name = "FILE")]
+    tls_ca: Option<String>,
+    /// Check the nodes' certificates for this name instead of the host of the address.
+    #[arg(long, global = true, value_name = "NAME")]
+    tls_server_name: Option<String>,
+    /// The cluster's join token, needed by `member remove` when the cluster has one.
+    #[arg(long, global = true, value_name = "SECRET")]
+    join_token: Option<String>,
+}
+
+impl Cli {
+    /// TLS material (read and checked now) and join token for the calls to running nodes.
+    fn remote_options(&self) -> Result<debug::RemoteOptions, String> {
+        let tls = match (&self.tls_cert, &self.tls_key, &self.tls_ca) {
+            (None, None, None) => None,
+            (Some(cert), Some(key), Some(ca)) => {
+                let tls =
+                    pontoon::TlsConfig::from_pem_files(cert, key, ca).map_err(|e| e.to_string())?;
+                Some(match &self.tls_server_name {
+                    Some(name) => tls.with_server_name(name).map_err(|e| e.to_string())?,
+                    None => tls,
+                })
+            }
+            _ => {
+                return Err("--tls-cert, --tls-key and --tls-ca go together: give all three".into())
+            }
+        };
+        Ok(debug::RemoteOptions {
+            tls,
+            join_token: self.join_token.clone(),
+        })
+    }
 }
 
 #[derive(Subcommand)]
@@ -106,6 +145,8 @@ fn json<T: serde::Serialize>(value: &T) -> Result<String, String> {
 
 async fn run(cli: Cli) -> Result<String, String> {
     let err = |e: pontoon::Error| e.to_string();
+    let remote = cli.remote_options()?;
+    let remote = &remote;
     match cli.command {
         Command::Debug { what } => match what {
             Debug::Persisted {
@@ -126,7 +167,9 @@ async fn run(cli: Cli) -> Result<String, String> {
                 json: as_json,
                 cluster_id,
             } => {
-                let status = debug::node_status(&addr, &cluster_id).await.map_err(err)?;
+                let status = debug::node_status_with(&addr, &cluster_id, remote)
+                    .await
+                    .map_err(err)?;
                 if as_json {
                     json(&status)
                 } else {
@@ -138,7 +181,7 @@ async fn run(cli: Cli) -> Result<String, String> {
                 json: as_json,
                 cluster_id,
             } => {
-                let rows = debug::cluster_status(&addr, &cluster_id)
+                let rows = debug::cluster_status_with(&addr, &cluster_id, remote)
                     .await
                     .map_err(err)?;
                 if as_json {
@@ -153,7 +196,9 @@ async fn run(cli: Cli) -> Result<String, String> {
                 addr,
                 json: as_json,
             } => {
-                let rows = debug::cluster_status(&addr, "").await.map_err(err)?;
+                let rows = debug::cluster_status_with(&addr, "", remote)
+                    .await
+                    .map_err(err)?;
                 if as_json {
                     json(&rows)
                 } else {
@@ -161,16 +206,22 @@ async fn run(cli: Cli) -> Result<String, String> {
                 }
             }
             Member::Remove { id, addr } => {
-                debug::remove_member(&addr, id).await.map_err(err)?;
+                debug::remove_member_with(&addr, id, remote)
+                    .await
+                    .map_err(err)?;
                 Ok(format!("node {id} removed\n"))
             }
             Member::TransferLeader { id, addr } => {
-                debug::transfer_leader(&addr, id).await.map_err(err)?;
+                debug::transfer_leader_with(&addr, id, remote)
+                    .await
+                    .map_err(err)?;
                 Ok(format!("leadership moved to node {id}\n"))
             }
         },
         Command::Snapshot { addr } => {
-            let index = debug::create_snapshot(&addr).await.map_err(err)?;
+            let index = debug::create_snapshot_with(&addr, remote)
+                .await
+                .map_err(err)?;
             Ok(format!("snapshot taken at index {index}\n"))
         }
     }

@@ -4,6 +4,8 @@
 //!               --web-server 127.0.0.1:8001 --data-dir ./data/node-1 \
 //!               --initial-peers 1=127.0.0.1:60061,2=127.0.0.1:60062,3=127.0.0.1:60063
 //! Whole local cluster in one process: cargo run --example memstore -- --local-cluster 3
+//! Mutual TLS and a join token: add --tls-cert node.pem --tls-key node.key --tls-ca ca.pem
+//!               --join-token SECRET (every node and every joiner needs them).
 
 mod store;
 mod web;
@@ -55,6 +57,65 @@ struct Args {
     /// (like `pontoon-cli debug persisted`, which shows them as raw text).
     #[arg(long, value_name = "DIR")]
     show_persisted: Option<PathBuf>,
+    /// PEM certificate (chain) of this node, for mutual TLS on all gRPC traffic. Needs
+    /// --tls-key and --tls-ca too.
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// PEM certificate(s) of the CA that signs every member's certificate.
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+    /// Check every server certificate for this name instead of the host of the peer address.
+    #[arg(long, value_name = "NAME")]
+    tls_server_name: Option<String>,
+    /// Shared secret required to reserve an id or change membership (sent by joiners too).
+    /// Without TLS it travels in clear.
+    #[arg(long, value_name = "SECRET")]
+    join_token: Option<String>,
+}
+
+/// TLS material and join token, read and checked once at startup.
+#[derive(Clone, Default)]
+struct Security {
+    tls: Option<pontoon::TlsConfig>,
+    join_token: Option<String>,
+}
+
+impl Security {
+    fn from_args(args: &Args) -> Result<Self, Box<dyn std::error::Error>> {
+        let tls = match (&args.tls_cert, &args.tls_key, &args.tls_ca) {
+            (None, None, None) => {
+                if args.tls_server_name.is_some() {
+                    return Err("--tls-server-name needs --tls-cert, --tls-key and --tls-ca".into());
+                }
+                None
+            }
+            (Some(cert), Some(key), Some(ca)) => {
+                let tls = pontoon::TlsConfig::from_pem_files(cert, key, ca)?;
+                Some(match &args.tls_server_name {
+                    Some(name) => tls.with_server_name(name.clone())?,
+                    None => tls,
+                })
+            }
+            _ => {
+                return Err("--tls-cert, --tls-key and --tls-ca go together: give all three".into())
+            }
+        };
+        Ok(Security {
+            tls,
+            join_token: args.join_token.clone(),
+        })
+    }
+
+    fn apply(&self, config: Config) -> Config {
+        Config {
+            tls: self.tls.clone(),
+            join_token: self.join_token.clone(),
+            ..config
+        }
+    }
 }
 
 struct Spec {
@@ -68,9 +129,10 @@ struct Spec {
 async fn start_node(
     spec: Spec,
     args: &Args,
+    security: &Security,
     logger: &pontoon::slog::Logger,
 ) -> Result<(Raft<HashStore>, tokio::task::JoinHandle<()>), Box<dyn std::error::Error>> {
-    let config = Config {
+    let config = security.apply(Config {
         cluster_id: args.cluster_id.clone(),
         snapshot_threshold: args.snapshot_threshold,
         compaction_margin: args.compaction_margin,
@@ -78,7 +140,7 @@ async fn start_node(
         initial_peers: spec.initial_peers,
         propose_timeout: Duration::from_secs(5),
         ..Default::default()
-    };
+    });
     let store = HashStore::default();
     let raft = Raft::bootstrap(
         spec.id,
@@ -148,6 +210,7 @@ async fn real_main() -> Result<(), Box<dyn std::error::Error>> {
         print!("{}", pontoon::debug::render_persisted(&state));
         return Ok(());
     }
+    let security = Security::from_args(&args)?;
     let logger = pontoon::default_logger();
     let mut join_ticket = None;
     let specs = match args.local_cluster {
@@ -180,10 +243,10 @@ async fn real_main() -> Result<(), Box<dyn std::error::Error>> {
                                 .into(),
                         );
                     }
-                    let config = Config {
+                    let config = security.apply(Config {
                         cluster_id: args.cluster_id.clone(),
                         ..Default::default()
-                    };
+                    });
                     let ticket = pontoon::cluster::request_id_with(
                         &config,
                         args.raft_addr.clone(),
@@ -226,7 +289,7 @@ async fn real_main() -> Result<(), Box<dyn std::error::Error>> {
     let mut nodes = Vec::new();
     let mut servers = Vec::new();
     for spec in specs {
-        let (node, http) = start_node(spec, &args, &logger).await?;
+        let (node, http) = start_node(spec, &args, &security, &logger).await?;
         nodes.push(node);
         servers.push(http);
     }

@@ -51,8 +51,10 @@ impl<F: crate::AbstractStateMachine> crate::Raft<F> {
     }
 }
 
-/// `Raft::request_id` with explicit timeouts (and, when `config.cluster_id` is not the default,
-/// a check that the member belongs to that cluster).
+/// `Raft::request_id` with explicit timeouts, and with `config`'s TLS material and join token.
+/// When `config.cluster_id` is not the default, it also checks that the member belongs to that
+/// cluster. A cluster with a join token answers a missing or different one with
+/// `Error::Unauthorized` and reserves nothing.
 pub async fn request_id_with(
     config: &Config,
     raft_addr: String,
@@ -69,11 +71,12 @@ pub async fn request_id_with(
         client.request_id(pb::RequestIdRequest {
             cluster_id: cluster_id.clone(),
             raft_addr: raft_addr.clone(),
+            join_token: config.join_token.clone().unwrap_or_default(),
         }),
     )
     .await
     .map_err(|_| Error::Timeout(format!("id request to {peer_addr}")))?
-    .map_err(|s| Error::Transport(format!("id request to {peer_addr}: {s}")))?
+    .map_err(|s| rpc_error(&format!("id request to {peer_addr}"), s))?
     .into_inner();
     let bytes = response_to_result(reply)?;
     let reserved_id = u64::from_be_bytes(
@@ -88,7 +91,7 @@ pub async fn request_id_with(
     )
     .await
     .map_err(|_| Error::Timeout(format!("peer list from {peer_addr}")))?
-    .map_err(|s| Error::Transport(format!("peer list from {peer_addr}: {s}")))?
+    .map_err(|s| rpc_error(&format!("peer list from {peer_addr}"), s))?
     .into_inner();
     let peers: Peers = peers_reply.peers.into_iter().collect();
     Ok(JoinTicket {
@@ -276,6 +279,7 @@ async fn remote_change(
             cluster_id: config.cluster_id.clone(),
             conf_change: conf_change.clone(),
             addrs: addrs.clone().into_iter().collect(),
+            join_token: config.join_token.clone().unwrap_or_default(),
         };
         let reply = match tokio::time::timeout_at(deadline, client.change_config(request)).await {
             Err(_) => return Err(Error::Timeout("membership change while joining".into())),
@@ -284,7 +288,7 @@ async fn remote_change(
             {
                 continue;
             }
-            Ok(Err(status)) => return Err(Error::Transport(status.to_string())),
+            Ok(Err(status)) => return Err(rpc_error("membership change while joining", status)),
             Ok(Ok(reply)) => reply.into_inner(),
         };
         match response_to_result(reply) {
@@ -303,6 +307,38 @@ async fn remote_change(
             Err(e) => return Err(e),
         }
     }
+}
+
+/// A failed join RPC as pontoon's error: a refused token is `Unauthorized`, anything else
+/// (another cluster, TLS refused, unreachable) a `Transport` error.
+fn rpc_error(what: &str, status: tonic::Status) -> Error {
+    match status.code() {
+        tonic::Code::Unauthenticated => {
+            Error::Unauthorized(format!("{what}: {}", status.message()))
+        }
+        tonic::Code::PermissionDenied | tonic::Code::InvalidArgument => {
+            Error::Transport(format!("{what}: {}", status.message()))
+        }
+        _ => Error::Transport(format!(
+            "{what}: {}; check the address, and that this node's TLS settings (Config::tls) \
+             match the cluster's",
+            describe_status(&status)
+        )),
+    }
+}
+
+/// A status' message plus its source chain (where tonic keeps TLS and connection details).
+pub(crate) fn describe_status(status: &tonic::Status) -> String {
+    let mut out = status.message().to_string();
+    if let Some(source) = std::error::Error::source(status) {
+        let chain = crate::tls::error_chain(source);
+        if !out.contains(&chain) {
+            out.push_str(" (");
+            out.push_str(&chain);
+            out.push(')');
+        }
+    }
+    out
 }
 
 async fn wait_or_timeout(deadline: Instant, what: &str) -> Result<()> {

@@ -4,6 +4,7 @@ mod address_book;
 mod join;
 
 pub use address_book::AddressBook;
+pub(crate) use join::describe_status;
 pub use join::{request_id_with, JoinTicket};
 
 use std::net::SocketAddr;
@@ -36,6 +37,8 @@ const SERVER_DRAIN: Duration = Duration::from_secs(2);
 struct Parts<F: AbstractStateMachine> {
     run_loop: RunLoop<LmdbStorage, F>,
     listener: TcpListener,
+    /// The gRPC server, TLS already configured (so bad TLS material fails `bootstrap`).
+    server: tonic::transport::Server,
     service: RaftGrpcService,
     stopped_tx: watch::Sender<bool>,
 }
@@ -103,6 +106,7 @@ impl<F: AbstractStateMachine> Raft<F> {
             ))
         })?;
         let local_addr = listener.local_addr()?;
+        let server = grpc_server(&config)?;
 
         let store = {
             let dir = config.data_dir.clone();
@@ -249,6 +253,7 @@ impl<F: AbstractStateMachine> Raft<F> {
             parts: Arc::new(Mutex::new(Some(Parts {
                 run_loop,
                 listener,
+                server,
                 service,
                 stopped_tx,
             }))),
@@ -310,14 +315,14 @@ impl<F: AbstractStateMachine> Raft<F> {
         let Parts {
             run_loop,
             listener,
+            mut server,
             service,
             stopped_tx,
         } = parts;
         let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         let mut server = tokio::spawn(
-            tonic::transport::Server::builder()
-                .tcp_nodelay(true)
+            server
                 .add_service(service.into_server())
                 .serve_with_incoming_shutdown(incoming, async {
                     let _ = shutdown_rx.await;
@@ -338,6 +343,21 @@ impl<F: AbstractStateMachine> Raft<F> {
         slog::info!(logger, "node stopped");
         let _ = stopped_tx.send(true);
         outcome
+    }
+}
+
+/// The tonic server of a node: plaintext, or mutual TLS when `config.tls` is set (clients must
+/// present a certificate signed by the configured CA).
+fn grpc_server(config: &Config) -> Result<tonic::transport::Server> {
+    let server = tonic::transport::Server::builder().tcp_nodelay(true);
+    match &config.tls {
+        None => Ok(server),
+        Some(tls) => server.tls_config(tls.server_config()).map_err(|e| {
+            Error::Tls(crate::tls::TlsError::Setup(format!(
+                "server TLS: {}",
+                crate::tls::error_chain(&e)
+            )))
+        }),
     }
 }
 

@@ -4,7 +4,9 @@
 use protobuf::Message as _;
 use raft::eraftpb::ConfChangeType;
 
+use super::live::RemoteOptions;
 use crate::client::connect_lazy;
+use crate::cluster::describe_status;
 use crate::config::{Config, Peers};
 use crate::error::{Error, Result};
 use crate::node::{response_to_result, single_change};
@@ -12,16 +14,18 @@ use crate::transport::pb;
 
 const MAX_HOPS: usize = 5;
 
-fn admin_config() -> Config {
-    Config {
-        rpc_timeout: std::time::Duration::from_secs(15),
-        ..Config::default()
-    }
+fn admin_config(options: &RemoteOptions) -> Config {
+    options.config(std::time::Duration::from_secs(15))
 }
 
 /// The cluster id and address book as the node at `addr` reports them.
 pub async fn discover(addr: &str) -> Result<(String, Peers, u64)> {
-    let reply = super::live::fetch_peers(addr, "", &admin_config()).await?;
+    discover_with(addr, &RemoteOptions::default()).await
+}
+
+/// `discover` with TLS (see `RemoteOptions`).
+pub async fn discover_with(addr: &str, options: &RemoteOptions) -> Result<(String, Peers, u64)> {
+    let reply = super::live::fetch_peers(addr, "", &admin_config(options)).await?;
     Ok((
         reply.cluster_id,
         reply.peers.into_iter().collect(),
@@ -35,9 +39,14 @@ enum AdminCall {
     Snapshot,
 }
 
-async fn call(addr: &str, what: AdminCall, follow_leader: bool) -> Result<Vec<u8>> {
-    let (cluster_id, _, _) = discover(addr).await?;
-    let config = admin_config();
+async fn call(
+    addr: &str,
+    what: AdminCall,
+    follow_leader: bool,
+    options: &RemoteOptions,
+) -> Result<Vec<u8>> {
+    let (cluster_id, _, _) = discover_with(addr, options).await?;
+    let config = admin_config(options);
     let mut target = addr.to_string();
     for _ in 0..MAX_HOPS {
         let mut client = connect_lazy(&target, &config)?;
@@ -53,6 +62,7 @@ async fn call(addr: &str, what: AdminCall, follow_leader: bool) -> Result<Vec<u8
                         cluster_id: cluster_id.clone(),
                         conf_change,
                         addrs: Default::default(),
+                        join_token: config.join_token.clone().unwrap_or_default(),
                     }),
                 )
                 .await
@@ -79,7 +89,12 @@ async fn call(addr: &str, what: AdminCall, follow_leader: bool) -> Result<Vec<u8
         };
         let reply = reply
             .map_err(|_| Error::Timeout(format!("call to {target}")))?
-            .map_err(|s| Error::Transport(format!("{target}: {}", s.message())))?
+            .map_err(|s| match s.code() {
+                tonic::Code::Unauthenticated => {
+                    Error::Unauthorized(format!("{target}: {}", s.message()))
+                }
+                _ => Error::Transport(format!("{target}: {}", describe_status(&s))),
+            })?
             .into_inner();
         match response_to_result(reply) {
             Err(Error::NotLeader {
@@ -94,17 +109,36 @@ async fn call(addr: &str, what: AdminCall, follow_leader: bool) -> Result<Vec<u8
 
 /// Remove member `id` (sent to the leader, found through `addr`).
 pub async fn remove_member(addr: &str, id: u64) -> Result<()> {
-    call(addr, AdminCall::Remove(id), true).await.map(|_| ())
+    remove_member_with(addr, id, &RemoteOptions::default()).await
+}
+
+/// `remove_member` with TLS and the join token (see `RemoteOptions`).
+pub async fn remove_member_with(addr: &str, id: u64, options: &RemoteOptions) -> Result<()> {
+    call(addr, AdminCall::Remove(id), true, options)
+        .await
+        .map(|_| ())
 }
 
 /// Move leadership to `id` (sent to the leader, found through `addr`).
 pub async fn transfer_leader(addr: &str, id: u64) -> Result<()> {
-    call(addr, AdminCall::Transfer(id), true).await.map(|_| ())
+    transfer_leader_with(addr, id, &RemoteOptions::default()).await
+}
+
+/// `transfer_leader` with TLS (see `RemoteOptions`).
+pub async fn transfer_leader_with(addr: &str, id: u64, options: &RemoteOptions) -> Result<()> {
+    call(addr, AdminCall::Transfer(id), true, options)
+        .await
+        .map(|_| ())
 }
 
 /// Take a snapshot on the node at `addr`; returns its index.
 pub async fn create_snapshot(addr: &str) -> Result<u64> {
-    let bytes = call(addr, AdminCall::Snapshot, false).await?;
+    create_snapshot_with(addr, &RemoteOptions::default()).await
+}
+
+/// `create_snapshot` with TLS (see `RemoteOptions`).
+pub async fn create_snapshot_with(addr: &str, options: &RemoteOptions) -> Result<u64> {
+    let bytes = call(addr, AdminCall::Snapshot, false, options).await?;
     let arr: [u8; 8] = bytes
         .as_slice()
         .try_into()

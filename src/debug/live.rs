@@ -4,21 +4,52 @@ use serde::{Deserialize, Serialize};
 
 use super::table::render_table;
 use crate::client::connect_lazy;
+use crate::cluster::describe_status;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::node::NodeStatus;
+use crate::tls::TlsConfig;
 use crate::transport::pb;
 
-fn rpc_config() -> Config {
-    Config {
-        rpc_timeout: std::time::Duration::from_secs(3),
-        ..Config::default()
+/// How tools reach running nodes: the TLS material when the cluster runs mutual TLS, and the
+/// join token for calls that change membership (`remove_member_with`).
+#[derive(Clone, Debug, Default)]
+pub struct RemoteOptions {
+    /// Present this certificate and trust this CA (needed when the nodes run with
+    /// `Config::tls`).
+    pub tls: Option<TlsConfig>,
+    /// The cluster's join token (`Config::join_token`), sent with membership changes.
+    pub join_token: Option<String>,
+}
+
+impl RemoteOptions {
+    /// A client config with these options and the given RPC deadline.
+    pub(crate) fn config(&self, rpc_timeout: std::time::Duration) -> Config {
+        Config {
+            rpc_timeout,
+            tls: self.tls.clone(),
+            join_token: self.join_token.clone(),
+            ..Config::default()
+        }
     }
+}
+
+fn rpc_config(options: &RemoteOptions) -> Config {
+    options.config(std::time::Duration::from_secs(3))
 }
 
 /// The live status of the node at `addr`. `cluster_id` may be empty (any cluster).
 pub async fn node_status(addr: &str, cluster_id: &str) -> Result<NodeStatus> {
-    let config = rpc_config();
+    node_status_with(addr, cluster_id, &RemoteOptions::default()).await
+}
+
+/// `node_status` with TLS (see `RemoteOptions`).
+pub async fn node_status_with(
+    addr: &str,
+    cluster_id: &str,
+    options: &RemoteOptions,
+) -> Result<NodeStatus> {
+    let config = rpc_config(options);
     let mut client = connect_lazy(addr, &config)?;
     let reply = tokio::time::timeout(
         config.rpc_timeout,
@@ -28,7 +59,7 @@ pub async fn node_status(addr: &str, cluster_id: &str) -> Result<NodeStatus> {
     )
     .await
     .map_err(|_| Error::Timeout(format!("status of {addr}")))?
-    .map_err(|s| Error::Transport(format!("{addr}: {}", s.message())))?;
+    .map_err(|s| Error::Transport(format!("{addr}: {}", describe_status(&s))))?;
     Ok(serde_json::from_str(&reply.into_inner().json)?)
 }
 
@@ -46,7 +77,7 @@ pub(crate) async fn fetch_peers(
         tokio::time::timeout(config.rpc_timeout, client.get_peers(request))
             .await
             .map_err(|_| Error::Timeout(format!("member list from {addr}")))?
-            .map_err(|s| Error::Transport(format!("{addr}: {}", s.message())))?
+            .map_err(|s| Error::Transport(format!("{addr}: {}", describe_status(&s))))?
             .into_inner(),
     )
 }
@@ -66,12 +97,21 @@ pub struct MemberRow {
 
 /// The status of every member known to the node at `addr`, unreachable ones marked.
 pub async fn cluster_status(addr: &str, cluster_id: &str) -> Result<Vec<MemberRow>> {
-    let peers = fetch_peers(addr, cluster_id, &rpc_config()).await?;
+    cluster_status_with(addr, cluster_id, &RemoteOptions::default()).await
+}
+
+/// `cluster_status` with TLS (see `RemoteOptions`).
+pub async fn cluster_status_with(
+    addr: &str,
+    cluster_id: &str,
+    options: &RemoteOptions,
+) -> Result<Vec<MemberRow>> {
+    let peers = fetch_peers(addr, cluster_id, &rpc_config(options)).await?;
     let mut members: Vec<(u64, String)> = peers.peers.into_iter().collect();
     members.sort();
     let mut rows = Vec::new();
     for (id, member_addr) in members {
-        let (status, error) = match node_status(&member_addr, cluster_id).await {
+        let (status, error) = match node_status_with(&member_addr, cluster_id, options).await {
             Ok(s) => (Some(s), None),
             Err(e) => (None, Some(e.to_string())),
         };

@@ -7,8 +7,14 @@ mod live;
 mod persisted;
 mod table;
 
-pub use admin::{create_snapshot, discover, remove_member, transfer_leader};
-pub use live::{cluster_status, node_status, render_cluster, render_node, MemberRow};
+pub use admin::{
+    create_snapshot, create_snapshot_with, discover, discover_with, remove_member,
+    remove_member_with, transfer_leader, transfer_leader_with,
+};
+pub use live::{
+    cluster_status, cluster_status_with, node_status, node_status_with, render_cluster,
+    render_node, MemberRow, RemoteOptions,
+};
 pub use persisted::{
     default_formatter, read_persisted, render_persisted, EntryFormatter, EntryView, PersistedState,
     SnapshotView,

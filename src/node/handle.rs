@@ -252,6 +252,8 @@ impl RaftNode {
         })?;
         let mut client = self.shared.clients.get(&addr, &self.shared.config)?;
         let cluster_id = self.shared.config.cluster_id.clone();
+        // A follower passes on membership calls with its own token: the leader checks it again.
+        let join_token = self.shared.config.join_token.clone().unwrap_or_default();
         let call = async {
             match submission {
                 Submission::Entry(data) => {
@@ -267,6 +269,7 @@ impl RaftNode {
                         .request_id(pb::RequestIdRequest {
                             cluster_id,
                             raft_addr: raft_addr.clone(),
+                            join_token,
                         })
                         .await
                 }
@@ -279,6 +282,7 @@ impl RaftNode {
                             cluster_id,
                             conf_change,
                             addrs: addrs.clone().into_iter().collect(),
+                            join_token,
                         })
                         .await
                 }
@@ -538,6 +542,7 @@ pub(crate) fn response_to_result(response: pb::ProposeResponse) -> Result<Vec<u8
         Ok(S::UnknownNode) => Err(Error::UnknownNode(response.node_id)),
         Ok(S::WouldLoseQuorum) => Err(Error::WouldLoseQuorum(msg)),
         Ok(S::NotReady) => Err(Error::NotReady(msg)),
+        Ok(S::Unauthorized) => Err(Error::Unauthorized(msg)),
         Ok(S::ShuttingDown) => Err(Error::NotLeader {
             leader_id: None,
             leader_addr: None,
@@ -582,6 +587,7 @@ pub(crate) fn result_to_response(result: Result<Vec<u8>>) -> pb::ProposeResponse
         Error::WouldLoseQuorum(_) => S::WouldLoseQuorum,
         Error::NotReady(_) | Error::Busy(_) => S::NotReady,
         Error::ShuttingDown => S::ShuttingDown,
+        Error::Unauthorized(_) => S::Unauthorized,
         _ => S::UnknownOutcome,
     };
     resp.set_status(status);
@@ -594,6 +600,7 @@ pub(crate) fn result_to_response(result: Result<Vec<u8>>) -> pb::ProposeResponse
         | Error::WouldLoseQuorum(m)
         | Error::NotReady(m)
         | Error::Busy(m)
+        | Error::Unauthorized(m)
         | Error::OutcomeUnknown(m) => m,
         other => other.to_string(),
     };
@@ -614,6 +621,7 @@ pub(crate) fn status_to_error(status: tonic::Status) -> Error {
             remote: status.message().to_string(),
         },
         tonic::Code::InvalidArgument => Error::InvalidRequest(status.message().to_string()),
+        tonic::Code::Unauthenticated => Error::Unauthorized(status.message().to_string()),
         _ => Error::OutcomeUnknown(format!("transport: {status}")),
     }
 }

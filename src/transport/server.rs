@@ -1,7 +1,9 @@
 //! The tonic service every node serves: raft message delivery plus the framework RPCs.
 //!
 //! Every request is checked for the cluster id first; a request from another cluster is refused
-//! with `PERMISSION_DENIED` and nothing reaches the run loop. Malformed raft messages are refused
+//! with `PERMISSION_DENIED` and nothing reaches the run loop. When the node has a join token,
+//! `RequestId` and `ChangeConfig` must carry it (compared in constant time) or are refused with
+//! `UNAUTHENTICATED`, again before anything reaches the run loop. Malformed raft messages are refused
 //! with `INVALID_ARGUMENT`; the service keeps serving.
 
 use protobuf::Message as PbMessage;
@@ -12,6 +14,7 @@ use super::pb;
 use super::pb::raft_service_server::RaftService;
 use super::snapshot_receiver::receive_snapshot;
 use crate::node::{result_to_response, RaftNode};
+use crate::tls::constant_time_eq;
 
 /// The gRPC service of one node.
 pub struct RaftGrpcService {
@@ -37,6 +40,24 @@ impl RaftGrpcService {
             return Err(Status::permission_denied(format!(
                 "cluster id mismatch: this node belongs to cluster {local:?}, the request to {cluster_id:?}"
             )));
+        }
+        Ok(())
+    }
+
+    /// Membership calls must carry this node's join token, when it has one.
+    fn check_join_token(&self, presented: &str) -> Result<(), Status> {
+        let Some(expected) = &self.node.shared.config.join_token else {
+            return Ok(());
+        };
+        if presented.is_empty() {
+            return Err(Status::unauthenticated(
+                "this cluster requires a join token and the request carries none",
+            ));
+        }
+        if !constant_time_eq(presented.as_bytes(), expected.as_bytes()) {
+            return Err(Status::unauthenticated(
+                "the join token does not match this cluster's",
+            ));
         }
         Ok(())
     }
@@ -117,6 +138,7 @@ impl RaftService for RaftGrpcService {
     ) -> Result<Response<pb::ProposeResponse>, Status> {
         let req = request.into_inner();
         self.check_cluster(&req.cluster_id)?;
+        self.check_join_token(&req.join_token)?;
         let cc = ConfChangeV2::parse_from_bytes(&req.conf_change).map_err(|e| {
             Status::invalid_argument(format!("conf_change is not an eraftpb.ConfChangeV2: {e}"))
         })?;
@@ -168,6 +190,7 @@ impl RaftService for RaftGrpcService {
         if !req.cluster_id.is_empty() {
             self.check_cluster(&req.cluster_id)?;
         }
+        self.check_join_token(&req.join_token)?;
         if req.raft_addr.is_empty() || !req.raft_addr.contains(':') {
             return Err(Status::invalid_argument(format!(
                 "raft_addr {:?} is not of the form host:port",
