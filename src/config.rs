@@ -93,6 +93,8 @@ impl Default for Config {
             check_quorum: true,
             // Bound the log a leader accepts beyond what is committed (raft drops proposals past it).
             max_uncommitted_size: 256 * 1024 * 1024,
+            // Several appends queued for one follower go out as one message.
+            batch_append: true,
             ..Default::default()
         };
         Config {

@@ -246,6 +246,7 @@ impl<F: AbstractStateMachine> Raft<F> {
             metrics,
             last_snapshot_at: tokio::time::Instant::now(),
             snapshot_task: None,
+            proposal_batch: Vec::new(),
         };
         let service = RaftGrpcService::new(node.clone());
         Ok(Raft {

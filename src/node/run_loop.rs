@@ -70,6 +70,8 @@ pub(crate) struct RunLoop<S: LogStore, F: AbstractStateMachine> {
     pub(crate) last_snapshot_at: tokio::time::Instant,
     /// The background task storing the latest snapshot, if one is running.
     pub(crate) snapshot_task: Option<tokio::task::JoinHandle<()>>,
+    /// Proposals accepted this turn, appended together by `propose_batch`.
+    pub(crate) proposal_batch: Vec<(ProposalContext, Vec<u8>, super::proposals::ProposalReply)>,
 }
 
 impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
@@ -110,6 +112,7 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
                     Err(_) => break,
                 }
             }
+            self.propose_batch();
             if let Some(ctx) = self.reads.start_round() {
                 self.metrics.read_index_rounds.inc();
                 self.raw.read_index(ctx);
@@ -377,33 +380,69 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
             ))));
             return;
         }
-        if self.waiters.len() >= self.config.max_pending_proposals {
+        let pending = self.waiters.len() + self.proposal_batch.len();
+        if pending >= self.config.max_pending_proposals {
             let _ = reply.send(Err(Error::Busy(format!(
-                "{} proposals already wait for their commit",
-                self.waiters.len()
+                "{pending} proposals already wait for their commit"
             ))));
             return;
         }
         let ctx = self.waiters.next_context(kind);
+        self.proposal_batch.push((ctx, data, reply));
+    }
+
+    /// Append every proposal accepted this turn with one `MsgPropose`: raft appends them in one
+    /// go and sends each follower one append for all of them, instead of one per proposal.
+    fn propose_batch(&mut self) {
+        if self.proposal_batch.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.proposal_batch);
+        if self.raw.raft.state != StateRole::Leader {
+            // Leadership moved while the batch was gathered. raft-rs would forward the proposal
+            // to the new leader, where it might commit after we answered: refuse it definitely.
+            for (_, _, reply) in batch {
+                let _ = reply.send(Err(self.not_leader()));
+            }
+            return;
+        }
+        let count = batch.len() as u64;
+        let mut msg = raft::eraftpb::Message::default();
+        msg.set_msg_type(raft::eraftpb::MessageType::MsgPropose);
+        msg.from = self.raw.raft.id;
+        let mut replies = Vec::with_capacity(batch.len());
+        for (ctx, data, reply) in batch {
+            let mut entry = Entry::default();
+            entry.context = ctx.encode().into();
+            entry.data = data.into();
+            msg.entries.push(entry);
+            replies.push((ctx, reply));
+        }
         let before = self.raw.raft.raft_log.last_index();
-        match self.raw.propose(ctx.encode(), data) {
+        let dropped = |why: &str| Error::ProposalDropped(why.to_string());
+        match self.raw.raft.step(msg) {
+            Ok(()) if self.raw.raft.raft_log.last_index() == before + count => {
+                for (i, (ctx, reply)) in replies.into_iter().enumerate() {
+                    self.waiters.register(ctx, before + 1 + i as u64, reply);
+                }
+            }
             Ok(()) => {
-                let index = self.raw.raft.raft_log.last_index();
-                if index == before {
-                    let _ =
-                        reply.send(Err(Error::ProposalDropped("raft did not append it".into())));
-                } else {
-                    self.waiters.register(ctx, index, reply);
+                for (_, reply) in replies {
+                    let _ = reply.send(Err(dropped("raft did not append it")));
                 }
             }
             Err(raft::Error::ProposalDropped) => {
-                let _ = reply.send(Err(Error::ProposalDropped(
-                    "raft dropped it (leader transfer in progress or too much uncommitted log)"
-                        .into(),
-                )));
+                for (_, reply) in replies {
+                    let _ = reply.send(Err(dropped(
+                        "raft dropped it (leader transfer in progress or too much uncommitted log)",
+                    )));
+                }
             }
             Err(e) => {
-                let _ = reply.send(Err(e.into()));
+                let msg = e.to_string();
+                for (_, reply) in replies {
+                    let _ = reply.send(Err(Error::Other(format!("raft: {msg}"))));
+                }
             }
         }
     }
