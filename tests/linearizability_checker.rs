@@ -737,10 +737,11 @@ fn a_long_busy_single_key_history_gets_a_verdict() {
 fn brute_force_linearizable(ops: &[Op]) -> bool {
     let ops: Vec<&Op> = ops
         .iter()
-        .filter(|op| match (&op.kind, op.outcome) {
-            (_, Outcome::Ok) => true,
-            (OpKind::Write { .. }, Outcome::Unknown) => true,
-            _ => false,
+        .filter(|op| {
+            matches!(
+                (&op.kind, op.outcome),
+                (_, Outcome::Ok) | (OpKind::Write { .. }, Outcome::Unknown)
+            )
         })
         .collect();
     // Real time: `a` must come before `b` when it completed before `b` was invoked (an unknown
