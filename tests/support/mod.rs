@@ -2,6 +2,8 @@
 //! over real loopback gRPC, each with its own LMDB data dir.
 #![allow(dead_code)]
 
+pub mod linearizability;
+
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
