@@ -78,7 +78,9 @@ struct Cache {
     truncated: (u64, u64),
     /// Index of the last stored entry, or `truncated.0` when the log is empty.
     last: u64,
-    snapshot_meta: SnapshotMetadata,
+    /// Shared, so that reading the cache (on every `term`/`entries` call) never copies the
+    /// snapshot's conf state.
+    snapshot_meta: Arc<SnapshotMetadata>,
     conf_state_index: u64,
 }
 
@@ -443,7 +445,7 @@ impl Inner {
         Ok(Cache {
             truncated,
             last,
-            snapshot_meta,
+            snapshot_meta: Arc::new(snapshot_meta),
             conf_state_index,
         })
     }
@@ -590,7 +592,7 @@ impl LogStore for LmdbStorage {
         self.update_cache(|c| {
             c.truncated = (meta.index, meta.term);
             c.last = meta.index;
-            c.snapshot_meta = meta.clone();
+            c.snapshot_meta = Arc::new(meta.clone());
             c.conf_state_index = meta.index;
         });
         Ok(())
@@ -605,7 +607,7 @@ impl LogStore for LmdbStorage {
                 .put(wtxn, K_SNAPSHOT_DATA, snapshot.get_data())?;
             Ok(())
         })?;
-        self.update_cache(|c| c.snapshot_meta = meta.clone());
+        self.update_cache(|c| c.snapshot_meta = Arc::new(meta.clone()));
         Ok(())
     }
 
@@ -633,11 +635,11 @@ impl LogStore for LmdbStorage {
     }
 
     fn snapshot_metadata(&self) -> SnapshotMetadata {
-        self.cache().snapshot_meta
+        (*self.cache().snapshot_meta).clone()
     }
 
     fn latest_snapshot(&self) -> Result<Option<Snapshot>, StorageError> {
-        let meta = self.cache().snapshot_meta;
+        let meta = (*self.cache().snapshot_meta).clone();
         if meta.index == 0 {
             return Ok(None);
         }
