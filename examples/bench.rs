@@ -41,6 +41,10 @@ struct Args {
     /// long the run loop stalls while the state machine serialises and the snapshot is stored).
     #[arg(long)]
     snapshot_mib: Option<usize>,
+    /// Instead of the load: stop a follower, commit this many entries without it (no compaction),
+    /// restart it on its data dir and time how fast it catches up (entries/s).
+    #[arg(long)]
+    catchup: Option<u64>,
 }
 
 /// Counts applied entries and keeps their bytes (so a snapshot has real size); answers nothing.
@@ -151,8 +155,7 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
         .collect::<std::io::Result<_>>()?;
     drop(listeners);
     let logger = pontoon::slog::Logger::root(pontoon::slog::Discard, pontoon::slog::o!());
-    let mut nodes = Vec::new();
-    for id in 1..=args.nodes {
+    let start_node = |id: u64| {
         let config = Config {
             data_dir: tmp.path().join(format!("node-{id}")),
             initial_peers: Some(peers.clone()),
@@ -161,16 +164,17 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
             snapshot_threshold: 1_000_000,
             ..Default::default()
         };
-        let raft = Raft::bootstrap(
-            id,
-            peers[&id].clone(),
-            Counter::default(),
-            config,
-            logger.clone(),
-        )
-        .await?;
-        tokio::spawn(raft.clone().run());
-        nodes.push(raft);
+        let addr = peers[&id].clone();
+        let logger = logger.clone();
+        async move {
+            let raft = Raft::bootstrap(id, addr, Counter::default(), config, logger).await?;
+            tokio::spawn(raft.clone().run());
+            Ok::<_, pontoon::Error>(raft)
+        }
+    };
+    let mut nodes = Vec::new();
+    for id in 1..=args.nodes {
+        nodes.push(start_node(id).await?);
     }
     let leader_id = nodes[0].wait_for_leader(Duration::from_secs(20)).await?;
     let leader = nodes[(leader_id - 1) as usize].clone();
@@ -208,6 +212,56 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
             "peak_rss_kib": peak_rss_kib(),
         });
         println!("{}", serde_json::to_string_pretty(&result)?);
+        for node in &nodes {
+            let _ = node.quit().await;
+        }
+        return Ok(());
+    }
+    if let Some(count) = args.catchup {
+        let follower = if leader_id == 1 { 2 } else { 1 };
+        let idx = (follower - 1) as usize;
+        nodes[idx].quit().await?;
+        let behind_from = leader.status().applied;
+        // Commit `count` entries without the follower, `clients` proposals at a time.
+        let next = Arc::new(AtomicU64::new(0));
+        let mut writers = Vec::new();
+        for _ in 0..args.clients.max(1) {
+            let (leader, next, size) = (leader.clone(), next.clone(), args.size);
+            writers.push(tokio::spawn(async move {
+                while next.fetch_add(1, Ordering::Relaxed) < count {
+                    leader.propose(vec![3u8; size]).await?;
+                }
+                Ok::<_, pontoon::Error>(())
+            }));
+        }
+        for w in writers {
+            w.await??;
+        }
+        let target = leader.status().applied;
+        let t = Instant::now();
+        let restarted = start_node(follower).await?;
+        let mut polls = 0u64;
+        while restarted.status().applied < target {
+            polls += 1;
+            if t.elapsed() > Duration::from_secs(600) {
+                return Err("the follower did not catch up within 10 minutes".into());
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let secs = t.elapsed().as_secs_f64();
+        let entries = target - behind_from;
+        let result = serde_json::json!({
+            "mode": "catchup",
+            "setup": format!("{} nodes in one process, loopback gRPC, LMDB fsync on", args.nodes),
+            "entries_behind": entries,
+            "entry_bytes": args.size,
+            "catchup_seconds": secs,
+            "entries_per_sec": entries as f64 / secs,
+            "polls": polls,
+            "note": "time from restarting the follower (open LMDB, start gRPC) until it applied the leader's applied index",
+        });
+        println!("{}", serde_json::to_string_pretty(&result)?);
+        nodes[idx] = restarted;
         for node in &nodes {
             let _ = node.quit().await;
         }
