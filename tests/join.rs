@@ -191,3 +191,54 @@ async fn a_cluster_built_by_joins_restarts_with_the_same_members_and_addresses()
     assert_eq!(log, vec!["x", "y"]);
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_of_another_cluster_cannot_get_an_id_or_change_membership() {
+    use protobuf::Message as _;
+    let cluster = TestCluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    let mut stranger = cluster.config(1);
+    stranger.cluster_id = "intruders".into();
+    for ask in [leader, cluster.follower_of(leader)] {
+        let refused = pontoon::cluster::request_id_with(
+            &stranger,
+            "127.0.0.1:1".into(),
+            cluster.peers[&ask].clone(),
+        )
+        .await;
+        match refused {
+            Err(e) => assert!(e.to_string().contains("cluster id mismatch"), "{e}"),
+            Ok(t) => panic!("a node of another cluster got ticket {t:?}"),
+        }
+    }
+    // A direct membership change from the other cluster is refused too.
+    let mut client =
+        pontoon::client::connect_lazy(&cluster.peers[&leader], &stranger).expect("client");
+    let mut cc = ConfChangeV2::default();
+    let mut single = ConfChangeSingle::default();
+    single.set_change_type(ConfChangeType::AddLearnerNode);
+    single.node_id = 99;
+    cc.mut_changes().push(single);
+    let refused = client
+        .change_config(pontoon::transport::pb::ChangeConfigRequest {
+            cluster_id: stranger.cluster_id.clone(),
+            conf_change: cc.write_to_bytes().expect("encode"),
+            addrs: [(99, "127.0.0.1:1".to_string())].into(),
+            join_token: String::new(),
+        })
+        .await
+        .expect_err("foreign membership change refused");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    // Nothing was reserved or added: the next legitimate id is 4 and the members are unchanged.
+    let ticket = pontoon::cluster::request_id_with(
+        &cluster.config(1),
+        "127.0.0.1:2".into(),
+        cluster.peers[&leader].clone(),
+    )
+    .await
+    .expect("legitimate ticket");
+    assert_eq!(ticket.reserved_id, 4);
+    let ids: Vec<u64> = members(&cluster).await.into_iter().map(|m| m.0).collect();
+    assert_eq!(ids, vec![1, 2, 3]);
+    cluster.shutdown().await;
+}
