@@ -133,6 +133,7 @@ impl<F: AbstractStateMachine> Raft<F> {
                 fsm.restore(envelope.user_data).await?;
                 applied = snapshot.get_metadata().index;
                 max_node_id = envelope.max_node_id;
+                raise_commit_to(&store, applied, &logger).await?;
             }
             store.peers()?
         } else if let Some(initial) = config.initial_peers.clone() {
@@ -377,4 +378,27 @@ impl Role {
     pub fn is_leader(self) -> bool {
         self == Role::Leader
     }
+}
+
+/// The commit index is not fsynced on its own (it rides on the next write) and snapshots are
+/// stored in the background, so after a crash the stored snapshot can be ahead of the stored
+/// commit index. Everything a snapshot covers was committed, so the stored commit is raised to
+/// the snapshot's index before raft starts (raft-rs refuses an applied index above commit).
+async fn raise_commit_to(store: &LmdbStorage, index: u64, logger: &slog::Logger) -> Result<()> {
+    let mut hs = store.hard_state()?;
+    if hs.commit >= index {
+        return Ok(());
+    }
+    slog::info!(logger, "stored commit index behind the snapshot; raising it"; "commit" => hs.commit, "snapshot" => index);
+    hs.commit = index;
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || {
+        store.persist(crate::storage::PersistBatch {
+            hard_state: Some(hs),
+            ..Default::default()
+        })
+    })
+    .await
+    .map_err(|e| Error::Other(format!("storage thread failed: {e}")))??;
+    Ok(())
 }
