@@ -75,13 +75,7 @@ pub async fn request_id_with(
     .map_err(|_| Error::Timeout(format!("id request to {peer_addr}")))?
     .map_err(|s| Error::Transport(format!("id request to {peer_addr}: {s}")))?
     .into_inner();
-    let bytes = response_to_result(reply)?;
-    let reserved_id = u64::from_be_bytes(
-        bytes
-            .as_slice()
-            .try_into()
-            .map_err(|_| Error::Encoding("reserved id is not 8 bytes".into()))?,
-    );
+    let reserved_id = reserved_id_from(reply)?;
     let peers_reply = tokio::time::timeout(
         config.rpc_timeout,
         client.get_peers(pb::GetPeersRequest { cluster_id }),
@@ -90,6 +84,25 @@ pub async fn request_id_with(
     .map_err(|_| Error::Timeout(format!("peer list from {peer_addr}")))?
     .map_err(|s| Error::Transport(format!("peer list from {peer_addr}: {s}")))?
     .into_inner();
+    ticket_from(reserved_id, raft_addr, peers_reply)
+}
+
+/// The id a `RequestId` answer reserves: a big-endian u64.
+pub(crate) fn reserved_id_from(reply: pb::ProposeResponse) -> Result<u64> {
+    let bytes = response_to_result(reply)?;
+    let arr: [u8; 8] = bytes
+        .as_slice()
+        .try_into()
+        .map_err(|_| Error::Encoding("reserved id is not 8 bytes".into()))?;
+    Ok(u64::from_be_bytes(arr))
+}
+
+/// Build the ticket from the reserved id and the member's `GetPeers` answer.
+pub(crate) fn ticket_from(
+    reserved_id: u64,
+    raft_addr: String,
+    peers_reply: pb::GetPeersResponse,
+) -> Result<JoinTicket> {
     let peers: Peers = peers_reply.peers.into_iter().collect();
     Ok(JoinTicket {
         reserved_id,

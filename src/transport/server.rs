@@ -32,14 +32,68 @@ impl RaftGrpcService {
     }
 
     fn check_cluster(&self, cluster_id: &str) -> Result<(), Status> {
-        let local = self.node.cluster_id();
-        if cluster_id != local {
-            return Err(Status::permission_denied(format!(
-                "cluster id mismatch: this node belongs to cluster {local:?}, the request to {cluster_id:?}"
+        check_cluster(self.node.cluster_id(), cluster_id)
+    }
+}
+
+/// Refuse a request addressed to another cluster.
+pub(crate) fn check_cluster(local: &str, cluster_id: &str) -> Result<(), Status> {
+    if cluster_id != local {
+        return Err(Status::permission_denied(format!(
+            "cluster id mismatch: this node belongs to cluster {local:?}, the request to {cluster_id:?}"
+        )));
+    }
+    Ok(())
+}
+
+/// Decode and check a `SendMessages` batch for node `local_id`: every element must be a raft
+/// message addressed to this node from the batch's sender. A malformed batch is refused whole.
+pub(crate) fn decode_message_batch(
+    batch: &pb::MessageBatch,
+    local_id: u64,
+) -> Result<Vec<Message>, Status> {
+    let mut messages = Vec::with_capacity(batch.messages.len());
+    for (i, bytes) in batch.messages.iter().enumerate() {
+        let msg = Message::parse_from_bytes(bytes).map_err(|e| {
+            Status::invalid_argument(format!(
+                "message {i} of the batch is not a raft message: {e}"
+            ))
+        })?;
+        if msg.to != local_id {
+            return Err(Status::invalid_argument(format!(
+                "message {i} is addressed to node {}, this is node {local_id}",
+                msg.to
             )));
         }
-        Ok(())
+        if msg.from != batch.from {
+            return Err(Status::invalid_argument(format!(
+                "message {i} claims sender {} inside a batch from node {}",
+                msg.from, batch.from
+            )));
+        }
+        messages.push(msg);
     }
+    Ok(messages)
+}
+
+/// Decode the conf change and addresses of a `ChangeConfig` request.
+pub(crate) fn decode_change_config(
+    req: pb::ChangeConfigRequest,
+) -> Result<(ConfChangeV2, crate::config::Peers), Status> {
+    let cc = ConfChangeV2::parse_from_bytes(&req.conf_change).map_err(|e| {
+        Status::invalid_argument(format!("conf_change is not an eraftpb.ConfChangeV2: {e}"))
+    })?;
+    Ok((cc, req.addrs.into_iter().collect()))
+}
+
+/// Check the address a `RequestId` caller announces.
+pub(crate) fn check_raft_addr(raft_addr: &str) -> Result<(), Status> {
+    if raft_addr.is_empty() || !raft_addr.contains(':') {
+        return Err(Status::invalid_argument(format!(
+            "raft_addr {raft_addr:?} is not of the form host:port"
+        )));
+    }
+    Ok(())
 }
 
 #[tonic::async_trait]
@@ -56,28 +110,7 @@ impl RaftService for RaftGrpcService {
             ));
         }
         // Decode the whole batch first: a malformed batch is refused whole.
-        let mut messages = Vec::with_capacity(batch.messages.len());
-        for (i, bytes) in batch.messages.iter().enumerate() {
-            let msg = Message::parse_from_bytes(bytes).map_err(|e| {
-                Status::invalid_argument(format!(
-                    "message {i} of the batch is not a raft message: {e}"
-                ))
-            })?;
-            if msg.to != self.node.id() {
-                return Err(Status::invalid_argument(format!(
-                    "message {i} is addressed to node {}, this is node {}",
-                    msg.to,
-                    self.node.id()
-                )));
-            }
-            if msg.from != batch.from {
-                return Err(Status::invalid_argument(format!(
-                    "message {i} claims sender {} inside a batch from node {}",
-                    msg.from, batch.from
-                )));
-            }
-            messages.push(msg);
-        }
+        let messages = decode_message_batch(&batch, self.node.id())?;
         for msg in messages {
             self.node
                 .deliver(msg)
@@ -117,10 +150,7 @@ impl RaftService for RaftGrpcService {
     ) -> Result<Response<pb::ProposeResponse>, Status> {
         let req = request.into_inner();
         self.check_cluster(&req.cluster_id)?;
-        let cc = ConfChangeV2::parse_from_bytes(&req.conf_change).map_err(|e| {
-            Status::invalid_argument(format!("conf_change is not an eraftpb.ConfChangeV2: {e}"))
-        })?;
-        let addrs = req.addrs.into_iter().collect();
+        let (cc, addrs) = decode_change_config(req)?;
         Ok(Response::new(result_to_response(
             self.node.change_config_local(cc, addrs).await,
         )))
@@ -168,12 +198,7 @@ impl RaftService for RaftGrpcService {
         if !req.cluster_id.is_empty() {
             self.check_cluster(&req.cluster_id)?;
         }
-        if req.raft_addr.is_empty() || !req.raft_addr.contains(':') {
-            return Err(Status::invalid_argument(format!(
-                "raft_addr {:?} is not of the form host:port",
-                req.raft_addr
-            )));
-        }
+        check_raft_addr(&req.raft_addr)?;
         let result = self.node.reserve_id(req.raft_addr).await;
         Ok(Response::new(result_to_response(
             result.map(|id| id.to_be_bytes().to_vec()),
