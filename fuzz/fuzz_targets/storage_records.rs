@@ -4,11 +4,13 @@
 
 use libfuzzer_sys::fuzz_target;
 use pontoon::fuzzing as f;
+use pontoon_fuzz::same_pb;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(entry) = f::decode_entry(data) {
         let bytes = f::encode_entry(&entry).expect("an entry re-encodes");
-        assert_eq!(f::decode_entry(&bytes).expect("and decodes"), entry);
+        let again = f::decode_entry(&bytes).expect("and decodes");
+        assert!(same_pb(&again, &entry), "entry: {again:?} / {entry:?}");
         assert_eq!(f::entry_term(&bytes).expect("term prefix"), entry.term);
     }
     if let Ok(term) = f::entry_term(data) {
@@ -16,18 +18,22 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(hs) = f::decode_hard_state(data) {
         let bytes = f::encode_pb("hard_state", &hs).expect("re-encodes");
-        assert_eq!(f::decode_hard_state(&bytes).expect("and decodes"), hs);
+        let again = f::decode_hard_state(&bytes).expect("and decodes");
+        assert!(same_pb(&again, &hs), "hard state: {again:?} / {hs:?}");
     }
     if let Ok((cs, index)) = f::decode_conf_state(data) {
         let bytes = f::encode_conf_state(&cs, index).expect("re-encodes");
-        assert_eq!(
-            f::decode_conf_state(&bytes).expect("and decodes"),
-            (cs, index)
-        );
+        let (again, again_index) = f::decode_conf_state(&bytes).expect("and decodes");
+        assert_eq!(again_index, index);
+        assert!(same_pb(&again, &cs), "conf state: {again:?} / {cs:?}");
     }
     if let Ok(meta) = f::decode_snapshot_meta(data) {
         let bytes = f::encode_pb("snapshot_meta", &meta).expect("re-encodes");
-        assert_eq!(f::decode_snapshot_meta(&bytes).expect("and decodes"), meta);
+        let again = f::decode_snapshot_meta(&bytes).expect("and decodes");
+        assert!(
+            same_pb(&again, &meta),
+            "snapshot meta: {again:?} / {meta:?}"
+        );
     }
     if let Ok((index, term)) = f::decode_truncated(data) {
         assert_eq!(f::encode_truncated(index, term), data);

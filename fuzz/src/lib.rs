@@ -33,3 +33,10 @@ pub fn join(parts: &[&[u8]]) -> Vec<u8> {
     }
     out
 }
+
+/// Whether two protobuf messages hold the same known fields. rust-protobuf 2's `PartialEq` also
+/// compares how unknown fields are held (no map vs an empty map), which a round trip may change
+/// without changing any value, so round trips are checked on the text format instead.
+pub fn same_pb<M: protobuf::Message>(a: &M, b: &M) -> bool {
+    protobuf::text_format::print_to_string(a) == protobuf::text_format::print_to_string(b)
+}
