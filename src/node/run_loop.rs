@@ -255,7 +255,7 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
         let context = match context.encode() {
             Ok(c) => c,
             Err(e) => {
-                let _ = reply.send(Err(e.into()));
+                let _ = reply.send(Err(e));
                 return;
             }
         };
