@@ -29,12 +29,13 @@ fn raft_message(msg_type: MessageType, entries: usize) -> Message {
     msg.log_term = 2;
     msg.commit = 9;
     for i in 0..entries {
-        let mut e = Entry::default();
-        e.index = 11 + i as u64;
-        e.term = 3;
-        e.data = format!("set k{i} v{i}").into_bytes().into();
-        e.context = user_context(i as u64).into();
-        msg.entries.push(e);
+        msg.entries.push(Entry {
+            index: 11 + i as u64,
+            term: 3,
+            data: format!("set k{i} v{i}").into_bytes().into(),
+            context: user_context(i as u64).into(),
+            ..Default::default()
+        });
     }
     msg
 }
@@ -50,10 +51,11 @@ fn user_context(seq: u64) -> Vec<u8> {
 }
 
 fn conf_state() -> ConfState {
-    let mut cs = ConfState::default();
-    cs.voters = vec![1, 2, 3];
-    cs.learners = vec![4];
-    cs
+    ConfState {
+        voters: vec![1, 2, 3],
+        learners: vec![4],
+        ..Default::default()
+    }
 }
 
 fn envelope() -> f::SnapshotEnvelope {
@@ -236,9 +238,11 @@ fn main() {
         "conf_state",
         &f::encode_conf_state(&conf_state(), 12).expect("cs"),
     );
-    let mut meta = SnapshotMetadata::default();
-    meta.index = 42;
-    meta.term = 3;
+    let mut meta = SnapshotMetadata {
+        index: 42,
+        term: 3,
+        ..Default::default()
+    };
     meta.set_conf_state(conf_state());
     write(
         &root,

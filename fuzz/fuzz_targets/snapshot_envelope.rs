@@ -17,9 +17,11 @@ fn scratch() -> &'static std::path::Path {
 
 /// The metadata an envelope would travel with.
 fn metadata_of(env: &SnapshotEnvelope) -> SnapshotMetadata {
-    let mut meta = SnapshotMetadata::default();
-    meta.index = env.index;
-    meta.term = env.term;
+    let mut meta = SnapshotMetadata {
+        index: env.index,
+        term: env.term,
+        ..Default::default()
+    };
     let cs = meta.mut_conf_state();
     cs.voters = env.voters.clone();
     cs.learners = env.learners.clone();
