@@ -208,7 +208,11 @@ pub fn parse_peers(spec: &str) -> Result<Peers> {
         if id == 0 {
             return Err(Error::Config("peer id 0 is reserved".into()));
         }
-        if peers.insert(id, addr.trim().to_string()).is_some() {
+        let addr = addr.trim();
+        if addr.is_empty() {
+            return Err(Error::Config(format!("peer {id} has no address")));
+        }
+        if peers.insert(id, addr.to_string()).is_some() {
             return Err(Error::Config(format!("peer id {id} appears twice")));
         }
     }
@@ -231,6 +235,14 @@ mod tests {
         assert!(parse_peers("x=a").is_err());
         assert!(parse_peers("0=a").is_err());
         assert!(parse_peers("").is_err());
+    }
+
+    /// Found by the `parse_peers` fuzz target: `7009=` gave node 7009 an empty address.
+    #[test]
+    fn parse_peers_rejects_an_empty_address() {
+        let err = parse_peers(" 7009=, 9=[::1]:9 ").expect_err("empty address");
+        assert!(err.to_string().contains("no address"), "{err}");
+        assert_eq!(parse_peers(" 9 = [::1]:9 ").expect("valid")[&9], "[::1]:9");
     }
 
     #[test]

@@ -21,6 +21,8 @@ pub mod cluster;
 pub mod config;
 pub mod debug;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod metrics;
 pub mod node;
 pub mod state_machine;

@@ -78,13 +78,7 @@ pub async fn request_id_with(
     .map_err(|_| Error::Timeout(format!("id request to {peer_addr}")))?
     .map_err(|s| rpc_error(&format!("id request to {peer_addr}"), s))?
     .into_inner();
-    let bytes = response_to_result(reply)?;
-    let reserved_id = u64::from_be_bytes(
-        bytes
-            .as_slice()
-            .try_into()
-            .map_err(|_| Error::Encoding("reserved id is not 8 bytes".into()))?,
-    );
+    let reserved_id = reserved_id_from(reply)?;
     let peers_reply = tokio::time::timeout(
         config.rpc_timeout,
         client.get_peers(pb::GetPeersRequest { cluster_id }),
@@ -93,7 +87,40 @@ pub async fn request_id_with(
     .map_err(|_| Error::Timeout(format!("peer list from {peer_addr}")))?
     .map_err(|s| rpc_error(&format!("peer list from {peer_addr}"), s))?
     .into_inner();
+    ticket_from(reserved_id, raft_addr, peers_reply)
+}
+
+/// The id a `RequestId` answer reserves: a big-endian u64, never 0 (raft's "no node").
+pub(crate) fn reserved_id_from(reply: pb::ProposeResponse) -> Result<u64> {
+    let bytes = response_to_result(reply)?;
+    let arr: [u8; 8] = bytes
+        .as_slice()
+        .try_into()
+        .map_err(|_| Error::Encoding(format!("reserved id answer of {} bytes", bytes.len())))?;
+    match u64::from_be_bytes(arr) {
+        0 => Err(Error::Encoding("reserved id is 0".into())),
+        id => Ok(id),
+    }
+}
+
+/// Build the ticket from the reserved id and the member's `GetPeers` answer, refusing a peer list
+/// that names node 0 or already holds the reserved id.
+pub(crate) fn ticket_from(
+    reserved_id: u64,
+    raft_addr: String,
+    peers_reply: pb::GetPeersResponse,
+) -> Result<JoinTicket> {
     let peers: Peers = peers_reply.peers.into_iter().collect();
+    if peers.contains_key(&0) {
+        return Err(Error::Encoding(
+            "peer list names node 0, which is no node".into(),
+        ));
+    }
+    if let Some(addr) = peers.get(&reserved_id) {
+        return Err(Error::Encoding(format!(
+            "reserved id {reserved_id} already belongs to the member at {addr}"
+        )));
+    }
     Ok(JoinTicket {
         reserved_id,
         raft_addr,
@@ -347,4 +374,45 @@ async fn wait_or_timeout(deadline: Instant, what: &str) -> Result<()> {
     }
     tokio::time::sleep(POLL.min(deadline - Instant::now())).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message as _;
+
+    use super::*;
+
+    fn peers_reply(ids: &[u64]) -> pb::GetPeersResponse {
+        pb::GetPeersResponse {
+            peers: ids
+                .iter()
+                .map(|&id| (id, format!("127.0.0.1:{id}")))
+                .collect(),
+            cluster_id: "c".into(),
+            leader_id: 1,
+        }
+    }
+
+    /// Found by the `join_ticket` fuzz target: a `RequestId` answer of eight zero bytes gave a
+    /// ticket for node 0, which is raft's "no node".
+    #[test]
+    fn reserved_id_zero_is_refused() {
+        let reply = pb::ProposeResponse::decode(&[0x12, 0x08, 0, 0, 0, 0, 0, 0, 0, 0][..])
+            .expect("a well-formed answer");
+        assert!(matches!(reserved_id_from(reply), Err(Error::Encoding(_))));
+        let four = result_to_response_for_test(4);
+        assert_eq!(reserved_id_from(four).expect("id 4"), 4);
+    }
+
+    #[test]
+    fn peer_list_naming_node_zero_or_the_reserved_id_is_refused() {
+        let ticket = ticket_from(4, "a:1".into(), peers_reply(&[1, 2, 3])).expect("ticket");
+        assert_eq!(ticket.leader_addr, "127.0.0.1:1");
+        assert!(ticket_from(4, "a:1".into(), peers_reply(&[0, 1])).is_err());
+        assert!(ticket_from(2, "a:1".into(), peers_reply(&[1, 2])).is_err());
+    }
+
+    fn result_to_response_for_test(id: u64) -> pb::ProposeResponse {
+        crate::node::result_to_response(Ok(id.to_be_bytes().to_vec()))
+    }
 }

@@ -6,6 +6,7 @@ mod join;
 pub use address_book::AddressBook;
 pub(crate) use join::describe_status;
 pub use join::{request_id_with, JoinTicket};
+pub(crate) use join::{reserved_id_from, ticket_from};
 
 use std::net::SocketAddr;
 use std::ops::Deref;

@@ -20,3 +20,5 @@ pub use persisted::{
     SnapshotView,
 };
 pub use table::render_table;
+
+pub(crate) use persisted::view_entry;

@@ -2,16 +2,16 @@
 
 use std::path::Path;
 
-use protobuf::Message as _;
-use raft::eraftpb::{ConfChange, ConfChangeType, ConfChangeV2, EntryType};
+use raft::eraftpb::{ConfChangeType, ConfChangeV2, EntryType};
 use raft::Storage;
-use raft_proto::ConfChangeI;
 use serde::{Deserialize, Serialize};
 
 use super::table::render_table;
 use crate::config::Peers;
 use crate::error::Result;
-use crate::node::{ConfChangeContext, EntryKind, FrameworkEntry, ProposalContext};
+use crate::node::{
+    decode_conf_change, ConfChangeContext, EntryKind, FrameworkEntry, ProposalContext,
+};
 use crate::storage::{LmdbStorage, LogStore};
 
 /// Turns a user entry's bytes into text; `None` falls back to the default rendering.
@@ -123,14 +123,17 @@ pub fn read_persisted(
     })
 }
 
-fn view_entry(entry: &raft::eraftpb::Entry, formatter: Option<&EntryFormatter>) -> EntryView {
+pub(crate) fn view_entry(
+    entry: &raft::eraftpb::Entry,
+    formatter: Option<&EntryFormatter>,
+) -> EntryView {
     let data = entry.get_data();
     let (entry_type, kind, text) = match entry.get_entry_type() {
         EntryType::EntryNormal => {
             let (kind, text) = match ProposalContext::decode(entry.get_context()) {
                 Some(c) if c.kind == EntryKind::Framework => (
                     "framework",
-                    match bincode::deserialize::<FrameworkEntry>(data) {
+                    match FrameworkEntry::decode(data) {
                         Ok(FrameworkEntry::ReserveId { raft_addr }) => {
                             format!("reserve a node id for {raft_addr}")
                         }
@@ -148,12 +151,8 @@ fn view_entry(entry: &raft::eraftpb::Entry, formatter: Option<&EntryFormatter>) 
             ("normal", kind, text)
         }
         t @ (EntryType::EntryConfChange | EntryType::EntryConfChangeV2) => {
-            let cc = if t == EntryType::EntryConfChange {
-                ConfChange::parse_from_bytes(data).map(|c| c.into_v2())
-            } else {
-                ConfChangeV2::parse_from_bytes(data)
-            };
-            let addrs = bincode::deserialize::<ConfChangeContext>(entry.get_context())
+            let cc = decode_conf_change(entry);
+            let addrs = ConfChangeContext::decode(entry.get_context())
                 .map(|c| c.addrs)
                 .unwrap_or_default();
             let text = match cc {

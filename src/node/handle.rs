@@ -227,7 +227,7 @@ impl RaftNode {
             },
             Submission::ConfChange { cc, addrs } => Command::ChangeConfig { cc, addrs, reply },
             Submission::ReserveId(raft_addr) => Command::Propose {
-                data: bincode::serialize(&FrameworkEntry::ReserveId { raft_addr })?,
+                data: FrameworkEntry::ReserveId { raft_addr }.encode()?,
                 kind: EntryKind::Framework,
                 reply,
             },

@@ -44,7 +44,7 @@ mod writer;
 pub use handle::RaftNode;
 pub use mailbox::Command;
 pub use proposals::{EntryKind, FrameworkEntry, ProposalContext};
-pub use run_loop::ConfChangeContext;
+pub use run_loop::{decode_conf_change, ConfChangeContext};
 pub use status::{NodeStatus, PeerStatus, Role, SoftStatus};
 
 pub(crate) use handle::{

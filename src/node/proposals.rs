@@ -31,6 +31,18 @@ pub enum FrameworkEntry {
     ReserveId { raft_addr: String },
 }
 
+impl FrameworkEntry {
+    /// The bytes stored as the entry's data (bincode).
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        Ok(bincode::serialize(self)?)
+    }
+
+    /// Decode a committed framework entry's data; anything else is an `Encoding` error.
+    pub fn decode(data: &[u8]) -> Result<Self> {
+        Ok(bincode::deserialize(data)?)
+    }
+}
+
 /// The identity a proposal carries through the log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProposalContext {

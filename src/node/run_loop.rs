@@ -29,11 +29,45 @@ use crate::transport::Transport;
 
 /// What a conf-change entry carries in its context: the addresses of the nodes it adds, so every
 /// node learns them when it applies the change.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConfChangeContext {
     /// The proposer's `ProposalContext` bytes (empty when nobody waits for this change).
     pub proposal: Vec<u8>,
     pub addrs: Peers,
+}
+
+impl ConfChangeContext {
+    /// The bytes stored as the conf-change entry's context (bincode).
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        Ok(bincode::serialize(self)?)
+    }
+
+    /// Decode a conf-change entry's context; an empty context is the default (no proposer, no
+    /// addresses), anything unreadable an `Encoding` error.
+    pub fn decode(bytes: &[u8]) -> Result<Self> {
+        if bytes.is_empty() {
+            return Ok(ConfChangeContext::default());
+        }
+        Ok(bincode::deserialize(bytes)?)
+    }
+}
+
+/// The change a conf-change entry (`EntryConfChange` or `EntryConfChangeV2`) carries, as a
+/// `ConfChangeV2`. Any other entry, or unreadable data, is an `Encoding` error.
+pub fn decode_conf_change(entry: &Entry) -> Result<ConfChangeV2> {
+    let index = entry.index;
+    let bad = |e: protobuf::ProtobufError| Error::Encoding(format!("conf change at {index}: {e}"));
+    match entry.get_entry_type() {
+        EntryType::EntryConfChange => Ok(ConfChange::parse_from_bytes(entry.get_data())
+            .map_err(bad)?
+            .into_v2()),
+        EntryType::EntryConfChangeV2 => {
+            ConfChangeV2::parse_from_bytes(entry.get_data()).map_err(bad)
+        }
+        EntryType::EntryNormal => Err(Error::Encoding(format!(
+            "entry {index} is not a conf change"
+        ))),
+    }
 }
 
 /// How many Readies may be handed to the writer and not yet durable. Beyond it the loop stops
@@ -242,10 +276,10 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
             proposal: ctx.encode(),
             addrs,
         };
-        let context = match bincode::serialize(&context) {
+        let context = match context.encode() {
             Ok(c) => c,
             Err(e) => {
-                let _ = reply.send(Err(e.into()));
+                let _ = reply.send(Err(e));
                 return;
             }
         };
@@ -412,10 +446,11 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
         msg.from = self.raw.raft.id;
         let mut replies = Vec::with_capacity(batch.len());
         for (ctx, data, reply) in batch {
-            let mut entry = Entry::default();
-            entry.context = ctx.encode().into();
-            entry.data = data.into();
-            msg.entries.push(entry);
+            msg.entries.push(Entry {
+                context: ctx.encode().into(),
+                data: data.into(),
+                ..Default::default()
+            });
             replies.push((ctx, reply));
         }
         let before = self.raw.raft.raft_log.last_index();
@@ -649,7 +684,7 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
 
     /// Apply one of pontoon's own entries. Deterministic: every node derives the same answer.
     fn apply_framework(&mut self, data: &[u8]) -> Result<Vec<u8>> {
-        match bincode::deserialize::<FrameworkEntry>(data)? {
+        match FrameworkEntry::decode(data)? {
             FrameworkEntry::ReserveId { raft_addr } => {
                 self.max_node_id += 1;
                 slog::info!(self.logger, "node id reserved"; "id" => self.max_node_id, "for" => raft_addr);
@@ -664,22 +699,11 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
         entry: &Entry,
     ) -> Result<(Option<ProposalContext>, raft::eraftpb::ConfState)> {
         let index = entry.index;
-        let cc: ConfChangeV2 = if entry.get_entry_type() == EntryType::EntryConfChange {
-            ConfChange::parse_from_bytes(entry.get_data())
-                .map_err(|e| Error::Encoding(format!("conf change at {index}: {e}")))?
-                .into_v2()
-        } else {
-            ConfChangeV2::parse_from_bytes(entry.get_data())
-                .map_err(|e| Error::Encoding(format!("conf change at {index}: {e}")))?
-        };
-        let ctx = if entry.get_context().is_empty() {
+        let cc = decode_conf_change(entry)?;
+        let ctx = ConfChangeContext::decode(entry.get_context()).unwrap_or_else(|e| {
+            slog::warn!(self.logger, "conf change context unreadable; addresses unchanged"; "index" => index, "error" => %e);
             ConfChangeContext::default()
-        } else {
-            bincode::deserialize::<ConfChangeContext>(entry.get_context()).unwrap_or_else(|e| {
-                slog::warn!(self.logger, "conf change context unreadable; addresses unchanged"; "index" => index, "error" => %e);
-                ConfChangeContext::default()
-            })
-        };
+        });
         let proposal = ProposalContext::decode(&ctx.proposal);
         for change in cc.get_changes() {
             self.max_node_id = self.max_node_id.max(change.node_id);

@@ -153,8 +153,12 @@ impl SnapshotEnvelope {
             )));
         }
         let stored_crc = u32::from_be_bytes([fixed[8], fixed[9], fixed[10], fixed[11]]);
-        let header_len = u32::from_be_bytes([fixed[12], fixed[13], fixed[14], fixed[15]]) as usize;
-        let mut header_bytes = vec![0u8; header_len];
+        let header_len = u32::from_be_bytes([fixed[12], fixed[13], fixed[14], fixed[15]]);
+        // The length is the file's word: check it against the file before allocating for it.
+        if 16 + u64::from(header_len) > file.metadata()?.len() {
+            return Err(corrupt("header longer than the envelope".into()));
+        }
+        let mut header_bytes = vec![0u8; header_len as usize];
         file.read_exact(&mut header_bytes)
             .map_err(|_| corrupt("header longer than the envelope".into()))?;
         let mut hasher = crc32fast::Hasher::new();
@@ -282,6 +286,29 @@ mod tests {
         other_version[7] = 9;
         let err = SnapshotEnvelope::decode(&other_version).expect_err("foreign version");
         assert!(err.to_string().contains("version 9"), "{err}");
+    }
+
+    /// Found by the `snapshot_envelope` fuzz target: `verify_file` allocated the header length
+    /// the file claims (here 1 GiB, up to 4 GiB) before reading it, so a 128-byte snapshot from a
+    /// peer could make the receiver allocate gigabytes.
+    #[test]
+    fn verify_file_refuses_a_header_length_beyond_the_file() {
+        let mut bytes = b"PTSN\0\0\0\x01".to_vec();
+        bytes.extend_from_slice(&[0x33, 0x20, 0x7a, 0x2b]); // CRC (wrong, checked later)
+        bytes.extend_from_slice(&0x4012_1212u32.to_be_bytes()); // header length: 1 GiB
+        bytes.resize(128, 0x12);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("snap");
+        std::fs::write(&path, &bytes).expect("write");
+        let meta = raft::eraftpb::SnapshotMetadata::default();
+        let err = SnapshotEnvelope::verify_file(&path, &meta).expect_err("refused");
+        assert!(err.to_string().contains("header longer"), "{err}");
+
+        let mut max = SnapshotEnvelope::default().encode().expect("encode");
+        max[12..16].copy_from_slice(&u32::MAX.to_be_bytes());
+        std::fs::write(&path, &max).expect("write");
+        assert!(SnapshotEnvelope::verify_file(&path, &meta).is_err());
+        assert!(SnapshotEnvelope::decode(&max).is_err());
     }
 
     #[test]

@@ -25,6 +25,12 @@ use protobuf::Message as PbMessage;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState};
 
+use super::records::{
+    corrupt, decode_cluster_id, decode_conf_state, decode_entry, decode_format_version,
+    decode_hard_state, decode_node_id, decode_peers, decode_snapshot_meta, decode_truncated,
+    encode_conf_state, encode_entry, encode_pb, encode_peers, encode_truncated, entry_term,
+    K_CLUSTER, K_CONF_STATE, K_FORMAT, K_HARD_STATE, K_NODE, K_PEERS, K_SNAPSHOT_META, K_TRUNCATED,
+};
 use super::{LogStore, PersistBatch, StorageError};
 use crate::config::Peers;
 
@@ -34,14 +40,6 @@ pub const FORMAT_VERSION: u32 = 1;
 type EntriesDb = Database<U64<BigEndian>, Bytes>;
 type MetaDb = Database<Str, Bytes>;
 
-const K_FORMAT: &str = "format_version";
-const K_NODE: &str = "node_id";
-const K_CLUSTER: &str = "cluster_id";
-const K_HARD_STATE: &str = "hard_state";
-const K_CONF_STATE: &str = "conf_state";
-const K_SNAPSHOT_META: &str = "snapshot_meta";
-const K_TRUNCATED: &str = "truncated";
-const K_PEERS: &str = "peers";
 const K_SNAPSHOT_DATA: &str = "data";
 
 /// Who a data dir belongs to, as recorded in it.
@@ -82,37 +80,6 @@ struct Cache {
     /// snapshot's conf state.
     snapshot_meta: Arc<SnapshotMetadata>,
     conf_state_index: u64,
-}
-
-fn corrupt(what: &str, reason: impl ToString) -> StorageError {
-    StorageError::Corrupt {
-        what: what.to_string(),
-        reason: reason.to_string(),
-    }
-}
-
-fn u64_from(bytes: &[u8], what: &str) -> Result<u64, StorageError> {
-    let arr: [u8; 8] = bytes
-        .get(..8)
-        .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| corrupt(what, "shorter than 8 bytes"))?;
-    Ok(u64::from_be_bytes(arr))
-}
-
-fn encode_entry(entry: &Entry) -> Result<Vec<u8>, StorageError> {
-    let mut out = Vec::with_capacity(8 + entry.compute_size() as usize);
-    out.extend_from_slice(&entry.term.to_be_bytes());
-    entry
-        .write_to_vec(&mut out)
-        .map_err(|e| corrupt("entry", e))?;
-    Ok(out)
-}
-
-fn decode_entry(bytes: &[u8]) -> Result<Entry, StorageError> {
-    if bytes.len() < 8 {
-        return Err(corrupt("entry", "shorter than its term prefix"));
-    }
-    Entry::parse_from_bytes(&bytes[8..]).map_err(|e| corrupt("entry", e))
 }
 
 fn lock_read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
@@ -367,11 +334,7 @@ fn read_identity(
         reason: format!("metadata has no {key}"),
     };
     let format = meta.get(rtxn, K_FORMAT)?.ok_or_else(|| missing(K_FORMAT))?;
-    let format_version = u32::from_be_bytes(
-        format
-            .try_into()
-            .map_err(|_| corrupt(K_FORMAT, "not 4 bytes"))?,
-    );
+    let format_version = decode_format_version(format)?;
     if format_version != FORMAT_VERSION {
         return Err(StorageError::UnsupportedFormat {
             path: path.to_path_buf(),
@@ -379,14 +342,11 @@ fn read_identity(
             supported: FORMAT_VERSION,
         });
     }
-    let node_id = u64_from(
-        meta.get(rtxn, K_NODE)?.ok_or_else(|| missing(K_NODE))?,
-        K_NODE,
-    )?;
+    let node_id = decode_node_id(meta.get(rtxn, K_NODE)?.ok_or_else(|| missing(K_NODE))?)?;
     let cluster = meta
         .get(rtxn, K_CLUSTER)?
         .ok_or_else(|| missing(K_CLUSTER))?;
-    let cluster_id = String::from_utf8(cluster.to_vec()).map_err(|e| corrupt(K_CLUSTER, e))?;
+    let cluster_id = decode_cluster_id(cluster)?;
     Ok(StoredIdentity {
         node_id,
         cluster_id,
@@ -421,11 +381,7 @@ impl Inner {
     fn load_cache(&self) -> Result<Cache, StorageError> {
         let rtxn = self.env.read_txn()?;
         let truncated = match self.meta.get(&rtxn, K_TRUNCATED)? {
-            Some(b) if b.len() == 16 => (
-                u64_from(&b[..8], K_TRUNCATED)?,
-                u64_from(&b[8..], K_TRUNCATED)?,
-            ),
-            Some(_) => return Err(corrupt(K_TRUNCATED, "not 16 bytes")),
+            Some(b) => decode_truncated(b)?,
             None => (0, 0),
         };
         let last = match self.entries.last(&rtxn)? {
@@ -433,13 +389,11 @@ impl Inner {
             None => truncated.0,
         };
         let snapshot_meta = match self.meta.get(&rtxn, K_SNAPSHOT_META)? {
-            Some(b) => {
-                SnapshotMetadata::parse_from_bytes(b).map_err(|e| corrupt(K_SNAPSHOT_META, e))?
-            }
+            Some(b) => decode_snapshot_meta(b)?,
             None => SnapshotMetadata::default(),
         };
         let conf_state_index = match self.meta.get(&rtxn, K_CONF_STATE)? {
-            Some(b) => u64_from(b, K_CONF_STATE)?,
+            Some(b) => decode_conf_state(b)?.1,
             None => 0,
         };
         Ok(Cache {
@@ -452,17 +406,14 @@ impl Inner {
 
     fn read_hard_state(&self, rtxn: &heed::RoTxn) -> Result<HardState, StorageError> {
         match self.meta.get(rtxn, K_HARD_STATE)? {
-            Some(b) => HardState::parse_from_bytes(b).map_err(|e| corrupt(K_HARD_STATE, e)),
+            Some(b) => decode_hard_state(b),
             None => Ok(HardState::default()),
         }
     }
 
     fn read_conf_state(&self, rtxn: &heed::RoTxn) -> Result<ConfState, StorageError> {
         match self.meta.get(rtxn, K_CONF_STATE)? {
-            Some(b) if b.len() >= 8 => {
-                ConfState::parse_from_bytes(&b[8..]).map_err(|e| corrupt(K_CONF_STATE, e))
-            }
-            Some(_) => Err(corrupt(K_CONF_STATE, "shorter than its index prefix")),
+            Some(b) => Ok(decode_conf_state(b)?.0),
             None => Ok(ConfState::default()),
         }
     }
@@ -473,7 +424,7 @@ impl Inner {
         key: &str,
         msg: &impl PbMessage,
     ) -> Result<(), StorageError> {
-        let bytes = msg.write_to_bytes().map_err(|e| corrupt(key, e))?;
+        let bytes = encode_pb(key, msg)?;
         self.meta.put(wtxn, key, &bytes)?;
         Ok(())
     }
@@ -484,23 +435,20 @@ impl Inner {
         cs: &ConfState,
         index: u64,
     ) -> Result<(), StorageError> {
-        let mut bytes = index.to_be_bytes().to_vec();
-        cs.write_to_vec(&mut bytes)
-            .map_err(|e| corrupt(K_CONF_STATE, e))?;
+        let bytes = encode_conf_state(cs, index)?;
         self.meta.put(wtxn, K_CONF_STATE, &bytes)?;
         Ok(())
     }
 
     fn put_peers(&self, wtxn: &mut RwTxn, peers: &Peers) -> Result<(), StorageError> {
-        let bytes = bincode::serialize(peers).map_err(|e| corrupt(K_PEERS, e))?;
+        let bytes = encode_peers(peers)?;
         self.meta.put(wtxn, K_PEERS, &bytes)?;
         Ok(())
     }
 
     fn put_truncated(&self, wtxn: &mut RwTxn, index: u64, term: u64) -> Result<(), StorageError> {
-        let mut bytes = index.to_be_bytes().to_vec();
-        bytes.extend_from_slice(&term.to_be_bytes());
-        self.meta.put(wtxn, K_TRUNCATED, &bytes)?;
+        self.meta
+            .put(wtxn, K_TRUNCATED, &encode_truncated(index, term))?;
         Ok(())
     }
 }
@@ -660,7 +608,7 @@ impl LogStore for LmdbStorage {
         let _gate = lock_read(&self.inner.txn_gate);
         let rtxn = self.inner.env.read_txn()?;
         match self.inner.meta.get(&rtxn, K_PEERS)? {
-            Some(b) => bincode::deserialize(b).map_err(|e| corrupt(K_PEERS, e)),
+            Some(b) => decode_peers(b),
             None => Ok(Peers::new()),
         }
     }
@@ -761,7 +709,7 @@ impl raft::Storage for LmdbStorage {
             .get(&rtxn, &idx)
             .map_err(StorageError::from)?
             .ok_or_else(|| corrupt("log", format!("entry {idx} missing")))?;
-        Ok(u64_from(bytes, "entry term")?)
+        Ok(entry_term(bytes)?)
     }
 
     fn first_index(&self) -> raft::Result<u64> {

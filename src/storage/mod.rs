@@ -13,6 +13,7 @@
 mod envelope;
 mod error;
 mod lmdb;
+pub(crate) mod records;
 mod staged;
 
 pub use envelope::{crc32, SnapshotEnvelope, ENVELOPE_VERSION};

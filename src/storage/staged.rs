@@ -178,11 +178,12 @@ mod tests {
     use raft::{GetEntriesContext, Storage};
 
     fn entry(index: u64, term: u64) -> Entry {
-        let mut e = Entry::default();
-        e.index = index;
-        e.term = term;
-        e.data = vec![index as u8; 10].into();
-        e
+        Entry {
+            index,
+            term,
+            data: vec![index as u8; 10].into(),
+            ..Default::default()
+        }
     }
 
     fn open(dir: &std::path::Path) -> LmdbStorage {

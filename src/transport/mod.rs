@@ -7,8 +7,8 @@
 
 mod faults;
 mod peer_sender;
-mod server;
-mod snapshot_receiver;
+pub(crate) mod server;
+pub(crate) mod snapshot_receiver;
 
 pub use faults::FaultInjector;
 pub(crate) use faults::Verdict;

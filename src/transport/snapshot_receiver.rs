@@ -44,27 +44,7 @@ pub(crate) async fn receive_snapshot(
             "partitioned from the sender (injected fault)",
         ));
     }
-    let mut msg = Message::parse_from_bytes(&first.message)
-        .map_err(|e| Status::invalid_argument(format!("first chunk holds no raft message: {e}")))?;
-    if msg.get_msg_type() != MessageType::MsgSnapshot
-        || msg.to != node.id()
-        || msg.from != first.from
-    {
-        return Err(Status::invalid_argument(format!(
-            "not a snapshot for node {} (type {:?}, to {}, from {} in a stream from {})",
-            node.id(),
-            msg.get_msg_type(),
-            msg.to,
-            msg.from,
-            first.from
-        )));
-    }
-    if first.total_size > config.max_snapshot_bytes {
-        return Err(Status::resource_exhausted(format!(
-            "snapshot of {} bytes exceeds the limit of {} bytes",
-            first.total_size, config.max_snapshot_bytes
-        )));
-    }
+    let mut msg = check_first_chunk(&first, node.id(), config.max_snapshot_bytes)?;
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
@@ -77,31 +57,17 @@ pub(crate) async fn receive_snapshot(
     let mut file = tokio::fs::File::create(&temp.path)
         .await
         .map_err(|e| Status::internal(format!("cannot create {}: {e}", temp.path.display())))?;
-    let total_size = first.total_size;
-    let expected_crc = first.crc32;
-    let mut hasher = crc32fast::Hasher::new();
-    let mut received = 0u64;
-    let mut chunks = 0u64;
+    let mut tally = ChunkTally::new(&first);
     let mut next = Some(first);
     while let Some(chunk) = next.take() {
-        if chunk.seq != chunks {
-            return Err(Status::invalid_argument(format!(
-                "snapshot chunk {} arrived where {chunks} was expected",
-                chunk.seq
-            )));
-        }
-        received += chunk.data.len() as u64;
-        if received > total_size {
+        if let Err(status) = tally.add(&chunk) {
             metrics.snapshot_transfers_failed.inc();
-            return Err(Status::invalid_argument(format!(
-                "snapshot stream carries more than the announced {total_size} bytes"
-            )));
+            return Err(status);
         }
-        hasher.update(&chunk.data);
         file.write_all(&chunk.data)
             .await
             .map_err(|e| Status::internal(format!("writing snapshot chunk: {e}")))?;
-        chunks += 1;
+        let chunks = tally.chunks;
         metrics.snapshot_chunks_received.inc();
         if chunk.data.len() as i64 > metrics.snapshot_chunk_max_bytes.get() {
             metrics
@@ -126,16 +92,13 @@ pub(crate) async fn receive_snapshot(
         .map_err(|e| Status::internal(format!("writing snapshot: {e}")))?;
     drop(file);
     drop(stream);
-    if received != total_size {
-        metrics.snapshot_transfers_failed.inc();
-        return Err(Status::data_loss(format!(
-            "snapshot stream ended after {received} of {total_size} bytes"
-        )));
-    }
-    if hasher.finalize() != expected_crc {
-        metrics.snapshot_transfers_failed.inc();
-        return Err(Status::data_loss("snapshot checksum mismatch"));
-    }
+    let chunks = match tally.finish() {
+        Ok(chunks) => chunks,
+        Err(status) => {
+            metrics.snapshot_transfers_failed.inc();
+            return Err(status);
+        }
+    };
     // Check the envelope from the file (in blocks), then hand raft a reference to the file
     // instead of the bytes: the run loop reads it once, when it installs the snapshot.
     let meta = msg.get_snapshot().get_metadata().clone();
@@ -155,6 +118,99 @@ pub(crate) async fn receive_snapshot(
     reference.extend_from_slice(ready.to_string_lossy().as_bytes());
     msg.mut_snapshot().set_data(reference.into());
     Ok((msg, chunks))
+}
+
+/// Decode and check the first chunk of a snapshot stream (after its cluster id was checked): it
+/// must carry a MsgSnapshot for node `local_id` from the stream's sender, announcing no more than
+/// `max_snapshot_bytes`.
+pub(crate) fn check_first_chunk(
+    first: &pb::SnapshotChunk,
+    local_id: u64,
+    max_snapshot_bytes: u64,
+) -> Result<Message, Status> {
+    let msg = Message::parse_from_bytes(&first.message)
+        .map_err(|e| Status::invalid_argument(format!("first chunk holds no raft message: {e}")))?;
+    if msg.get_msg_type() != MessageType::MsgSnapshot
+        || msg.to != local_id
+        || msg.from != first.from
+    {
+        return Err(Status::invalid_argument(format!(
+            "not a snapshot for node {local_id} (type {:?}, to {}, from {} in a stream from {})",
+            msg.get_msg_type(),
+            msg.to,
+            msg.from,
+            first.from
+        )));
+    }
+    if first.total_size > max_snapshot_bytes {
+        return Err(Status::resource_exhausted(format!(
+            "snapshot of {} bytes exceeds the limit of {max_snapshot_bytes} bytes",
+            first.total_size
+        )));
+    }
+    Ok(msg)
+}
+
+/// Order, size and checksum of the chunks of one snapshot stream.
+pub(crate) struct ChunkTally {
+    total_size: u64,
+    expected_crc: u32,
+    hasher: crc32fast::Hasher,
+    received: u64,
+    /// Chunks accepted so far.
+    pub(crate) chunks: u64,
+}
+
+impl ChunkTally {
+    /// Start counting with the sizes the first chunk announces.
+    pub(crate) fn new(first: &pb::SnapshotChunk) -> Self {
+        ChunkTally {
+            total_size: first.total_size,
+            expected_crc: first.crc32,
+            hasher: crc32fast::Hasher::new(),
+            received: 0,
+            chunks: 0,
+        }
+    }
+
+    /// Accept the next chunk: it must come in order and not exceed the announced size.
+    pub(crate) fn add(&mut self, chunk: &pb::SnapshotChunk) -> Result<(), Status> {
+        if chunk.seq != self.chunks {
+            return Err(Status::invalid_argument(format!(
+                "snapshot chunk {} arrived where {} was expected",
+                chunk.seq, self.chunks
+            )));
+        }
+        let total_size = self.total_size;
+        let received = u64::try_from(chunk.data.len())
+            .ok()
+            .and_then(|n| self.received.checked_add(n))
+            .filter(|&r| r <= total_size)
+            .ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "snapshot stream carries more than the announced {total_size} bytes"
+                ))
+            })?;
+        self.received = received;
+        self.hasher.update(&chunk.data);
+        self.chunks += 1;
+        Ok(())
+    }
+
+    /// The stream ended: it must have carried exactly the announced bytes with the announced
+    /// checksum. Returns the number of chunks.
+    pub(crate) fn finish(self) -> Result<u64, Status> {
+        if self.received != self.total_size {
+            return Err(Status::data_loss(format!(
+                "snapshot stream ended after {} of {} bytes",
+                self.received, self.total_size
+            )));
+        }
+        if self.hasher.finalize() != self.expected_crc {
+            return Err(Status::data_loss("snapshot checksum mismatch"));
+        }
+        Ok(self.chunks)
+    }
 }
 
 const FILE_REF_MAGIC: &[u8] = b"PONTOON-SNAPSHOT-FILE:";

@@ -1,0 +1,121 @@
+//! Entry points for the fuzz targets in `fuzz/`; not part of pontoon's API and not stable.
+//!
+//! Each function here runs the very code the gRPC server, the join client, the storage and the
+//! run loop run on bytes from the network or the disk: the decode steps are functions those
+//! callers use too, so a target never tests a copy.
+
+use raft::eraftpb::{ConfChangeV2, Entry, Message};
+use tonic::Status;
+
+use crate::cluster::JoinTicket;
+use crate::config::Peers;
+use crate::debug::EntryView;
+use crate::error::{Error, Result};
+use crate::transport::{pb, server, snapshot_receiver};
+
+pub use crate::config::parse_peers;
+pub use crate::node::{decode_conf_change, ConfChangeContext, FrameworkEntry, ProposalContext};
+pub use crate::storage::records::{
+    decode_cluster_id, decode_conf_state, decode_entry, decode_format_version, decode_hard_state,
+    decode_node_id, decode_peers, decode_snapshot_meta, decode_truncated, encode_conf_state,
+    encode_entry, encode_pb, encode_peers, encode_truncated, entry_term,
+};
+pub use crate::storage::{SnapshotEnvelope, StorageError};
+
+/// What tonic does with a request or response body: decode it with prost, a failure being an
+/// `INTERNAL` status.
+fn decode_body<T: prost::Message + Default>(body: &[u8]) -> std::result::Result<T, Status> {
+    T::decode(body).map_err(|e| Status::internal(format!("failed to decode body: {e}")))
+}
+
+/// The encoded body of a message, for seeds and round trips.
+pub fn encode_body<T: prost::Message>(msg: &T) -> Vec<u8> {
+    msg.encode_to_vec()
+}
+
+/// `SendMessages` on node `local_id` of `local_cluster`: the body is decoded, the cluster checked
+/// and the batch turned into the raft messages the run loop would be handed.
+pub fn send_messages(
+    body: &[u8],
+    local_cluster: &str,
+    local_id: u64,
+) -> std::result::Result<Vec<Message>, Status> {
+    let batch: pb::MessageBatch = decode_body(body)?;
+    server::check_cluster(local_cluster, &batch.cluster_id)?;
+    server::decode_message_batch(&batch, local_id)
+}
+
+/// `InstallSnapshot` up to the envelope check: the chunk bodies are decoded, the first chunk's
+/// cluster and message checked, and order, size and checksum of the stream tallied. Returns the
+/// message and the number of chunks, and the received bytes (what the receiver writes to its
+/// file; check them with `SnapshotEnvelope::verify_file`).
+pub fn install_snapshot(
+    bodies: &[&[u8]],
+    local_cluster: &str,
+    local_id: u64,
+    max_snapshot_bytes: u64,
+) -> std::result::Result<(Message, u64, Vec<u8>), Status> {
+    let mut chunks = bodies.iter().map(|b| decode_body::<pb::SnapshotChunk>(b));
+    let first = chunks
+        .next()
+        .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
+    server::check_cluster(local_cluster, &first.cluster_id)?;
+    let msg = snapshot_receiver::check_first_chunk(&first, local_id, max_snapshot_bytes)?;
+    let mut tally = snapshot_receiver::ChunkTally::new(&first);
+    let mut data = Vec::new();
+    let mut next = Some(first);
+    while let Some(chunk) = next.take() {
+        tally.add(&chunk)?;
+        data.extend_from_slice(&chunk.data);
+        next = chunks.next().transpose()?;
+    }
+    let count = tally.finish()?;
+    Ok((msg, count, data))
+}
+
+/// `ChangeConfig` on a node of `local_cluster`: the conf change and addresses it carries.
+pub fn change_config(
+    body: &[u8],
+    local_cluster: &str,
+) -> std::result::Result<(ConfChangeV2, Peers), Status> {
+    let req: pb::ChangeConfigRequest = decode_body(body)?;
+    server::check_cluster(local_cluster, &req.cluster_id)?;
+    server::decode_change_config(req)
+}
+
+/// `RequestId` on a node of `local_cluster`: the announced raft address it accepts.
+pub fn request_id(body: &[u8], local_cluster: &str) -> std::result::Result<String, Status> {
+    let req: pb::RequestIdRequest = decode_body(body)?;
+    if !req.cluster_id.is_empty() {
+        server::check_cluster(local_cluster, &req.cluster_id)?;
+    }
+    server::check_raft_addr(&req.raft_addr)?;
+    Ok(req.raft_addr)
+}
+
+/// The joining side of `Raft::request_id`: the `RequestId` and `GetPeers` answers (response
+/// bodies) turned into a ticket.
+pub fn join_ticket(id_reply: &[u8], peers_reply: &[u8], raft_addr: String) -> Result<JoinTicket> {
+    let transport = |s: Status| Error::Transport(s.to_string());
+    let id_reply: pb::ProposeResponse = decode_body(id_reply).map_err(transport)?;
+    let reserved_id = crate::cluster::reserved_id_from(id_reply)?;
+    let peers_reply: pb::GetPeersResponse = decode_body(peers_reply).map_err(transport)?;
+    crate::cluster::ticket_from(reserved_id, raft_addr, peers_reply)
+}
+
+/// How `pontoon-cli debug persisted` shows a stored entry.
+pub fn view_entry(entry: &Entry) -> EntryView {
+    crate::debug::view_entry(entry, None)
+}
+
+/// The path a snapshot's data refers to, when it is a reference to a received snapshot file.
+pub fn snapshot_file_ref(data: &[u8]) -> Option<std::path::PathBuf> {
+    crate::transport::snapshot_file_ref(data)
+}
+
+/// A `RequestId` answer for a reserved id, for seeds.
+pub fn reserved_id_reply(id: u64) -> Vec<u8> {
+    encode_body(&crate::node::result_to_response(Ok(id
+        .to_be_bytes()
+        .to_vec())))
+}
