@@ -800,7 +800,7 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
         let logger = self.logger.clone();
         let stored = tokio::task::spawn_blocking(move || -> Result<usize> {
             let mut snapshot = Snapshot::default();
-            snapshot.set_data(envelope.encode()?.into());
+            snapshot.set_data(envelope.into_bytes()?.into());
             let meta = snapshot.mut_metadata();
             meta.index = index;
             meta.term = term;

@@ -38,6 +38,28 @@ impl SnapshotEnvelope {
     /// bytes`. The user's bytes are copied once, straight into the output (no intermediate
     /// serialisation of a possibly huge state); the CRC covers everything after it.
     pub fn encode(&self) -> Result<Vec<u8>, StorageError> {
+        let prefix = self.prefix()?;
+        let mut out = Vec::with_capacity(prefix.len() + self.user_data.len());
+        out.extend_from_slice(&prefix);
+        out.extend_from_slice(&self.user_data);
+        seal(&mut out);
+        Ok(out)
+    }
+
+    /// Like `encode`, but consumes the envelope and builds the output in the user's own buffer
+    /// (the prefix is inserted in front of it), so a large state is not held twice in memory:
+    /// this is what the run loop uses for the snapshots it takes.
+    pub fn into_bytes(self) -> Result<Vec<u8>, StorageError> {
+        let prefix = self.prefix()?;
+        let mut out = self.user_data;
+        out.reserve_exact(prefix.len());
+        out.splice(0..0, prefix);
+        seal(&mut out);
+        Ok(out)
+    }
+
+    /// Everything before the user bytes, with the CRC left zero.
+    fn prefix(&self) -> Result<Vec<u8>, StorageError> {
         let header = EnvelopeHeader {
             index: self.index,
             term: self.term,
@@ -55,15 +77,12 @@ impl SnapshotEnvelope {
             what: "snapshot envelope".into(),
             reason: "address book too large".into(),
         })?;
-        let mut out = Vec::with_capacity(16 + header.len() + self.user_data.len());
+        let mut out = Vec::with_capacity(16 + header.len());
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&ENVELOPE_VERSION.to_be_bytes());
-        out.extend_from_slice(&[0; 4]); // CRC, filled in below
+        out.extend_from_slice(&[0; 4]); // CRC, filled in by `seal`
         out.extend_from_slice(&header_len.to_be_bytes());
         out.extend_from_slice(&header);
-        out.extend_from_slice(&self.user_data);
-        let crc = crc32(&out[12..]);
-        out[8..12].copy_from_slice(&crc.to_be_bytes());
         Ok(out)
     }
 
@@ -245,6 +264,12 @@ impl EnvelopeHeader {
     }
 }
 
+/// Fill in the CRC of an encoded envelope (it covers everything after the CRC field).
+fn seal(out: &mut [u8]) {
+    let crc = crc32(&out[12..]);
+    out[8..12].copy_from_slice(&crc.to_be_bytes());
+}
+
 /// CRC-32 (IEEE) of `data`.
 pub fn crc32(data: &[u8]) -> u32 {
     crc32fast::hash(data)
@@ -261,6 +286,8 @@ mod tests {
         env.user_data = b"state".to_vec();
         let bytes = env.encode().expect("encode");
         assert_eq!(SnapshotEnvelope::decode(&bytes).expect("decode"), env);
+        // The owning encoder produces the same bytes in the user's buffer.
+        assert_eq!(env.clone().into_bytes().expect("into_bytes"), bytes);
         assert_eq!(
             SnapshotEnvelope::decode_owned(bytes.clone()).expect("decode"),
             env
