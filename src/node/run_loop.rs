@@ -18,7 +18,7 @@ use super::mailbox::Command;
 use super::proposals::{EntryKind, FrameworkEntry, ProposalContext, Waiters};
 use super::reads::ReadBatcher;
 use super::status::{NodeStatus, PeerStatus, Role, SoftStatus};
-use super::writer::{WriteDone, WriteJob, Writer};
+use super::writer::{write_batch, WriteDone, WriteJob, Writer};
 use crate::cluster::AddressBook;
 use crate::config::{Config, Peers};
 use crate::error::{Error, Result};
@@ -590,28 +590,14 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
         }
     }
 
-    /// Write a batch on the blocking pool, so the fsync never stalls the async runtime.
+    /// Write a batch on the blocking pool, so the fsync never stalls the async runtime (used
+    /// once the writer thread is drained, when stopping).
     async fn persist(&self, batch: PersistBatch) -> Result<()> {
-        if batch.is_empty() {
-            return Ok(());
-        }
-        if !batch.entries.is_empty() {
-            self.metrics
-                .ready_entries
-                .observe(batch.entries.len() as f64);
-        }
         let store = self.store.clone();
-        let timer = self.metrics.fsync_seconds.clone();
-        tokio::task::spawn_blocking(move || {
-            let started = std::time::Instant::now();
-            let result = store.persist(batch);
-            timer.observe(started.elapsed().as_secs_f64());
-            result
-        })
-        .await
-        .map_err(|e| Error::Other(format!("storage thread failed: {e}")))??;
-        self.metrics.fsyncs.inc();
-        Ok(())
+        let metrics = self.metrics.clone();
+        tokio::task::spawn_blocking(move || write_batch(&store, &metrics, batch))
+            .await
+            .map_err(|e| Error::Other(format!("storage thread failed: {e}")))?
     }
 
     /// Install a snapshot from the leader. Its data is usually a reference to the file the

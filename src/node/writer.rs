@@ -47,7 +47,7 @@ pub(crate) struct WriteDone {
 /// The run loop's side of the writer thread.
 pub(crate) struct Writer {
     jobs: Option<std_mpsc::Sender<WriteJob>>,
-    done: mpsc::UnboundedReceiver<WriteDone>,
+    done: Option<mpsc::UnboundedReceiver<WriteDone>>,
     inflight: usize,
     thread: Option<JoinHandle<()>>,
 }
@@ -57,10 +57,9 @@ impl Writer {
     /// only while the node runs, so a node that is bootstrapped but never run, or has stopped,
     /// leaves its data dir free to open again.
     pub(crate) fn idle() -> Self {
-        let (_, done) = mpsc::unbounded_channel();
         Writer {
             jobs: None,
-            done,
+            done: None,
             inflight: 0,
             thread: None,
         }
@@ -80,7 +79,7 @@ impl Writer {
             .spawn(move || write_loop(store, metrics, job_rx, done_tx))
             .map_err(|e| Error::Other(format!("cannot start the writer thread: {e}")))?;
         self.jobs = Some(job_tx);
-        self.done = done_rx;
+        self.done = Some(done_rx);
         self.inflight = 0;
         self.thread = Some(thread);
         Ok(())
@@ -109,7 +108,7 @@ impl Writer {
         if self.inflight == 0 {
             return None;
         }
-        let done = self.done.recv().await?;
+        let done = self.done.as_mut()?.recv().await?;
         self.inflight = self.inflight.saturating_sub(done.jobs);
         Some(done)
     }
@@ -142,20 +141,7 @@ fn write_loop<S: LogStore>(
             messages.extend(next.persisted_messages);
             batch.merge(next.batch);
         }
-        let result = if batch.is_empty() {
-            Ok(())
-        } else {
-            if !batch.entries.is_empty() {
-                metrics.ready_entries.observe(batch.entries.len() as f64);
-            }
-            let started = std::time::Instant::now();
-            let result = store.persist(batch).map_err(Error::from);
-            metrics
-                .fsync_seconds
-                .observe(started.elapsed().as_secs_f64());
-            metrics.fsyncs.inc();
-            result
-        };
+        let result = write_batch(&store, &metrics, batch);
         let failed = result.is_err();
         let report = WriteDone {
             number,
@@ -167,4 +153,26 @@ fn write_loop<S: LogStore>(
             return;
         }
     }
+}
+
+/// Write one batch (one transaction, one fsync) and count it in the metrics; an empty batch
+/// writes nothing. Blocks on the disk: call it from the writer thread or the blocking pool.
+pub(crate) fn write_batch<S: LogStore>(
+    store: &S,
+    metrics: &Metrics,
+    batch: PersistBatch,
+) -> Result<()> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    if !batch.entries.is_empty() {
+        metrics.ready_entries.observe(batch.entries.len() as f64);
+    }
+    let started = std::time::Instant::now();
+    let result = store.persist(batch).map_err(Error::from);
+    metrics
+        .fsync_seconds
+        .observe(started.elapsed().as_secs_f64());
+    metrics.fsyncs.inc();
+    result
 }
