@@ -31,7 +31,7 @@ use super::records::{
     encode_conf_state, encode_entry, encode_pb, encode_peers, encode_truncated, entry_term,
     K_CLUSTER, K_CONF_STATE, K_FORMAT, K_HARD_STATE, K_NODE, K_PEERS, K_SNAPSHOT_META, K_TRUNCATED,
 };
-use super::{LogStore, PersistBatch, StorageError};
+use super::{LogStore, PersistBatch, SizeBudget, StorageError};
 use crate::config::Peers;
 
 /// The on-disk format this build writes and reads.
@@ -657,7 +657,7 @@ impl raft::Storage for LmdbStorage {
         let _gate = lock_read(&self.inner.txn_gate);
         let rtxn = self.inner.env.read_txn().map_err(StorageError::from)?;
         let mut out = Vec::with_capacity((high.saturating_sub(low)).min(1024) as usize);
-        let mut size = 0u64;
+        let mut budget = SizeBudget::new(max_size);
         for item in self
             .inner
             .entries
@@ -671,12 +671,8 @@ impl raft::Storage for LmdbStorage {
                     corrupt("entry", format!("key {index} holds entry {}", entry.index)).into(),
                 );
             }
-            size += u64::from(entry.compute_size());
-            // Like raft's limit_size: always return at least one entry.
-            if let Some(max) = max_size {
-                if !out.is_empty() && size > max {
-                    break;
-                }
+            if !budget.admit(&entry, out.len()) {
+                break;
             }
             out.push(entry);
         }

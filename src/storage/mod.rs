@@ -25,6 +25,26 @@ use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 
 use crate::config::Peers;
 
+/// raft's size rule for `Storage::entries`: entries are taken while their total encoded size
+/// stays within `max_size`, but at least one is always returned.
+pub(crate) struct SizeBudget {
+    max: Option<u64>,
+    used: u64,
+}
+
+impl SizeBudget {
+    pub(crate) fn new(max: Option<u64>) -> Self {
+        SizeBudget { max, used: 0 }
+    }
+
+    /// Count `entry`; false when it would exceed the limit and `taken` entries are already in.
+    pub(crate) fn admit(&mut self, entry: &Entry, taken: usize) -> bool {
+        use protobuf::Message as _;
+        self.used += u64::from(entry.compute_size());
+        taken == 0 || self.max.is_none_or(|max| self.used <= max)
+    }
+}
+
 /// One Ready's worth of state to make durable in a single transaction.
 #[derive(Debug, Default)]
 pub struct PersistBatch {

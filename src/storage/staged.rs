@@ -20,11 +20,10 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use protobuf::Message as PbMessage;
 use raft::eraftpb::{Entry, Snapshot};
 use raft::{GetEntriesContext, RaftState};
 
-use super::LogStore;
+use super::{LogStore, SizeBudget};
 
 /// A `LogStore` plus the entries staged for writing; see the module docs.
 #[derive(Clone)]
@@ -123,18 +122,14 @@ impl<S: LogStore> raft::Storage for StagedLog<S> {
         } else {
             Vec::new()
         };
-        let mut size: u64 = out.iter().map(|e| u64::from(e.compute_size())).sum();
+        let mut budget = SizeBudget::new(max_size);
+        for (taken, entry) in out.iter().enumerate() {
+            budget.admit(entry, taken);
+        }
         let from = low.max(base);
         for (_, entry) in tail.iter().skip((from - base) as usize) {
-            if entry.index >= high {
+            if entry.index >= high || !budget.admit(entry, out.len()) {
                 break;
-            }
-            size += u64::from(entry.compute_size());
-            // Like raft's own limit: always at least one entry.
-            if let Some(max) = max_size {
-                if !out.is_empty() && size > max {
-                    break;
-                }
             }
             out.push(entry.clone());
         }
@@ -175,6 +170,7 @@ impl<S: LogStore> raft::Storage for StagedLog<S> {
 mod tests {
     use super::*;
     use crate::storage::{LmdbStorage, PersistBatch};
+    use protobuf::Message as _;
     use raft::{GetEntriesContext, Storage};
 
     fn entry(index: u64, term: u64) -> Entry {
@@ -188,6 +184,16 @@ mod tests {
 
     fn open(dir: &std::path::Path) -> LmdbStorage {
         LmdbStorage::open(dir, 1, "staged-test", 1 << 20).expect("open")
+    }
+
+    /// What the writer thread does for a job: append `entries` durably.
+    fn write(store: &LmdbStorage, entries: Vec<Entry>) {
+        store
+            .persist(PersistBatch {
+                entries,
+                ..Default::default()
+            })
+            .expect("persist");
     }
 
     fn indexes_terms(v: Vec<Entry>) -> Vec<(u64, u64)> {
@@ -204,12 +210,7 @@ mod tests {
         let store = open(dir.path());
         let log = StagedLog::new(store.clone());
         let durable: Vec<Entry> = (1..=3).map(|i| entry(i, 1)).collect();
-        store
-            .persist(PersistBatch {
-                entries: durable,
-                ..Default::default()
-            })
-            .expect("persist");
+        write(&store, durable);
         let staged: Vec<Entry> = (4..=6).map(|i| entry(i, 2)).collect();
         log.stage(7, &staged);
         assert_eq!(log.last_index().expect("last"), 6);
@@ -222,12 +223,7 @@ mod tests {
         );
         assert!(log.entries(2, 8, None, ctx()).is_err(), "beyond the tail");
         // The writer lands write 7; releasing it leaves the same log, now read from the store.
-        store
-            .persist(PersistBatch {
-                entries: staged,
-                ..Default::default()
-            })
-            .expect("persist");
+        write(&store, staged);
         log.release(7);
         assert_eq!(log.staged_len(), 0);
         assert_eq!(
@@ -250,12 +246,7 @@ mod tests {
         assert_eq!(log.term(4).expect("term"), 3);
         assert!(log.term(5).is_err());
         // Write 1 lands (entries 1..=5 of term 1): only 1..=3 leave the tail; 4 stays staged.
-        store
-            .persist(PersistBatch {
-                entries: first,
-                ..Default::default()
-            })
-            .expect("persist");
+        write(&store, first);
         log.release(1);
         assert_eq!(log.staged_len(), 1);
         assert_eq!(log.last_index().expect("last"), 4);
@@ -276,12 +267,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = open(dir.path());
         let log = StagedLog::new(store.clone());
-        store
-            .persist(PersistBatch {
-                entries: (1..=2).map(|i| entry(i, 1)).collect(),
-                ..Default::default()
-            })
-            .expect("persist");
+        write(&store, (1..=2).map(|i| entry(i, 1)).collect());
         log.stage(1, &(3..=6).map(|i| entry(i, 1)).collect::<Vec<_>>());
         let one = u64::from(entry(1, 1).compute_size());
         let got = log.entries(1, 7, Some(3 * one), ctx()).expect("entries");
