@@ -96,14 +96,15 @@ pub async fn run(
                 for &id in &ids {
                     cluster.kill(id);
                 }
-                if leader.is_some() {
+                let hit_leader = leader.is_some_and(|l| ids.contains(&l));
+                if hit_leader {
                     counts.kill_leader += 1;
                 } else {
                     counts.kill += 1;
                 }
                 log(format!(
                     "kill -9 {ids:?}{} for {hold:?}",
-                    if leader.is_some() { " (leader)" } else { "" }
+                    if hit_leader { " (leader)" } else { "" }
                 ));
                 tokio::time::sleep(hold).await;
                 for id in ids {
@@ -127,14 +128,15 @@ pub async fn run(
                         .url(&format!("/fault/partition/{}", others.join(",")));
                     post_ok(&http, url).await;
                 }
-                if leader.is_some() {
+                let hit_leader = leader.is_some_and(|l| ids.contains(&l));
+                if hit_leader {
                     counts.partition_leader += 1;
                 } else {
                     counts.partition += 1;
                 }
                 log(format!(
                     "partition {ids:?}{} from the rest for {hold:?}",
-                    if leader.is_some() { " (leader)" } else { "" }
+                    if hit_leader { " (leader)" } else { "" }
                 ));
                 tokio::time::sleep(hold).await;
                 heal_all(cluster, &http).await;
