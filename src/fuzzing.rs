@@ -16,11 +16,50 @@ use crate::transport::{pb, server, snapshot_receiver};
 pub use crate::config::parse_peers;
 pub use crate::node::{decode_conf_change, ConfChangeContext, FrameworkEntry, ProposalContext};
 pub use crate::storage::records::{
-    decode_cluster_id, decode_conf_state, decode_entry, decode_format_version, decode_hard_state,
-    decode_node_id, decode_peers, decode_snapshot_meta, decode_truncated, encode_conf_state,
-    encode_entry, encode_pb, encode_peers, encode_truncated, entry_term,
+    decode_cluster_id, decode_conf_state, decode_format_version, decode_node_id, decode_peers,
+    decode_snapshot_meta, encode_conf_state, encode_pb, encode_peers,
 };
 pub use crate::storage::{SnapshotEnvelope, StorageError};
+
+/// Read a WAL segment's bytes the way replay does: frame after frame until the end or a torn
+/// frame, decoding every record. Answers how many records were read, or the first decode error.
+pub fn read_wal_segment(bytes: &[u8]) -> std::result::Result<usize, StorageError> {
+    use crate::storage::wal::record::{decode, next_frame, Frame};
+    let mut pos = 0;
+    let mut count = 0;
+    while let Frame::Record(body, size) = next_frame(&bytes[pos..]) {
+        decode(body)?;
+        pos += size;
+        count += 1;
+    }
+    Ok(count)
+}
+
+/// A WAL segment as the log writes it: a start, then one append of `entries` with `hard_state`.
+pub fn encode_wal_segment(
+    entries: &[Entry],
+    hard_state: &raft::eraftpb::HardState,
+) -> std::result::Result<Vec<u8>, StorageError> {
+    use crate::storage::wal::record::{encode_append, encode_start};
+    let mut out = encode_start(1, (0, 0), hard_state)?;
+    out.extend(encode_append(entries, Some(hard_state))?.0);
+    Ok(out)
+}
+
+/// Store `entry` in a WAL append record and read it back through its recorded position, as
+/// `Storage::entries` does.
+pub fn wal_entry_round_trip(entry: &Entry) -> std::result::Result<Entry, StorageError> {
+    use crate::storage::wal::record::{decode, decode_entry, encode_append, next_frame, Frame};
+    let (bytes, spans) = encode_append(std::slice::from_ref(entry), None)?;
+    let Frame::Record(body, _) = next_frame(&bytes) else {
+        return Err(StorageError::InvalidOperation(
+            "a fresh record reads as torn".into(),
+        ));
+    };
+    decode(body)?;
+    let (at, len) = spans[0];
+    decode_entry(&bytes[at..at + len as usize])
+}
 
 /// What tonic does with a request or response body: decode it with prost, a failure being an
 /// `INTERNAL` status.

@@ -221,7 +221,6 @@ fn main() {
     let t = "storage_records";
     let mut entry = raft_message(MessageType::MsgAppend, 1).entries[0].clone();
     entry.index = 5;
-    write(&root, t, "entry", &f::encode_entry(&entry).expect("entry"));
     let hs = HardState {
         term: 3,
         vote: 1,
@@ -231,8 +230,8 @@ fn main() {
     write(
         &root,
         t,
-        "hard_state",
-        &f::encode_pb("hard_state", &hs).expect("hs"),
+        "wal_segment",
+        &f::encode_wal_segment(&[entry], &hs).expect("segment"),
     );
     write(
         &root,
@@ -252,7 +251,6 @@ fn main() {
         "snapshot_meta",
         &f::encode_pb("snapshot_meta", &meta).expect("meta"),
     );
-    write(&root, t, "truncated", &f::encode_truncated(41, 3));
     write(
         &root,
         t,

@@ -67,6 +67,8 @@ pub struct PersistedState {
     pub conf_state_index: u64,
     pub first_index: u64,
     pub last_index: u64,
+    /// WAL segment files the log spans.
+    pub log_segments: usize,
     pub snapshot: Option<SnapshotView>,
     pub peers: Peers,
     pub entries: Vec<EntryView>,
@@ -117,6 +119,7 @@ pub fn read_persisted(
         conf_state_index,
         first_index: first,
         last_index: last,
+        log_segments: store.log_segments(),
         snapshot,
         peers: store.peers()?,
         entries,
@@ -224,8 +227,8 @@ pub fn render_persisted(state: &PersistedState) -> String {
         state.conf_state_index
     ));
     out.push_str(&format!(
-        "log:            first={} last={}\n",
-        state.first_index, state.last_index
+        "log:            first={} last={} (in {} WAL segment files)\n",
+        state.first_index, state.last_index, state.log_segments
     ));
     match &state.snapshot {
         Some(s) => out.push_str(&format!(

@@ -1,46 +1,54 @@
-//! `LmdbStorage`: the default `LogStore`, one LMDB environment per node (through heed).
+//! `LmdbStorage`: the default `LogStore`. Per node, one LMDB environment (through heed) holds who
+//! the data dir belongs to, the membership and the snapshot; the log itself (entries, hard state,
+//! compaction point) is an append-only WAL beside it (`wal/`), synced once per batch.
 //!
-//! Layout (DESIGN §4):
-//! - DB `entries`: big-endian u64 index -> `term u64 BE | eraftpb::Entry bytes`. The term prefix
-//!   lets `term()` answer without decoding the entry.
-//! - DB `meta`: `format_version`, `node_id`, `cluster_id`, `hard_state`, `conf_state`
-//!   (`conf index u64 BE | ConfState`), `snapshot_meta`, `truncated` (index and term of the last
-//!   entry no longer in the log), `peers` (bincode address book).
+//! Layout (DESIGN §4, format 2; format 1 kept the log in LMDB too):
+//! - DB `meta`: `format_version`, `node_id`, `cluster_id`, `conf_state` (`conf index u64 BE |
+//!   ConfState`), `snapshot_meta`, `peers` (bincode address book).
 //! - DB `snapshot`: `data` -> the latest snapshot's envelope.
+//! - `wal/*.seg`: see `wal/mod.rs`.
 //!
 //! Durability: the env is opened with LMDB's default flags, so every committed write transaction
-//! is synced to disk before `commit` returns. The map grows (doubling) when it fills up.
+//! is synced to disk before `commit` returns; every WAL record is `fdatasync`ed before its write
+//! returns. The map grows (doubling) when it fills up.
 //!
-//! Concurrency: the run loop is the only writer. First/last index and the other small values raft
-//! asks for on every step are cached in memory and updated only after a commit succeeded.
+//! Ordering between the two: a batch writes the WAL (entries, hard state) first and then LMDB
+//! (conf state, address book). Those two are facts about entries that are already committed and
+//! durable, so a crash between the writes leaves an older membership that replaying the log
+//! restores. A received snapshot is stored in LMDB first and then resets the WAL; a crash between
+//! them is repaired on open (the log is reset to the stored snapshot unless it already agrees
+//! with it).
+//!
+//! Concurrency: the run loop is the only writer of entries. The small values raft asks for on
+//! every step are cached in memory and updated only after a write succeeded.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use heed::byteorder::BigEndian;
-use heed::types::{Bytes, Str, U64};
+use heed::types::{Bytes, Str};
 use heed::{Database, Env, EnvOpenOptions, MdbError, RwTxn, WithoutTls};
 use protobuf::Message as PbMessage;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState};
 
 use super::records::{
-    corrupt, decode_cluster_id, decode_conf_state, decode_entry, decode_format_version,
-    decode_hard_state, decode_node_id, decode_peers, decode_snapshot_meta, decode_truncated,
-    encode_conf_state, encode_entry, encode_pb, encode_peers, encode_truncated, entry_term,
-    K_CLUSTER, K_CONF_STATE, K_FORMAT, K_HARD_STATE, K_NODE, K_PEERS, K_SNAPSHOT_META, K_TRUNCATED,
+    corrupt, decode_cluster_id, decode_conf_state, decode_format_version, decode_node_id,
+    decode_peers, decode_snapshot_meta, encode_conf_state, encode_pb, encode_peers, K_CLUSTER,
+    K_CONF_STATE, K_FORMAT, K_NODE, K_PEERS, K_SNAPSHOT_META,
 };
-use super::{LogStore, PersistBatch, SizeBudget, StorageError};
+use super::wal::{Wal, DEFAULT_SEGMENT_BYTES};
+use super::{LogStore, PersistBatch, StorageError};
 use crate::config::Peers;
 
 /// The on-disk format this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
-type EntriesDb = Database<U64<BigEndian>, Bytes>;
 type MetaDb = Database<Str, Bytes>;
 
 const K_SNAPSHOT_DATA: &str = "data";
+/// The WAL's directory inside the data dir.
+const WAL_DIR: &str = "wal";
 
 /// Who a data dir belongs to, as recorded in it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -58,7 +66,7 @@ pub struct LmdbStorage {
 
 struct Inner {
     env: Env<WithoutTls>,
-    entries: EntriesDb,
+    wal: Wal,
     meta: MetaDb,
     snapshot: MetaDb,
     /// Held shared by every transaction, exclusively while the map is resized (LMDB requires
@@ -72,10 +80,6 @@ struct Inner {
 
 #[derive(Clone, Debug, Default)]
 struct Cache {
-    /// Index and term of the last entry that is no longer in the log (0, 0 initially).
-    truncated: (u64, u64),
-    /// Index of the last stored entry, or `truncated.0` when the log is empty.
-    last: u64,
     /// Shared, so that reading the cache (on every `term`/`entries` call) never copies the
     /// snapshot's conf state.
     snapshot_meta: Arc<SnapshotMetadata>,
@@ -102,6 +106,23 @@ impl LmdbStorage {
         node_id: u64,
         cluster_id: &str,
         initial_map_size: usize,
+    ) -> Result<Self, StorageError> {
+        Self::open_with_segment_bytes(
+            path,
+            node_id,
+            cluster_id,
+            initial_map_size,
+            DEFAULT_SEGMENT_BYTES,
+        )
+    }
+
+    /// `open`, with WAL segments of `segment_bytes` (tests use small ones to exercise rotation).
+    pub(crate) fn open_with_segment_bytes(
+        path: impl AsRef<Path>,
+        node_id: u64,
+        cluster_id: &str,
+        initial_map_size: usize,
+        segment_bytes: u64,
     ) -> Result<Self, StorageError> {
         let path = path.as_ref().to_path_buf();
         if path.exists() && !path.is_dir() {
@@ -139,7 +160,6 @@ impl LmdbStorage {
         }
 
         let mut wtxn = env.write_txn()?;
-        let entries: EntriesDb = env.create_database(&mut wtxn, Some("entries"))?;
         let meta: MetaDb = env.create_database(&mut wtxn, Some("meta"))?;
         let snapshot: MetaDb = env.create_database(&mut wtxn, Some("snapshot"))?;
         if identity.is_none() {
@@ -149,19 +169,39 @@ impl LmdbStorage {
         }
         wtxn.commit()?;
 
-        Self::from_parts(env, entries, meta, snapshot, path)
+        let wal = Wal::open(&path.join(WAL_DIR), false, segment_bytes)?;
+        let store = Self::from_parts(env, wal, meta, snapshot, path)?;
+        store.reconcile_log_with_snapshot()?;
+        Ok(store)
+    }
+
+    /// After a crash between storing a received snapshot and resetting the log, the log may not
+    /// agree with the snapshot: reset it now (durably), as the interrupted install would have.
+    fn reconcile_log_with_snapshot(&self) -> Result<(), StorageError> {
+        let snap = self.cache().snapshot_meta;
+        let wal = &self.inner.wal;
+        if snap.index == 0
+            || snap.index <= wal.truncated().0
+            || wal.term(snap.index) == Some(snap.term)
+        {
+            return Ok(());
+        }
+        let mut hs = wal.hard_state();
+        hs.term = hs.term.max(snap.term);
+        hs.commit = hs.commit.max(snap.index);
+        wal.reset((snap.index, snap.term), &hs)
     }
 
     fn from_parts(
         env: Env<WithoutTls>,
-        entries: EntriesDb,
+        wal: Wal,
         meta: MetaDb,
         snapshot: MetaDb,
         path: PathBuf,
     ) -> Result<Self, StorageError> {
         let inner = Inner {
             env,
-            entries,
+            wal,
             meta,
             snapshot,
             txn_gate: RwLock::new(()),
@@ -215,15 +255,13 @@ impl LmdbStorage {
             .open_database(&rtxn, Some("meta"))?
             .ok_or_else(|| not_a_dir("an LMDB environment without pontoon's metadata"))?;
         read_identity(&meta, &rtxn, &path)?;
-        let entries: EntriesDb = env
-            .open_database(&rtxn, Some("entries"))?
-            .ok_or_else(|| not_a_dir("no entries database"))?;
         let snapshot: MetaDb = env
             .open_database(&rtxn, Some("snapshot"))?
             .ok_or_else(|| not_a_dir("no snapshot database"))?;
         // Committing (not dropping) the read transaction keeps the database handles valid.
         rtxn.commit()?;
-        Self::from_parts(env, entries, meta, snapshot, path)
+        let wal = Wal::open(&path.join(WAL_DIR), true, DEFAULT_SEGMENT_BYTES)?;
+        Self::from_parts(env, wal, meta, snapshot, path)
     }
 
     /// The stored conf state and the log index of the change it reflects.
@@ -248,9 +286,12 @@ impl LmdbStorage {
 
     /// The stored hard state.
     pub fn hard_state(&self) -> Result<HardState, StorageError> {
-        let _gate = lock_read(&self.inner.txn_gate);
-        let rtxn = self.inner.env.read_txn()?;
-        self.inner.read_hard_state(&rtxn)
+        Ok(self.inner.wal.hard_state())
+    }
+
+    /// How many WAL segment files the log spans.
+    pub fn log_segments(&self) -> usize {
+        self.inner.wal.segment_count()
     }
 
     /// Run `f` in a write transaction and commit it, growing the map and retrying when it is
@@ -380,14 +421,6 @@ fn check_identity(
 impl Inner {
     fn load_cache(&self) -> Result<Cache, StorageError> {
         let rtxn = self.env.read_txn()?;
-        let truncated = match self.meta.get(&rtxn, K_TRUNCATED)? {
-            Some(b) => decode_truncated(b)?,
-            None => (0, 0),
-        };
-        let last = match self.entries.last(&rtxn)? {
-            Some((index, _)) => index,
-            None => truncated.0,
-        };
         let snapshot_meta = match self.meta.get(&rtxn, K_SNAPSHOT_META)? {
             Some(b) => decode_snapshot_meta(b)?,
             None => SnapshotMetadata::default(),
@@ -397,18 +430,9 @@ impl Inner {
             None => 0,
         };
         Ok(Cache {
-            truncated,
-            last,
             snapshot_meta: Arc::new(snapshot_meta),
             conf_state_index,
         })
-    }
-
-    fn read_hard_state(&self, rtxn: &heed::RoTxn) -> Result<HardState, StorageError> {
-        match self.meta.get(rtxn, K_HARD_STATE)? {
-            Some(b) => decode_hard_state(b),
-            None => Ok(HardState::default()),
-        }
     }
 
     fn read_conf_state(&self, rtxn: &heed::RoTxn) -> Result<ConfState, StorageError> {
@@ -445,12 +469,6 @@ impl Inner {
         self.meta.put(wtxn, K_PEERS, &bytes)?;
         Ok(())
     }
-
-    fn put_truncated(&self, wtxn: &mut RwTxn, index: u64, term: u64) -> Result<(), StorageError> {
-        self.meta
-            .put(wtxn, K_TRUNCATED, &encode_truncated(index, term))?;
-        Ok(())
-    }
 }
 
 impl LogStore for LmdbStorage {
@@ -458,55 +476,24 @@ impl LogStore for LmdbStorage {
         if batch.is_empty() {
             return Ok(());
         }
-        let cache = self.cache();
-        let first_new = batch.entries.first().map(|e| e.index);
-        if let Some(first_new) = first_new {
-            if first_new <= cache.truncated.0 {
-                return Err(StorageError::InvalidOperation(format!(
-                    "append at {first_new} overwrites compacted log (compacted up to {})",
-                    cache.truncated.0
-                )));
-            }
-            if first_new > cache.last + 1 {
-                return Err(StorageError::InvalidOperation(format!(
-                    "append at {first_new} leaves a gap after last index {}",
-                    cache.last
-                )));
+        // The log first: the conf state and address book describe entries already durable.
+        self.inner
+            .wal
+            .append(&batch.entries, batch.hard_state.as_ref())?;
+        if batch.conf_state.is_some() || batch.peers.is_some() {
+            self.write_txn(|inner, wtxn| {
+                if let Some((cs, index)) = &batch.conf_state {
+                    inner.put_conf_state(wtxn, cs, *index)?;
+                }
+                if let Some(peers) = &batch.peers {
+                    inner.put_peers(wtxn, peers)?;
+                }
+                Ok(())
+            })?;
+            if let Some((_, index)) = &batch.conf_state {
+                self.update_cache(|c| c.conf_state_index = *index);
             }
         }
-        let encoded: Vec<(u64, Vec<u8>)> = batch
-            .entries
-            .iter()
-            .map(|e| encode_entry(e).map(|b| (e.index, b)))
-            .collect::<Result<_, _>>()?;
-        self.write_txn(|inner, wtxn| {
-            if let Some(first_new) = first_new {
-                if first_new <= cache.last {
-                    inner.entries.delete_range(wtxn, &(first_new..))?;
-                }
-                for (index, bytes) in &encoded {
-                    inner.entries.put(wtxn, index, bytes)?;
-                }
-            }
-            if let Some(hs) = &batch.hard_state {
-                inner.put_pb(wtxn, K_HARD_STATE, hs)?;
-            }
-            if let Some((cs, index)) = &batch.conf_state {
-                inner.put_conf_state(wtxn, cs, *index)?;
-            }
-            if let Some(peers) = &batch.peers {
-                inner.put_peers(wtxn, peers)?;
-            }
-            Ok(())
-        })?;
-        self.update_cache(|c| {
-            if let Some(last) = batch.entries.last() {
-                c.last = last.index;
-            }
-            if let Some((_, index)) = &batch.conf_state {
-                c.conf_state_index = *index;
-            }
-        });
         Ok(())
     }
 
@@ -516,34 +503,30 @@ impl LogStore for LmdbStorage {
         data: &[u8],
         peers: &Peers,
     ) -> Result<(), StorageError> {
-        let cache = self.cache();
-        if meta.index < cache.truncated.0 {
+        let truncated = self.inner.wal.truncated().0;
+        if meta.index < truncated {
             return Err(StorageError::InvalidOperation(format!(
-                "snapshot at {} is older than the compacted log ({})",
-                meta.index, cache.truncated.0
+                "snapshot at {} is older than the compacted log ({truncated})",
+                meta.index
             )));
         }
+        // The snapshot first, then the log reset; `reconcile_log_with_snapshot` finishes an
+        // install a crash interrupted between the two.
         self.write_txn(|inner, wtxn| {
-            let rtxn: &heed::RoTxn = wtxn;
-            let mut hs = inner.read_hard_state(rtxn)?;
-            hs.term = hs.term.max(meta.term);
-            hs.commit = meta.index;
-            inner.entries.clear(wtxn)?;
-            inner.put_pb(wtxn, K_HARD_STATE, &hs)?;
             inner.put_pb(wtxn, K_SNAPSHOT_META, meta)?;
             inner.put_conf_state(wtxn, meta.get_conf_state(), meta.index)?;
-            inner.put_truncated(wtxn, meta.index, meta.term)?;
             inner.put_peers(wtxn, peers)?;
             inner.snapshot.put(wtxn, K_SNAPSHOT_DATA, data)?;
             Ok(())
         })?;
         self.update_cache(|c| {
-            c.truncated = (meta.index, meta.term);
-            c.last = meta.index;
             c.snapshot_meta = Arc::new(meta.clone());
             c.conf_state_index = meta.index;
         });
-        Ok(())
+        let mut hs = self.inner.wal.hard_state();
+        hs.term = hs.term.max(meta.term);
+        hs.commit = meta.index;
+        self.inner.wal.reset((meta.index, meta.term), &hs)
     }
 
     fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), StorageError> {
@@ -560,26 +543,7 @@ impl LogStore for LmdbStorage {
     }
 
     fn compact(&self, compact_index: u64) -> Result<(), StorageError> {
-        let cache = self.cache();
-        if compact_index <= cache.truncated.0 + 1 {
-            return Ok(());
-        }
-        if compact_index > cache.last + 1 {
-            return Err(StorageError::InvalidOperation(format!(
-                "compact to {compact_index} beyond last index {}",
-                cache.last
-            )));
-        }
-        let new_truncated = compact_index - 1;
-        let term = raft::Storage::term(self, new_truncated)
-            .map_err(|e| StorageError::InvalidOperation(format!("term of {new_truncated}: {e}")))?;
-        self.write_txn(|inner, wtxn| {
-            inner.entries.delete_range(wtxn, &(..compact_index))?;
-            inner.put_truncated(wtxn, new_truncated, term)?;
-            Ok(())
-        })?;
-        self.update_cache(|c| c.truncated = (new_truncated, term));
-        Ok(())
+        self.inner.wal.compact(compact_index)
     }
 
     fn snapshot_metadata(&self) -> SnapshotMetadata {
@@ -625,8 +589,7 @@ impl LogStore for LmdbStorage {
         let _gate = lock_read(&self.inner.txn_gate);
         let rtxn = self.inner.env.read_txn()?;
         let cs = self.inner.read_conf_state(&rtxn)?;
-        let c = self.cache();
-        Ok(!cs.voters.is_empty() || !cs.learners.is_empty() || c.last > 0 || c.truncated.0 > 0)
+        Ok(!cs.voters.is_empty() || !cs.learners.is_empty() || self.inner.wal.last_index() > 0)
     }
 }
 
@@ -634,7 +597,7 @@ impl raft::Storage for LmdbStorage {
     fn initial_state(&self) -> raft::Result<RaftState> {
         let _gate = lock_read(&self.inner.txn_gate);
         let rtxn = self.inner.env.read_txn().map_err(StorageError::from)?;
-        let hard_state = self.inner.read_hard_state(&rtxn)?;
+        let hard_state = self.inner.wal.hard_state();
         let conf_state = self.inner.read_conf_state(&rtxn)?;
         Ok(RaftState::new(hard_state, conf_state))
     }
@@ -646,36 +609,14 @@ impl raft::Storage for LmdbStorage {
         max_size: impl Into<Option<u64>>,
         _context: GetEntriesContext,
     ) -> raft::Result<Vec<Entry>> {
-        let max_size = max_size.into();
-        let cache = self.cache();
-        if low <= cache.truncated.0 {
+        let wal = &self.inner.wal;
+        if low <= wal.truncated().0 {
             return Err(raft::Error::Store(raft::StorageError::Compacted));
         }
-        if high > cache.last + 1 {
+        if high > wal.last_index() + 1 {
             return Err(raft::Error::Store(raft::StorageError::Unavailable));
         }
-        let _gate = lock_read(&self.inner.txn_gate);
-        let rtxn = self.inner.env.read_txn().map_err(StorageError::from)?;
-        let mut out = Vec::with_capacity((high.saturating_sub(low)).min(1024) as usize);
-        let mut budget = SizeBudget::new(max_size);
-        for item in self
-            .inner
-            .entries
-            .range(&rtxn, &(low..high))
-            .map_err(StorageError::from)?
-        {
-            let (index, bytes) = item.map_err(StorageError::from)?;
-            let entry = decode_entry(bytes)?;
-            if entry.index != index {
-                return Err(
-                    corrupt("entry", format!("key {index} holds entry {}", entry.index)).into(),
-                );
-            }
-            if !budget.admit(&entry, out.len()) {
-                break;
-            }
-            out.push(entry);
-        }
+        let out = wal.entries(low, high, max_size.into())?;
         if out.is_empty() && low < high {
             return Err(corrupt("log", format!("entries {low}..{high} missing")).into());
         }
@@ -683,37 +624,27 @@ impl raft::Storage for LmdbStorage {
     }
 
     fn term(&self, idx: u64) -> raft::Result<u64> {
-        let cache = self.cache();
-        if idx == cache.truncated.0 {
-            return Ok(cache.truncated.1);
+        let wal = &self.inner.wal;
+        if let Some(term) = wal.term(idx) {
+            return Ok(term);
         }
-        if idx == cache.snapshot_meta.index {
+        let snap = self.cache().snapshot_meta;
+        if idx == snap.index {
             // The stored snapshot still knows its term, even below the compacted index.
-            return Ok(cache.snapshot_meta.term);
+            return Ok(snap.term);
         }
-        if idx < cache.truncated.0 {
+        if idx < wal.truncated().0 {
             return Err(raft::Error::Store(raft::StorageError::Compacted));
         }
-        if idx > cache.last {
-            return Err(raft::Error::Store(raft::StorageError::Unavailable));
-        }
-        let _gate = lock_read(&self.inner.txn_gate);
-        let rtxn = self.inner.env.read_txn().map_err(StorageError::from)?;
-        let bytes = self
-            .inner
-            .entries
-            .get(&rtxn, &idx)
-            .map_err(StorageError::from)?
-            .ok_or_else(|| corrupt("log", format!("entry {idx} missing")))?;
-        Ok(entry_term(bytes)?)
+        Err(raft::Error::Store(raft::StorageError::Unavailable))
     }
 
     fn first_index(&self) -> raft::Result<u64> {
-        Ok(self.cache().truncated.0 + 1)
+        Ok(self.inner.wal.truncated().0 + 1)
     }
 
     fn last_index(&self) -> raft::Result<u64> {
-        Ok(self.cache().last)
+        Ok(self.inner.wal.last_index())
     }
 
     fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {

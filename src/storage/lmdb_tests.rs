@@ -360,3 +360,38 @@ fn peek_identity_reads_without_creating() {
         .expect("some");
     assert_eq!((id.node_id, id.cluster_id.as_str()), (5, "c"));
 }
+
+#[test]
+fn a_received_snapshot_whose_log_reset_a_crash_cut_off_is_finished_on_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lmdb = open(&dir);
+    lmdb.persist(PersistBatch {
+        entries: (1..=10).map(|i| entry(i, 1)).collect(),
+        ..Default::default()
+    })
+    .expect("append");
+    // `install_snapshot` stores the snapshot in LMDB, then resets the log: stop in between.
+    lmdb.save_snapshot(&snapshot(20, 3, vec![1]))
+        .expect("store");
+    drop(lmdb);
+    let lmdb = open(&dir);
+    assert_eq!(lmdb.first_index().expect("first"), 21);
+    assert_eq!(lmdb.last_index().expect("last"), 20);
+    assert_eq!(lmdb.term(20).expect("term"), 3);
+    let hs = lmdb.hard_state().expect("hs");
+    assert_eq!((hs.term, hs.commit), (3, 20));
+    lmdb.persist(PersistBatch {
+        entries: vec![entry(21, 3)],
+        ..Default::default()
+    })
+    .expect("append after the snapshot");
+    drop(lmdb);
+    // A log that agrees with the stored snapshot is kept as it is.
+    let lmdb = open(&dir);
+    lmdb.save_snapshot(&snapshot(21, 3, vec![1]))
+        .expect("store");
+    drop(lmdb);
+    let lmdb = open(&dir);
+    assert_eq!(lmdb.first_index().expect("first"), 21);
+    assert_eq!(lmdb.last_index().expect("last"), 21);
+}

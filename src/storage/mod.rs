@@ -1,20 +1,24 @@
 //! The log store: raft's `Storage` plus the write path the run loop needs.
 //!
 //! Invariants every `LogStore` keeps:
-//! - `persist` is atomic and durable: when it returns `Ok`, the entries, hard state and conf
-//!   state of the batch survive a crash together, or (on `Err`) none of them was written.
+//! - `persist` is durable: when it returns `Ok`, everything in the batch survives a crash. The
+//!   entries and hard state of a batch survive together or not at all. The conf state and
+//!   address book describe entries that are already committed and durable; a store may write
+//!   them after the log, since replaying the log restores them.
 //! - Appending entries that start at index `i` removes every stored entry at `i` or above first
 //!   (the conflicting suffix raft asked to overwrite).
 //! - `term(first_index() - 1)` answers: the term of the last compacted entry is kept, as raft's
 //!   `Storage` documentation asks.
 //!
-//! `LmdbStorage` is the default (one LMDB env per node, one write transaction per Ready).
+//! `LmdbStorage` is the default: an append-only WAL for the log (one `fdatasync` per batch) and
+//! an LMDB env for identity, membership and snapshots.
 
 mod envelope;
 mod error;
 mod lmdb;
 pub(crate) mod records;
 mod staged;
+pub(crate) mod wal;
 
 pub use envelope::{crc32, SnapshotEnvelope, ENVELOPE_VERSION};
 pub use error::StorageError;
@@ -40,7 +44,12 @@ impl SizeBudget {
     /// Count `entry`; false when it would exceed the limit and `taken` entries are already in.
     pub(crate) fn admit(&mut self, entry: &Entry, taken: usize) -> bool {
         use protobuf::Message as _;
-        self.used += u64::from(entry.compute_size());
+        self.admit_len(u64::from(entry.compute_size()), taken)
+    }
+
+    /// `admit` for an entry whose encoded size is already known.
+    pub(crate) fn admit_len(&mut self, len: u64, taken: usize) -> bool {
+        self.used += len;
         taken == 0 || self.max.is_none_or(|max| self.used <= max)
     }
 }

@@ -1,9 +1,9 @@
-//! The encodings of the values `LmdbStorage` keeps (see the layout in `lmdb.rs`). Every decoder
-//! answers a typed `Corrupt` error for bytes it cannot read, never a panic: a data dir is input
+//! The encodings of the values `LmdbStorage` keeps in LMDB (see the layout in `lmdb.rs`; the
+//! log's records are in `wal/record.rs`). Every decoder answers a typed `Corrupt` error for bytes it cannot read, never a panic: a data dir is input
 //! like any other.
 
 use protobuf::Message as PbMessage;
-use raft::eraftpb::{ConfState, Entry, HardState, SnapshotMetadata};
+use raft::eraftpb::{ConfState, SnapshotMetadata};
 
 use super::StorageError;
 use crate::config::Peers;
@@ -11,10 +11,8 @@ use crate::config::Peers;
 pub const K_FORMAT: &str = "format_version";
 pub const K_NODE: &str = "node_id";
 pub const K_CLUSTER: &str = "cluster_id";
-pub const K_HARD_STATE: &str = "hard_state";
 pub const K_CONF_STATE: &str = "conf_state";
 pub const K_SNAPSHOT_META: &str = "snapshot_meta";
-pub const K_TRUNCATED: &str = "truncated";
 pub const K_PEERS: &str = "peers";
 
 pub fn corrupt(what: &str, reason: impl ToString) -> StorageError {
@@ -33,35 +31,9 @@ pub fn u64_from(bytes: &[u8], what: &str) -> Result<u64, StorageError> {
     Ok(u64::from_be_bytes(arr))
 }
 
-/// A log entry: `term u64 BE | eraftpb::Entry`.
-pub fn encode_entry(entry: &Entry) -> Result<Vec<u8>, StorageError> {
-    let mut out = Vec::with_capacity(8 + entry.compute_size() as usize);
-    out.extend_from_slice(&entry.term.to_be_bytes());
-    entry
-        .write_to_vec(&mut out)
-        .map_err(|e| corrupt("entry", e))?;
-    Ok(out)
-}
-
-pub fn decode_entry(bytes: &[u8]) -> Result<Entry, StorageError> {
-    if bytes.len() < 8 {
-        return Err(corrupt("entry", "shorter than its term prefix"));
-    }
-    Entry::parse_from_bytes(&bytes[8..]).map_err(|e| corrupt("entry", e))
-}
-
-/// The term of a stored log entry, read from its prefix without decoding the entry.
-pub fn entry_term(bytes: &[u8]) -> Result<u64, StorageError> {
-    u64_from(bytes, "entry term")
-}
-
-/// A protobuf record (hard state, snapshot metadata).
+/// A protobuf record (snapshot metadata).
 pub fn encode_pb(key: &str, msg: &impl PbMessage) -> Result<Vec<u8>, StorageError> {
     msg.write_to_bytes().map_err(|e| corrupt(key, e))
-}
-
-pub fn decode_hard_state(bytes: &[u8]) -> Result<HardState, StorageError> {
-    HardState::parse_from_bytes(bytes).map_err(|e| corrupt(K_HARD_STATE, e))
 }
 
 pub fn decode_snapshot_meta(bytes: &[u8]) -> Result<SnapshotMetadata, StorageError> {
@@ -83,23 +55,6 @@ pub fn decode_conf_state(bytes: &[u8]) -> Result<(ConfState, u64), StorageError>
     let index = u64_from(bytes, K_CONF_STATE)?;
     let cs = ConfState::parse_from_bytes(&bytes[8..]).map_err(|e| corrupt(K_CONF_STATE, e))?;
     Ok((cs, index))
-}
-
-/// Index and term of the last entry no longer in the log: `index u64 BE | term u64 BE`.
-pub fn encode_truncated(index: u64, term: u64) -> Vec<u8> {
-    let mut bytes = index.to_be_bytes().to_vec();
-    bytes.extend_from_slice(&term.to_be_bytes());
-    bytes
-}
-
-pub fn decode_truncated(bytes: &[u8]) -> Result<(u64, u64), StorageError> {
-    if bytes.len() != 16 {
-        return Err(corrupt(K_TRUNCATED, "not 16 bytes"));
-    }
-    Ok((
-        u64_from(&bytes[..8], K_TRUNCATED)?,
-        u64_from(&bytes[8..], K_TRUNCATED)?,
-    ))
 }
 
 /// The address book (bincode).

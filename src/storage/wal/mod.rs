@@ -1,0 +1,701 @@
+//! The raft log as append-only segment files: one `write` and one `fdatasync` per batch.
+//!
+//! Why not LMDB for the log: an LMDB commit writes the touched B-tree pages, syncs, then writes
+//! and syncs the meta page. For a log that only ever grows at its end (and is cut at its start)
+//! an append-only file needs one sync, and no page rewrites. LMDB still holds everything else
+//! (identity, membership, snapshots); see `lmdb.rs`.
+//!
+//! Layout: `<data dir>/wal/<seq as 16 hex digits>.seg`. Records are in `record.rs`. In memory the
+//! log is an index, one `EntryLoc` (term and file position, 24 bytes) per entry; entries are read
+//! back with `pread` (the page cache holds recent ones).
+//!
+//! Invariants:
+//! - A record is acknowledged (`append`/`compact`/`reset` return `Ok`) only after `fdatasync`
+//!   of its segment returned; a new segment's file and directory entry are synced before use.
+//! - After a failed write or sync the WAL refuses every further write: the file's tail is
+//!   unknown, and retrying a failed `fsync` can report success for lost data.
+//! - Only the tail of the newest segment may be torn (a write the crash interrupted, never
+//!   acknowledged); it is cut off on open. A bad record anywhere else is `Corrupt`.
+//! - Every segment starts with the whole non-entry state (`Start`), so a prefix of segments may be
+//!   deleted once compaction passed every entry in them. Replay then starts at a `Start` whose
+//!   entries may begin after a gap; a later `Compact` (the one that allowed the deletion) always
+//!   covers that gap, and open checks it did.
+
+pub(crate) mod record;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use raft::eraftpb::{Entry, HardState};
+
+use self::record::{Frame, Record};
+use super::records::corrupt;
+use super::{SizeBudget, StorageError};
+
+/// Size after which the next write starts a new segment.
+pub(crate) const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
+
+/// A newest segment this short without a complete `Start` is an interrupted creation.
+const MAX_UNSTARTED_LEN: usize = 512;
+
+/// Where one entry lives.
+#[derive(Clone, Copy, Debug)]
+struct EntryLoc {
+    term: u64,
+    seq: u64,
+    offset: u64,
+    len: u32,
+}
+
+struct Segment {
+    file: Arc<File>,
+    path: PathBuf,
+    /// The highest entry index ever written to this segment (0: none live). A segment whose
+    /// entries are all compacted can go.
+    max_index: u64,
+}
+
+/// The log as the index sees it. `entries[i]` is entry `truncated.0 + 1 + i`.
+struct LogIndex {
+    truncated: (u64, u64),
+    entries: VecDeque<EntryLoc>,
+    hard_state: HardState,
+    segments: BTreeMap<u64, Segment>,
+    /// Replay only: entries began after a gap (deleted segments); a later compaction must cover
+    /// it, so the term of `truncated.0` is not known yet.
+    gap_open: bool,
+}
+
+impl LogIndex {
+    fn last(&self) -> u64 {
+        self.truncated.0 + self.entries.len() as u64
+    }
+
+    fn term(&self, index: u64) -> Option<u64> {
+        if index == self.truncated.0 && !self.gap_open {
+            return Some(self.truncated.1);
+        }
+        let pos = index.checked_sub(self.truncated.0 + 1)?;
+        self.entries.get(pos as usize).map(|l| l.term)
+    }
+
+    /// Apply an append whose entries are at `locs` (consecutive indexes). `replaying` accepts a
+    /// gap before them (see the module invariants).
+    fn apply_append(
+        &mut self,
+        seq: u64,
+        locs: impl ExactSizeIterator<Item = (u64, EntryLoc)>,
+        hard_state: Option<HardState>,
+        replaying: bool,
+    ) -> Result<(), StorageError> {
+        let mut locs = locs.peekable();
+        if let Some(&(first, _)) = locs.peek() {
+            if first <= self.truncated.0 {
+                return Err(corrupt(
+                    "WAL",
+                    format!(
+                        "append at {first} below the compacted index {}",
+                        self.truncated.0
+                    ),
+                ));
+            }
+            if first > self.last() + 1 {
+                if !replaying {
+                    return Err(corrupt("WAL", format!("append at {first} leaves a gap")));
+                }
+                self.entries.clear();
+                self.truncated = (first - 1, 0);
+                self.gap_open = true;
+            }
+            let keep = (first - self.truncated.0 - 1) as usize;
+            self.entries.truncate(keep);
+            let mut max = 0;
+            for (index, loc) in locs {
+                self.entries.push_back(loc);
+                max = index;
+            }
+            if let Some(seg) = self.segments.get_mut(&seq) {
+                seg.max_index = seg.max_index.max(max);
+            }
+        }
+        if let Some(hs) = hard_state {
+            self.hard_state = hs;
+        }
+        Ok(())
+    }
+
+    /// Every entry up to `truncated.0` is gone.
+    fn apply_compact(&mut self, truncated: (u64, u64)) {
+        if truncated.0 < self.truncated.0 || (truncated.0 == self.truncated.0 && !self.gap_open) {
+            return;
+        }
+        if truncated.0 >= self.last() {
+            self.entries.clear();
+        } else {
+            self.entries
+                .drain(..(truncated.0 - self.truncated.0) as usize);
+        }
+        self.truncated = truncated;
+        self.gap_open = false;
+    }
+
+    fn apply_reset(&mut self, truncated: (u64, u64), hard_state: HardState) {
+        self.entries.clear();
+        self.truncated = truncated;
+        self.hard_state = hard_state;
+        self.gap_open = false;
+        for seg in self.segments.values_mut() {
+            seg.max_index = 0;
+        }
+    }
+}
+
+/// The segment being appended to.
+struct Tail {
+    seq: u64,
+    file: Arc<File>,
+    len: u64,
+    /// Set after a failed write or sync; see the module invariants.
+    failed: bool,
+}
+
+/// The write-ahead log of one node.
+pub(crate) struct Wal {
+    dir: PathBuf,
+    segment_bytes: u64,
+    /// `None` when opened read-only.
+    tail: Mutex<Option<Tail>>,
+    index: RwLock<LogIndex>,
+}
+
+fn segment_path(dir: &Path, seq: u64) -> PathBuf {
+    dir.join(format!("{seq:016x}.seg"))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StorageError> {
+    File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+/// The segment files in `dir`, oldest first. Other files are ignored.
+fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StorageError> {
+    let mut out = Vec::new();
+    for item in std::fs::read_dir(dir)? {
+        let path = item?.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        let Some(hex) = name.strip_suffix(".seg") else {
+            continue;
+        };
+        if hex.len() != 16 {
+            continue;
+        }
+        if let Ok(seq) = u64::from_str_radix(hex, 16) {
+            out.push((seq, path));
+        }
+    }
+    out.sort_unstable_by_key(|(seq, _)| *seq);
+    Ok(out)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Wal {
+    /// Open the WAL in `dir` (created when missing unless `read_only`) and replay it.
+    pub(crate) fn open(
+        dir: &Path,
+        read_only: bool,
+        segment_bytes: u64,
+    ) -> Result<Self, StorageError> {
+        let mut index = LogIndex {
+            truncated: (0, 0),
+            entries: VecDeque::new(),
+            hard_state: HardState::default(),
+            segments: BTreeMap::new(),
+            gap_open: false,
+        };
+        if !dir.exists() {
+            if read_only {
+                return Ok(Wal {
+                    dir: dir.to_path_buf(),
+                    segment_bytes,
+                    tail: Mutex::new(None),
+                    index: RwLock::new(index),
+                });
+            }
+            std::fs::create_dir_all(dir)?;
+            if let Some(parent) = dir.parent() {
+                sync_dir(parent)?;
+            }
+        }
+        let segments = list_segments(dir)?;
+        let count = segments.len();
+        let mut tail = None;
+        let mut next_seq = 1;
+        for (n, (seq, path)) in segments.into_iter().enumerate() {
+            let is_last = n + 1 == count;
+            let file = Arc::new(
+                OpenOptions::new()
+                    .read(true)
+                    .write(!read_only)
+                    .open(&path)?,
+            );
+            let replayed = replay_segment(&mut index, seq, file.clone(), &path, is_last)?;
+            next_seq = seq + 1;
+            match replayed {
+                Some(valid_len) if is_last && !read_only => {
+                    if valid_len < file.metadata()?.len() {
+                        // A torn tail: a write the crash interrupted, never acknowledged.
+                        file.set_len(valid_len)?;
+                        file.sync_all()?;
+                    }
+                    tail = Some(Tail {
+                        seq,
+                        file,
+                        len: valid_len,
+                        failed: false,
+                    });
+                }
+                Some(_) => {}
+                None => {
+                    // The newest segment has no complete start: the crash hit while it was being
+                    // created, before anything was written to it. Make it again.
+                    index.segments.remove(&seq);
+                    next_seq = seq;
+                    if !read_only {
+                        std::fs::remove_file(&path)?;
+                        sync_dir(dir)?;
+                    }
+                }
+            }
+        }
+        if index.gap_open {
+            return Err(corrupt(
+                "WAL",
+                format!(
+                    "entries before {} are missing and no compaction covers them",
+                    index.truncated.0 + 1
+                ),
+            ));
+        }
+        let wal = Wal {
+            dir: dir.to_path_buf(),
+            segment_bytes,
+            tail: Mutex::new(tail),
+            index: RwLock::new(index),
+        };
+        if !read_only {
+            let mut tail = lock(&wal.tail);
+            if tail.is_none() {
+                wal.start_segment(&mut tail, next_seq)?;
+            }
+        }
+        Ok(wal)
+    }
+
+    fn read_index(&self) -> std::sync::RwLockReadGuard<'_, LogIndex> {
+        self.index.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write_index(&self) -> std::sync::RwLockWriteGuard<'_, LogIndex> {
+        self.index.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Index and term of the last entry no longer in the log.
+    pub(crate) fn truncated(&self) -> (u64, u64) {
+        self.read_index().truncated
+    }
+
+    /// The last index in the log (`truncated().0` when it is empty).
+    pub(crate) fn last_index(&self) -> u64 {
+        self.read_index().last()
+    }
+
+    pub(crate) fn hard_state(&self) -> HardState {
+        self.read_index().hard_state.clone()
+    }
+
+    /// The term of `index`, when it is the truncated entry or in the log.
+    pub(crate) fn term(&self, index: u64) -> Option<u64> {
+        self.read_index().term(index)
+    }
+
+    /// How many segment files the log spans (for tests and the debug view).
+    pub(crate) fn segment_count(&self) -> usize {
+        self.read_index().segments.len()
+    }
+
+    /// Entries `low..high` within `max_size` (at least one). The caller checked the bounds.
+    pub(crate) fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: Option<u64>,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let (locs, files) = {
+            let index = self.read_index();
+            if low <= index.truncated.0 || high > index.last() + 1 {
+                return Err(StorageError::InvalidOperation(format!(
+                    "entries {low}..{high} outside the log ({}..={})",
+                    index.truncated.0 + 1,
+                    index.last()
+                )));
+            }
+            let start = (low - index.truncated.0 - 1) as usize;
+            let mut budget = SizeBudget::new(max_size);
+            let mut locs = Vec::with_capacity((high - low).min(4096) as usize);
+            for loc in index.entries.range(start..start + (high - low) as usize) {
+                if !budget.admit_len(u64::from(loc.len), locs.len()) {
+                    break;
+                }
+                locs.push(*loc);
+            }
+            let mut files: Vec<(u64, Arc<File>)> = Vec::new();
+            for loc in &locs {
+                if !files.iter().any(|(s, _)| *s == loc.seq) {
+                    let seg = index.segments.get(&loc.seq).ok_or_else(|| {
+                        corrupt(
+                            "WAL",
+                            format!("segment {} of a live entry is gone", loc.seq),
+                        )
+                    })?;
+                    files.push((loc.seq, seg.file.clone()));
+                }
+            }
+            (locs, files)
+        };
+        let mut out = Vec::with_capacity(locs.len());
+        let mut rest = &locs[..];
+        while let Some(first) = rest.first() {
+            // One read per run of entries that sit in order in the same segment.
+            let run = rest
+                .windows(2)
+                .take_while(|w| w[1].seq == first.seq && w[1].offset > w[0].offset)
+                .count()
+                + 1;
+            let (this, next) = rest.split_at(run);
+            let file = files
+                .iter()
+                .find(|(s, _)| *s == first.seq)
+                .map(|(_, f)| f)
+                .ok_or_else(|| corrupt("WAL", "segment of a live entry not found"))?;
+            let last = &this[run - 1];
+            let span_end = last.offset + u64::from(last.len);
+            let mut buf = vec![0u8; (span_end - first.offset) as usize];
+            file.read_exact_at(&mut buf, first.offset)?;
+            for loc in this {
+                let at = (loc.offset - first.offset) as usize;
+                out.push(record::decode_entry(&buf[at..at + loc.len as usize])?);
+            }
+            rest = next;
+        }
+        if let Some(e) = out.first() {
+            if e.index != low {
+                return Err(corrupt("WAL", format!("entry at {low} holds {}", e.index)));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Durably append `entries` (replacing any at or after the first one's index) and the hard
+    /// state. One write and one `fdatasync`.
+    pub(crate) fn append(
+        &self,
+        entries: &[Entry],
+        hard_state: Option<&HardState>,
+    ) -> Result<(), StorageError> {
+        if entries.is_empty() && hard_state.is_none() {
+            return Ok(());
+        }
+        {
+            let index = self.read_index();
+            if let Some(first) = entries.first().map(|e| e.index) {
+                if first <= index.truncated.0 {
+                    return Err(StorageError::InvalidOperation(format!(
+                        "append at {first} overwrites compacted log (compacted up to {})",
+                        index.truncated.0
+                    )));
+                }
+                if first > index.last() + 1 {
+                    return Err(StorageError::InvalidOperation(format!(
+                        "append at {first} leaves a gap after last index {}",
+                        index.last()
+                    )));
+                }
+            }
+        }
+        let (bytes, spans) = record::encode_append(entries, hard_state)?;
+        let mut guard = lock(&self.tail);
+        let (seq, at) = self.write_record(&mut guard, &bytes)?;
+        let locs = entries.iter().zip(spans).map(|(e, (offset, len))| {
+            (
+                e.index,
+                EntryLoc {
+                    term: e.term,
+                    seq,
+                    offset: at + offset as u64,
+                    len,
+                },
+            )
+        });
+        self.write_index()
+            .apply_append(seq, locs, hard_state.cloned(), false)
+    }
+
+    /// Durably drop every entry below `compact_index`, then delete the segments that only held
+    /// such entries.
+    pub(crate) fn compact(&self, compact_index: u64) -> Result<(), StorageError> {
+        let mut guard = lock(&self.tail);
+        let truncated = {
+            let index = self.read_index();
+            if compact_index <= index.truncated.0 + 1 {
+                return Ok(());
+            }
+            if compact_index > index.last() + 1 {
+                return Err(StorageError::InvalidOperation(format!(
+                    "compact to {compact_index} beyond last index {}",
+                    index.last()
+                )));
+            }
+            let t = compact_index - 1;
+            let term = index
+                .term(t)
+                .ok_or_else(|| corrupt("WAL", format!("no term for entry {t}")))?;
+            (t, term)
+        };
+        self.write_record(&mut guard, &record::encode_compact(truncated)?)?;
+        self.write_index().apply_compact(truncated);
+        self.delete_dead_segments(&guard)
+    }
+
+    /// Durably replace the whole log by the point `truncated` (a snapshot's index and term).
+    pub(crate) fn reset(
+        &self,
+        truncated: (u64, u64),
+        hard_state: &HardState,
+    ) -> Result<(), StorageError> {
+        let mut guard = lock(&self.tail);
+        self.write_record(&mut guard, &record::encode_reset(truncated, hard_state)?)?;
+        self.write_index()
+            .apply_reset(truncated, hard_state.clone());
+        self.delete_dead_segments(&guard)
+    }
+
+    /// Write one framed record at the tail (starting a new segment first when the tail is full)
+    /// and sync it. Answers the segment and the record's offset in it.
+    fn write_record(
+        &self,
+        tail: &mut Option<Tail>,
+        bytes: &[u8],
+    ) -> Result<(u64, u64), StorageError> {
+        let Some(t) = tail.as_ref() else {
+            return Err(StorageError::InvalidOperation(
+                "the log was opened read-only".into(),
+            ));
+        };
+        if t.failed {
+            return Err(StorageError::InvalidOperation(
+                "an earlier write to the log failed; restart the node to recover from disk".into(),
+            ));
+        }
+        if t.len >= self.segment_bytes {
+            let next = t.seq + 1;
+            self.start_segment(tail, next)?;
+        }
+        let t = tail
+            .as_mut()
+            .ok_or_else(|| StorageError::InvalidOperation("no log segment".into()))?;
+        let at = t.len;
+        let written = t
+            .file
+            .write_all_at(bytes, at)
+            .and_then(|()| t.file.sync_data());
+        if let Err(e) = written {
+            t.failed = true;
+            return Err(e.into());
+        }
+        t.len += bytes.len() as u64;
+        Ok((t.seq, at))
+    }
+
+    /// Create segment `seq`, write its `Start` record and make file and name durable.
+    fn start_segment(&self, tail: &mut Option<Tail>, seq: u64) -> Result<(), StorageError> {
+        let path = segment_path(&self.dir, seq);
+        let start = {
+            let index = self.read_index();
+            record::encode_start(seq, index.truncated, &index.hard_state)?
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        let made = file
+            .write_all_at(&start, 0)
+            .and_then(|()| file.sync_all())
+            .map_err(StorageError::from)
+            .and_then(|()| sync_dir(&self.dir));
+        if let Err(e) = made {
+            // Nothing refers to the new file yet; the old tail stays usable.
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
+        let file = Arc::new(file);
+        {
+            self.write_index().segments.insert(
+                seq,
+                Segment {
+                    file: file.clone(),
+                    path,
+                    max_index: 0,
+                },
+            );
+        }
+        *tail = Some(Tail {
+            seq,
+            file,
+            len: start.len() as u64,
+            failed: false,
+        });
+        Ok(())
+    }
+
+    /// Delete the oldest segments while every entry they hold is compacted (never the tail).
+    fn delete_dead_segments(&self, tail: &Option<Tail>) -> Result<(), StorageError> {
+        let Some(tail_seq) = tail.as_ref().map(|t| t.seq) else {
+            return Ok(());
+        };
+        let dead: Vec<PathBuf> = {
+            let mut index = self.write_index();
+            let truncated = index.truncated.0;
+            let seqs: Vec<u64> = index
+                .segments
+                .iter()
+                .take_while(|(seq, s)| **seq != tail_seq && s.max_index <= truncated)
+                .map(|(seq, _)| *seq)
+                .collect();
+            seqs.iter()
+                .filter_map(|seq| index.segments.remove(seq).map(|s| s.path))
+                .collect()
+        };
+        for path in dead {
+            // A file that stays (the unlink failed or was lost in a crash) only costs space:
+            // the segments after it carry the state that supersedes it.
+            if let Err(e) = std::fs::remove_file(&path) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    return Err(e.into());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Replay one segment into `index`; answers the length of its valid prefix.
+/// `None` when it is the newest segment and holds no complete `Start` (see `open`).
+fn replay_segment(
+    index: &mut LogIndex,
+    seq: u64,
+    file: Arc<File>,
+    path: &Path,
+    is_last: bool,
+) -> Result<Option<u64>, StorageError> {
+    let len = file.metadata()?.len();
+    let mut bytes = vec![0u8; len as usize];
+    file.read_exact_at(&mut bytes, 0)?;
+    index.segments.insert(
+        seq,
+        Segment {
+            file,
+            path: path.to_path_buf(),
+            max_index: 0,
+        },
+    );
+    let mut pos = 0usize;
+    let mut first = true;
+    loop {
+        match record::next_frame(&bytes[pos..]) {
+            Frame::End => break,
+            Frame::Torn(why) => {
+                if is_last {
+                    break;
+                }
+                return Err(corrupt(
+                    "WAL segment",
+                    format!("{}: {why} at byte {pos}", path.display()),
+                ));
+            }
+            Frame::Record(body, size) => {
+                let body_at = (pos + record::FRAME_HEADER) as u64;
+                match record::decode(body)? {
+                    Record::Start {
+                        seq: found,
+                        truncated,
+                        hard_state,
+                    } => {
+                        if !first || found != seq {
+                            return Err(corrupt(
+                                "WAL segment",
+                                format!("{}: misplaced segment start", path.display()),
+                            ));
+                        }
+                        index.apply_compact(truncated);
+                        index.hard_state = hard_state;
+                    }
+                    _ if first => {
+                        return Err(corrupt(
+                            "WAL segment",
+                            format!("{}: does not begin with a segment start", path.display()),
+                        ));
+                    }
+                    Record::Append {
+                        hard_state,
+                        entries,
+                    } => {
+                        let locs = entries.into_iter().map(|l| {
+                            (
+                                l.index,
+                                EntryLoc {
+                                    term: l.term,
+                                    seq,
+                                    offset: body_at + l.offset as u64,
+                                    len: l.len,
+                                },
+                            )
+                        });
+                        index.apply_append(seq, locs, hard_state, true)?;
+                    }
+                    Record::Compact { truncated } => index.apply_compact(truncated),
+                    Record::Reset {
+                        truncated,
+                        hard_state,
+                    } => index.apply_reset(truncated, hard_state),
+                }
+                first = false;
+                pos += size;
+            }
+        }
+    }
+    if first {
+        // Only a file too short to hold anything but a start may be an interrupted creation;
+        // anything longer without a readable start is damage, not a crash.
+        if is_last && bytes.len() <= MAX_UNSTARTED_LEN {
+            return Ok(None);
+        }
+        return Err(corrupt(
+            "WAL segment",
+            format!("{}: no segment start", path.display()),
+        ));
+    }
+    Ok(Some(pos as u64))
+}
+
+#[cfg(test)]
+#[path = "wal_tests.rs"]
+mod tests;

@@ -1,0 +1,189 @@
+use std::io::Write;
+
+use raft::eraftpb::{Entry, HardState};
+
+use super::{list_segments, Wal};
+use crate::storage::StorageError;
+
+fn entry(index: u64, term: u64) -> Entry {
+    Entry {
+        index,
+        term,
+        data: format!("entry {index} of term {term}").into_bytes().into(),
+        ..Default::default()
+    }
+}
+
+fn hard_state(term: u64, commit: u64) -> HardState {
+    HardState {
+        term,
+        vote: 1,
+        commit,
+        ..Default::default()
+    }
+}
+
+/// Every entry `low..=high` reads back as written.
+fn assert_log(wal: &Wal, low: u64, high: u64, term_of: impl Fn(u64) -> u64) {
+    assert_eq!(wal.truncated().0 + 1, low, "first index");
+    assert_eq!(wal.last_index(), high, "last index");
+    if low <= high {
+        let got = wal.entries(low, high + 1, None).expect("entries");
+        let want: Vec<Entry> = (low..=high).map(|i| entry(i, term_of(i))).collect();
+        assert_eq!(got, want);
+    }
+}
+
+const SMALL: u64 = 1024;
+
+#[test]
+fn entries_and_hard_state_come_back_after_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wal = Wal::open(dir.path(), false, SMALL).expect("open");
+    wal.append(&(1..=10).map(|i| entry(i, 1)).collect::<Vec<_>>(), None)
+        .expect("append");
+    // A new leader overwrites 7.. with a shorter suffix of term 2.
+    wal.append(&[entry(7, 2), entry(8, 2)], Some(&hard_state(2, 6)))
+        .expect("overwrite");
+    let term_of = |i| if i >= 7 { 2 } else { 1 };
+    assert_log(&wal, 1, 8, term_of);
+    drop(wal);
+    let wal = Wal::open(dir.path(), false, SMALL).expect("reopen");
+    assert_log(&wal, 1, 8, term_of);
+    assert_eq!(wal.hard_state(), hard_state(2, 6));
+}
+
+#[test]
+fn segments_rotate_and_compaction_deletes_the_old_ones() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wal = Wal::open(dir.path(), false, SMALL).expect("open");
+    for i in 1..=200 {
+        wal.append(&[entry(i, 3)], Some(&hard_state(3, i - 1)))
+            .expect("append");
+    }
+    let before = wal.segment_count();
+    assert!(before > 4, "1 KiB segments rotate: {before}");
+    wal.compact(150).expect("compact");
+    let after = wal.segment_count();
+    assert!(
+        after < before,
+        "compaction deleted segments: {before} -> {after}"
+    );
+    assert_eq!(list_segments(dir.path()).expect("list").len(), after);
+    assert_eq!(wal.truncated(), (149, 3));
+    assert_log(&wal, 150, 200, |_| 3);
+    drop(wal);
+    // Replay starts at a segment whose entries begin after deleted ones; the compaction record
+    // covers the gap.
+    let wal = Wal::open(dir.path(), false, SMALL).expect("reopen");
+    assert_eq!(wal.truncated(), (149, 3));
+    assert_log(&wal, 150, 200, |_| 3);
+    assert_eq!(wal.hard_state(), hard_state(3, 199));
+    wal.append(&[entry(201, 4)], None)
+        .expect("append after reopen");
+    assert_eq!(wal.term(201), Some(4));
+}
+
+#[test]
+fn a_torn_tail_is_cut_off_and_the_log_goes_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wal = Wal::open(dir.path(), false, 1 << 20).expect("open");
+    wal.append(&(1..=5).map(|i| entry(i, 1)).collect::<Vec<_>>(), None)
+        .expect("append");
+    drop(wal);
+    let (_, last) = list_segments(dir.path())
+        .expect("list")
+        .pop()
+        .expect("a segment");
+    let intact = std::fs::metadata(&last).expect("meta").len();
+    // A crash in the middle of the next write: a frame header promising more than is there.
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&last)
+        .expect("open segment");
+    f.write_all(&[200, 0, 0, 0, 1, 2, 3, 4, 9, 9])
+        .expect("write");
+    drop(f);
+    let wal = Wal::open(dir.path(), false, 1 << 20).expect("reopen");
+    assert_log(&wal, 1, 5, |_| 1);
+    assert_eq!(std::fs::metadata(&last).expect("meta").len(), intact);
+    wal.append(&[entry(6, 1)], None).expect("append");
+    drop(wal);
+    let wal = Wal::open(dir.path(), false, 1 << 20).expect("reopen");
+    assert_log(&wal, 1, 6, |_| 1);
+}
+
+#[test]
+fn damage_before_the_newest_segment_is_refused_and_left_alone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wal = Wal::open(dir.path(), false, SMALL).expect("open");
+    for i in 1..=60 {
+        wal.append(&[entry(i, 1)], None).expect("append");
+    }
+    drop(wal);
+    let segments = list_segments(dir.path()).expect("list");
+    assert!(segments.len() >= 3);
+    let victim = &segments[1].1;
+    let mut bytes = std::fs::read(victim).expect("read");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(victim, &bytes).expect("write");
+    let err = Wal::open(dir.path(), false, SMALL).err().expect("refused");
+    assert!(matches!(err, StorageError::Corrupt { .. }), "{err}");
+    assert_eq!(std::fs::read(victim).expect("read"), bytes);
+    assert_eq!(
+        list_segments(dir.path()).expect("list").len(),
+        segments.len()
+    );
+}
+
+#[test]
+fn an_interrupted_segment_creation_is_redone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wal = Wal::open(dir.path(), false, 1 << 20).expect("open");
+    wal.append(&[entry(1, 1), entry(2, 1)], None)
+        .expect("append");
+    drop(wal);
+    // The crash hit after the next segment's file was created, before its start was written.
+    std::fs::File::create(dir.path().join(format!("{:016x}.seg", 2))).expect("create");
+    let wal = Wal::open(dir.path(), false, 1 << 20).expect("reopen");
+    assert_log(&wal, 1, 2, |_| 1);
+    wal.append(&[entry(3, 1)], None).expect("append");
+    drop(wal);
+    let wal = Wal::open(dir.path(), false, 1 << 20).expect("reopen");
+    assert_log(&wal, 1, 3, |_| 1);
+}
+
+#[test]
+fn a_reset_replaces_the_log_and_frees_its_segments() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wal = Wal::open(dir.path(), false, SMALL).expect("open");
+    for i in 1..=80 {
+        wal.append(&[entry(i, 1)], None).expect("append");
+    }
+    // A snapshot at 50 from a leader whose log disagrees from 40 on.
+    wal.reset((50, 2), &hard_state(2, 50)).expect("reset");
+    assert_eq!(wal.segment_count(), 1, "every older segment is dead");
+    assert_log(&wal, 51, 50, |_| 2);
+    assert_eq!(wal.term(50), Some(2));
+    wal.append(&[entry(51, 2)], None).expect("append");
+    drop(wal);
+    let wal = Wal::open(dir.path(), false, SMALL).expect("reopen");
+    assert_eq!(wal.truncated(), (50, 2));
+    assert_log(&wal, 51, 51, |_| 2);
+    assert_eq!(wal.hard_state(), hard_state(2, 50));
+}
+
+#[test]
+fn a_read_only_open_writes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wal_dir = dir.path().join("wal");
+    let ro = Wal::open(&wal_dir, true, SMALL).expect("open missing dir read-only");
+    assert_eq!(ro.last_index(), 0);
+    assert!(!wal_dir.exists());
+    assert!(ro.append(&[entry(1, 1)], None).is_err());
+    let wal = Wal::open(&wal_dir, false, SMALL).expect("open");
+    wal.append(&[entry(1, 1)], None).expect("append");
+    let ro = Wal::open(&wal_dir, true, SMALL).expect("open read-only");
+    assert_log(&ro, 1, 1, |_| 1);
+}
