@@ -1,4 +1,4 @@
-//! pontoon's benchmark: an N-node cluster in this process (real loopback gRPC, LMDB with fsync on,
+//! pontoon's benchmark: an N-node cluster in this process (real loopback gRPC, WAL + LMDB, fsync on,
 //! fresh data dirs), driven by concurrent proposers through `RaftNode::propose`.
 //!
 //!     cargo run --release --example bench -- --nodes 3 --clients 256 --seconds 10
@@ -45,6 +45,9 @@ struct Args {
     /// restart it on its data dir and time how fast it catches up (entries/s).
     #[arg(long)]
     catchup: Option<u64>,
+    /// After the load, print every node's metrics (Prometheus text) to stderr.
+    #[arg(long)]
+    dump_metrics: bool,
 }
 
 /// Counts applied entries and keeps their bytes (so a snapshot has real size); answers nothing.
@@ -252,13 +255,13 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
         let entries = target - behind_from;
         let result = serde_json::json!({
             "mode": "catchup",
-            "setup": format!("{} nodes in one process, loopback gRPC, LMDB fsync on", args.nodes),
+            "setup": format!("{} nodes in one process, loopback gRPC, WAL + LMDB with fsync on", args.nodes),
             "entries_behind": entries,
             "entry_bytes": args.size,
             "catchup_seconds": secs,
             "entries_per_sec": entries as f64 / secs,
             "polls": polls,
-            "note": "time from restarting the follower (open LMDB, start gRPC) until it applied the leader's applied index",
+            "note": "time from restarting the follower (open the data dir, start gRPC) until it applied the leader's applied index",
         });
         println!("{}", serde_json::to_string_pretty(&result)?);
         nodes[idx] = restarted;
@@ -315,7 +318,7 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     let ops = all.len() as f64;
     let result = serde_json::json!({
         "mode": args.mode,
-        "setup": format!("{} nodes in one process, loopback gRPC, LMDB fsync on", args.nodes),
+        "setup": format!("{} nodes in one process, loopback gRPC, WAL + LMDB with fsync on", args.nodes),
         "clients": args.clients,
         "entry_bytes": args.size,
         "seconds": elapsed,
@@ -336,6 +339,11 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     } else {
         for (k, v) in result.as_object().into_iter().flatten() {
             println!("{k:<28} {v}");
+        }
+    }
+    if args.dump_metrics {
+        for (i, node) in nodes.iter().enumerate() {
+            eprintln!("# node {}\n{}", i + 1, node.metrics_text());
         }
     }
     for node in &nodes {
