@@ -288,3 +288,60 @@ async fn rpc_from_another_cluster_or_malformed_is_refused_and_node_keeps_serving
     cluster.wait_all_applied(1).await;
     cluster.shutdown().await;
 }
+
+/// Open a `StreamMessages` call with the given metadata and batches; the status it ends with.
+async fn stream_outcome(
+    client: &mut pb::raft_service_client::RaftServiceClient<tonic::transport::Channel>,
+    cluster_id: &str,
+    from: &str,
+    batches: Vec<pb::MessageBatch>,
+) -> Result<(), tonic::Status> {
+    let mut request = tonic::Request::new(tokio_stream::iter(batches));
+    request.metadata_mut().insert_bin(
+        "pontoon-cluster-bin",
+        tonic::metadata::BinaryMetadataValue::from_bytes(cluster_id.as_bytes()),
+    );
+    request
+        .metadata_mut()
+        .insert("pontoon-from", from.parse().expect("ascii"));
+    let mut answers = client.stream_messages(request).await?.into_inner();
+    while answers.message().await?.is_some() {}
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_stream_from_another_cluster_or_with_garbage_is_refused_and_node_keeps_serving() {
+    let cluster = TestCluster::start(3).await;
+    let config = cluster.config(1);
+    let mut client = pontoon::client::connect_lazy(&cluster.peers[&1], &config).expect("client");
+    let foreign = stream_outcome(&mut client, "someone-else", "2", vec![])
+        .await
+        .expect_err("a stream of another cluster must be refused");
+    assert_eq!(foreign.code(), tonic::Code::PermissionDenied);
+    let anonymous = stream_outcome(&mut client, &cluster.cluster_id, "node two", vec![])
+        .await
+        .expect_err("a stream without a sender id must be refused");
+    assert_eq!(anonymous.code(), tonic::Code::InvalidArgument);
+    let batch = |messages: Vec<Vec<u8>>| pb::MessageBatch {
+        cluster_id: cluster.cluster_id.clone(),
+        from: 2,
+        messages,
+    };
+    // An accepted stream ends with the refusal of its first bad batch.
+    let garbage = stream_outcome(
+        &mut client,
+        &cluster.cluster_id,
+        "2",
+        vec![batch(vec![]), batch(vec![vec![0xff, 0xff, 0xff]])],
+    )
+    .await
+    .expect_err("garbage must be refused");
+    assert_eq!(garbage.code(), tonic::Code::InvalidArgument);
+    // A stream that only carries good batches ends cleanly when the sender closes it.
+    stream_outcome(&mut client, &cluster.cluster_id, "2", vec![batch(vec![])])
+        .await
+        .expect("an empty batch is fine");
+    cluster.propose(1, "still-alive").await;
+    cluster.wait_all_applied(1).await;
+    cluster.shutdown().await;
+}

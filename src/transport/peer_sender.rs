@@ -1,9 +1,15 @@
 //! `GrpcTransport`: one sender task per peer.
 //!
 //! Each peer has a bounded queue. Its task takes whatever is queued (up to `max_batch_messages`)
-//! and delivers it in one `SendMessages` call. On failure the batch is dropped, the peer is
-//! reported unreachable to raft (which then probes instead of pipelining) and the task waits with
-//! capped exponential backoff before the next attempt. Nothing here ever blocks the run loop.
+//! and pushes it as one batch into a long-lived `StreamMessages` stream to the peer. The stream
+//! keeps batches in order and lets the next one leave without waiting for the peer to answer the
+//! previous one (a unary call per batch spent most of its time waiting on the round trip).
+//!
+//! Opening the stream proves the peer is there (it checks cluster and sender first). When opening
+//! fails, the stream ends with an error (the peer refused a batch, or the connection broke) or
+//! the peer takes no batch within the RPC timeout, the batch is dropped, the peer is reported
+//! unreachable to raft (which then probes instead of pipelining) and the task waits with capped
+//! exponential backoff before opening a new stream. Nothing here ever blocks the run loop.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -19,15 +25,38 @@ use tokio::task::JoinHandle;
 use super::pb;
 use super::{FaultInjector, Transport, Verdict};
 use tonic::transport::Channel;
+use tonic::{Request, Status};
 
 use crate::client::connect_lazy;
 use crate::config::{Config, Peers};
 use crate::metrics::Metrics;
 use crate::node::Command;
 use crate::transport::pb::raft_service_client::RaftServiceClient as GrpcClient;
+use crate::transport::server::{STREAM_CLUSTER_HEADER, STREAM_FROM_HEADER};
 
 const BACKOFF_START: Duration = Duration::from_millis(20);
 const BACKOFF_CAP: Duration = Duration::from_secs(1);
+/// Batches that may wait in an open stream before the sender waits for the peer to take them.
+const STREAM_DEPTH: usize = 64;
+
+/// The open `StreamMessages` call to one peer.
+struct OpenStream {
+    batches: mpsc::Sender<pb::MessageBatch>,
+    /// Finishes when the call does: with the status the peer ended it with, `None` when it
+    /// closed the stream without one.
+    ended: JoinHandle<Option<Status>>,
+}
+
+impl OpenStream {
+    /// Why the call ended (wait for the watcher, which has finished or is about to).
+    async fn end_status(self) -> Status {
+        match self.ended.await {
+            Ok(Some(status)) => status,
+            Ok(None) => Status::unavailable("the peer closed the message stream"),
+            Err(_) => Status::unavailable("the message stream's watcher stopped"),
+        }
+    }
+}
 
 struct PeerSender {
     addr: String,
@@ -201,6 +230,7 @@ impl SenderWorker {
         };
         let mut backoff = BACKOFF_START;
         let mut failing = false;
+        let mut stream: Option<OpenStream> = None;
         let mut batch = Vec::with_capacity(self.config.max_batch_messages);
         while let Some(first) = queue.recv().await {
             batch.clear();
@@ -217,7 +247,13 @@ impl SenderWorker {
                 .partition(|m| m.get_msg_type() == MessageType::MsgSnapshot);
             if !messages.is_empty() {
                 let ok = self
-                    .send_batch(&mut client, &messages, &mut failing, &mut backoff)
+                    .send_batch(
+                        &mut client,
+                        &mut stream,
+                        &messages,
+                        &mut failing,
+                        &mut backoff,
+                    )
                     .await;
                 if !ok {
                     for _ in &snapshots {
@@ -249,10 +285,12 @@ impl SenderWorker {
             .try_send(Command::ReportSnapshot(self.to, status));
     }
 
-    /// One `SendMessages` call; false when it failed (the caller backs off).
+    /// Push one batch into the stream (opening it first when there is none); false when it
+    /// failed (the caller backs off).
     async fn send_batch(
         &self,
         client: &mut GrpcClient<Channel>,
+        stream: &mut Option<OpenStream>,
         messages: &[Message],
         failing: &mut bool,
         backoff: &mut Duration,
@@ -264,24 +302,17 @@ impl SenderWorker {
                 Err(e) => slog::error!(self.logger, "cannot encode raft message"; "error" => %e),
             }
         }
-        let request = pb::MessageBatch {
+        let batch = pb::MessageBatch {
             cluster_id: self.cluster_id.clone(),
             from: self.from,
             messages: encoded,
         };
-        let sent =
-            tokio::time::timeout(self.config.rpc_timeout, client.send_messages(request)).await;
-        match sent {
-            Ok(Ok(_)) => {
+        match self.push(client, stream, batch, failing, backoff).await {
+            Ok(()) => {
                 self.sent.inc_by(messages.len() as u64);
-                if *failing {
-                    slog::info!(self.logger, "peer reachable again"; "addr" => &self.addr);
-                }
-                *failing = false;
-                *backoff = BACKOFF_START;
                 true
             }
-            Ok(Err(status)) => {
+            Err(status) => {
                 self.dropped.inc_by(messages.len() as u64);
                 self.on_failure(failing, &status.to_string());
                 if status.code() == tonic::Code::PermissionDenied {
@@ -290,12 +321,82 @@ impl SenderWorker {
                 }
                 false
             }
+        }
+    }
+
+    async fn push(
+        &self,
+        client: &mut GrpcClient<Channel>,
+        stream: &mut Option<OpenStream>,
+        batch: pb::MessageBatch,
+        failing: &mut bool,
+        backoff: &mut Duration,
+    ) -> Result<(), Status> {
+        if let Some(ended) = stream.take_if(|s| s.ended.is_finished()) {
+            return Err(ended.end_status().await);
+        }
+        let open = match stream {
+            Some(open) => open,
+            None => {
+                let open = self.open_stream(client).await?;
+                if *failing {
+                    slog::info!(self.logger, "peer reachable again"; "addr" => &self.addr);
+                }
+                *failing = false;
+                *backoff = BACKOFF_START;
+                stream.insert(open)
+            }
+        };
+        match tokio::time::timeout(self.config.rpc_timeout, open.batches.send(batch)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => match stream.take() {
+                Some(ended) => Err(ended.end_status().await),
+                None => Err(Status::unavailable("the message stream ended")),
+            },
             Err(_) => {
-                self.dropped.inc_by(messages.len() as u64);
-                self.on_failure(failing, "timed out");
-                false
+                if let Some(stuck) = stream.take() {
+                    stuck.ended.abort();
+                }
+                Err(Status::deadline_exceeded(
+                    "the peer took no message within the RPC timeout",
+                ))
             }
         }
+    }
+
+    /// Open a `StreamMessages` call; it is accepted once the peer checked cluster and sender.
+    async fn open_stream(&self, client: &mut GrpcClient<Channel>) -> Result<OpenStream, Status> {
+        let (batches, outbound) = mpsc::channel(STREAM_DEPTH);
+        let mut request = Request::new(tokio_stream::wrappers::ReceiverStream::new(outbound));
+        let meta = request.metadata_mut();
+        meta.insert_bin(
+            STREAM_CLUSTER_HEADER,
+            tonic::metadata::BinaryMetadataValue::from_bytes(self.cluster_id.as_bytes()),
+        );
+        meta.insert(STREAM_FROM_HEADER, self.from.into());
+        let response =
+            match tokio::time::timeout(self.config.rpc_timeout, client.stream_messages(request))
+                .await
+            {
+                Ok(Ok(response)) => response,
+                Ok(Err(status)) => return Err(status),
+                Err(_) => {
+                    return Err(Status::deadline_exceeded(
+                        "opening the message stream timed out",
+                    ))
+                }
+            };
+        let mut inbound = response.into_inner();
+        let ended = tokio::spawn(async move {
+            loop {
+                match inbound.message().await {
+                    Ok(Some(_)) => {}
+                    Ok(None) => return None,
+                    Err(status) => return Some(status),
+                }
+            }
+        });
+        Ok(OpenStream { batches, ended })
     }
 
     /// Stream one MsgSnapshot in chunks of `snapshot_chunk_bytes`. The chunks are cut from the

@@ -67,6 +67,30 @@ pub(crate) fn check_cluster(local: &str, cluster_id: &str) -> Result<(), Status>
     Ok(())
 }
 
+/// Metadata naming the cluster of a `StreamMessages` stream (binary: cluster ids are any UTF-8).
+pub(crate) const STREAM_CLUSTER_HEADER: &str = "pontoon-cluster-bin";
+/// Metadata naming the sender of a `StreamMessages` stream.
+pub(crate) const STREAM_FROM_HEADER: &str = "pontoon-from";
+
+/// Check one batch (cluster, injected partition, every message) and hand its messages to the
+/// run loop, in order. Shared by `SendMessages` and `StreamMessages`.
+async fn deliver_batch(node: &RaftNode, batch: &pb::MessageBatch) -> Result<(), Status> {
+    check_cluster(node.cluster_id(), &batch.cluster_id)?;
+    if node.shared.faults.is_cut_off(batch.from) {
+        return Err(Status::unavailable(
+            "partitioned from the sender (injected fault)",
+        ));
+    }
+    // Decode the whole batch first: a malformed batch is refused whole.
+    let messages = decode_message_batch(batch, node.id())?;
+    for msg in messages {
+        node.deliver(msg)
+            .await
+            .map_err(|_| Status::unavailable("node is shutting down"))?;
+    }
+    Ok(())
+}
+
 /// Decode and check a `SendMessages` batch for node `local_id`: every element must be a raft
 /// message addressed to this node from the batch's sender. A malformed batch is refused whole.
 ///
@@ -131,22 +155,54 @@ impl RaftService for RaftGrpcService {
         &self,
         request: Request<pb::MessageBatch>,
     ) -> Result<Response<pb::SendAck>, Status> {
-        let batch = request.into_inner();
-        self.check_cluster(&batch.cluster_id)?;
-        if self.node.shared.faults.is_cut_off(batch.from) {
+        deliver_batch(&self.node, &request.into_inner()).await?;
+        Ok(Response::new(pb::SendAck {}))
+    }
+
+    type StreamMessagesStream = tokio_stream::wrappers::ReceiverStream<Result<pb::SendAck, Status>>;
+
+    async fn stream_messages(
+        &self,
+        request: Request<tonic::Streaming<pb::MessageBatch>>,
+    ) -> Result<Response<Self::StreamMessagesStream>, Status> {
+        // Refuse a foreign or cut-off sender before accepting the stream, so its sender sees
+        // the failure when it opens the stream and backs off.
+        let meta = request.metadata();
+        let cluster = meta
+            .get_bin(STREAM_CLUSTER_HEADER)
+            .and_then(|v| v.to_bytes().ok())
+            .and_then(|b| String::from_utf8(b.to_vec()).ok())
+            .unwrap_or_default();
+        self.check_cluster(&cluster)?;
+        let from = meta
+            .get(STREAM_FROM_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or_else(|| Status::invalid_argument("stream without a valid pontoon-from"))?;
+        if self.node.shared.faults.is_cut_off(from) {
             return Err(Status::unavailable(
                 "partitioned from the sender (injected fault)",
             ));
         }
-        // Decode the whole batch first: a malformed batch is refused whole.
-        let messages = decode_message_batch(&batch, self.node.id())?;
-        for msg in messages {
-            self.node
-                .deliver(msg)
-                .await
-                .map_err(|_| Status::unavailable("node is shutting down"))?;
-        }
-        Ok(Response::new(pb::SendAck {}))
+        let mut inbound = request.into_inner();
+        let (refusal, response) = tokio::sync::mpsc::channel(1);
+        let node = self.node.clone();
+        tokio::spawn(async move {
+            loop {
+                let batch = match inbound.message().await {
+                    Ok(Some(batch)) => batch,
+                    // The sender closed the stream, or it broke: nothing to answer.
+                    Ok(None) | Err(_) => return,
+                };
+                if let Err(status) = deliver_batch(&node, &batch).await {
+                    let _ = refusal.send(Err(status)).await;
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            response,
+        )))
     }
 
     async fn install_snapshot(
