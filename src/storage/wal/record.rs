@@ -10,8 +10,9 @@
 //! - `Compact`: `index u64 | term u64`: every entry up to `index` is gone; `term` is its term.
 //! - `Reset`: `index u64 | term u64 | hard state`: the log was replaced by a snapshot at `index`.
 //!
-//! A record whose frame is cut short or whose CRC does not match ends the readable log; only the
-//! last segment may end that way (a write the crash interrupted, never acknowledged).
+//! An all-zero frame header (the zeros written ahead of the records) ends a segment. A record
+//! whose frame is cut short or whose CRC does not match ends the readable log; only the last
+//! segment may end that way (a write the crash interrupted, never acknowledged).
 
 use protobuf::Message as PbMessage;
 use raft::eraftpb::{Entry, HardState};
@@ -185,7 +186,8 @@ pub(crate) enum Frame<'a> {
 }
 
 pub(crate) fn next_frame(bytes: &[u8]) -> Frame<'_> {
-    if bytes.is_empty() {
+    // Nothing left, or the zeros a segment is filled with ahead of its records.
+    if bytes.iter().take(FRAME_HEADER).all(|&b| b == 0) {
         return Frame::End;
     }
     if bytes.len() < FRAME_HEADER {

@@ -1,4 +1,4 @@
-use std::io::Write;
+use std::os::unix::fs::FileExt;
 
 use raft::eraftpb::{Entry, HardState};
 
@@ -35,6 +35,15 @@ fn assert_log(wal: &Wal, low: u64, high: u64, term_of: impl Fn(u64) -> u64) {
 }
 
 const SMALL: u64 = 1024;
+
+/// Where a segment's records end and the zeros written ahead of them begin.
+fn records_end(segment: &std::path::Path) -> u64 {
+    let bytes = std::fs::read(segment).expect("read segment");
+    bytes
+        .iter()
+        .rposition(|&b| b != 0)
+        .map_or(0, |p| p as u64 + 1)
+}
 
 #[test]
 fn entries_and_hard_state_come_back_after_reopen() {
@@ -95,13 +104,17 @@ fn a_torn_tail_is_cut_off_and_the_log_goes_on() {
         .expect("list")
         .pop()
         .expect("a segment");
-    let intact = std::fs::metadata(&last).expect("meta").len();
+    let intact = records_end(&last);
+    assert!(
+        intact < std::fs::metadata(&last).expect("meta").len(),
+        "the segment is filled ahead with zeros"
+    );
     // A crash in the middle of the next write: a frame header promising more than is there.
-    let mut f = std::fs::OpenOptions::new()
-        .append(true)
+    let f = std::fs::OpenOptions::new()
+        .write(true)
         .open(&last)
         .expect("open segment");
-    f.write_all(&[200, 0, 0, 0, 1, 2, 3, 4, 9, 9])
+    f.write_all_at(&[200, 0, 0, 0, 1, 2, 3, 4, 9, 9], intact)
         .expect("write");
     drop(f);
     let wal = Wal::open(dir.path(), false, 1 << 20).expect("reopen");
@@ -125,7 +138,7 @@ fn damage_before_the_newest_segment_is_refused_and_left_alone() {
     assert!(segments.len() >= 3);
     let victim = &segments[1].1;
     let mut bytes = std::fs::read(victim).expect("read");
-    let mid = bytes.len() / 2;
+    let mid = records_end(victim) as usize / 2;
     bytes[mid] ^= 0xff;
     std::fs::write(victim, &bytes).expect("write");
     let err = Wal::open(dir.path(), false, SMALL).err().expect("refused");
