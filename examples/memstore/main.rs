@@ -13,6 +13,7 @@ mod web;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use clap::Parser;
 use pontoon::storage::LmdbStorage;
 use pontoon::{Config, Raft};
@@ -74,6 +75,11 @@ struct Args {
     /// Without TLS it travels in clear.
     #[arg(long, value_name = "SECRET")]
     join_token: Option<String>,
+    /// Worker threads of the runtime that serves HTTP, apart from the one that runs the raft
+    /// nodes, so that many busy HTTP connections do not queue ahead of the nodes' run loops and
+    /// gRPC tasks. 0 serves HTTP on the nodes' runtime.
+    #[arg(long, default_value_t = 2)]
+    http_threads: usize,
 }
 
 /// TLS material and join token, read and checked once at startup.
@@ -131,6 +137,7 @@ async fn start_node(
     args: &Args,
     security: &Security,
     logger: &pontoon::slog::Logger,
+    http_runtime: &tokio::runtime::Handle,
 ) -> Result<(Raft<HashStore>, tokio::task::JoinHandle<()>), Box<dyn std::error::Error>> {
     let config = security.apply(Config {
         cluster_id: args.cluster_id.clone(),
@@ -156,8 +163,9 @@ async fn start_node(
             std::str::from_utf8(key).map_err(|e| pontoon::Error::InvalidRequest(e.to_string()))?;
         Ok(store.get(key).unwrap_or_default().into_bytes())
     });
-    let listener = tokio::net::TcpListener::bind(&spec.web_addr)
-        .await
+    // Bound here (so a taken port fails the start), registered with the HTTP runtime below.
+    let listener = std::net::TcpListener::bind(&spec.web_addr)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
         .map_err(|e| format!("cannot listen on HTTP address {}: {e}", spec.web_addr))?;
     let app = web::router(web::AppState {
         raft: raft.clone(),
@@ -173,8 +181,20 @@ async fn start_node(
     let stopper = raft.clone();
     // The HTTP server drains in-flight requests (e.g. the answer to POST /leave) once the node
     // has stopped; main waits for it before exiting.
-    let http = tokio::spawn(async move {
+    let http_logger = logger.clone();
+    let http = http_runtime.spawn(async move {
         let shutdown = async move { stopper.stopped().await };
+        let listener = match tokio::net::TcpListener::from_std(listener) {
+            Ok(l) => l,
+            Err(e) => {
+                pontoon::slog::crit!(http_logger, "HTTP listener unusable"; "error" => %e);
+                return;
+            }
+        };
+        // Answers are small and written whole: never hold one back waiting for an ACK.
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let _ = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
             .await;
@@ -189,16 +209,50 @@ async fn start_node(
     Ok((raft, http))
 }
 
-#[tokio::main]
-async fn main() {
-    if let Err(e) = real_main().await {
+fn main() {
+    let args = Args::parse();
+    let result = build_runtimes(args.http_threads).and_then(|(nodes_rt, http_rt)| {
+        let http = http_rt
+            .as_ref()
+            .map_or_else(|| nodes_rt.handle().clone(), |rt| rt.handle().clone());
+        let result = nodes_rt.block_on(real_main(args, http));
+        // In-flight HTTP connections end with the process.
+        if let Some(rt) = http_rt {
+            rt.shutdown_background();
+        }
+        result
+    });
+    if let Err(e) = result {
         eprintln!("memstore: {e}");
         std::process::exit(1);
     }
 }
 
-async fn real_main() -> Result<(), Box<dyn std::error::Error>> {
-    let args = Args::parse();
+/// The runtime of the raft nodes and, with `http_threads` above 0, a separate one for HTTP.
+fn build_runtimes(
+    http_threads: usize,
+) -> Result<(tokio::runtime::Runtime, Option<tokio::runtime::Runtime>), Box<dyn std::error::Error>>
+{
+    let nodes = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let http = match http_threads {
+        0 => None,
+        n => Some(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(n)
+                .thread_name("memstore-http")
+                .enable_all()
+                .build()?,
+        ),
+    };
+    Ok((nodes, http))
+}
+
+async fn real_main(
+    args: Args,
+    http_runtime: tokio::runtime::Handle,
+) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(dir) = &args.show_persisted {
         let formatter = |bytes: &[u8]| {
             use pontoon::AbstractLogEntry;
@@ -289,7 +343,7 @@ async fn real_main() -> Result<(), Box<dyn std::error::Error>> {
     let mut nodes = Vec::new();
     let mut servers = Vec::new();
     for spec in specs {
-        let (node, http) = start_node(spec, &args, &security, &logger).await?;
+        let (node, http) = start_node(spec, &args, &security, &logger, &http_runtime).await?;
         nodes.push(node);
         servers.push(http);
     }
