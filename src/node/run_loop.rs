@@ -604,6 +604,11 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
     /// transport received it into (see `transport::snapshot_file_ref`): the file is read once,
     /// stored, and its user bytes handed to `restore` without another copy.
     async fn install_snapshot(&mut self, mut snapshot: Snapshot) -> Result<()> {
+        // A snapshot of our own still being stored would otherwise land after this one and
+        // name an older state as the latest.
+        if let Some(task) = self.snapshot_task.take() {
+            let _ = task.await;
+        }
         let meta = snapshot.take_metadata();
         let index = meta.index;
         let data = snapshot.take_data();

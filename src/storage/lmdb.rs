@@ -1,11 +1,12 @@
 //! `LmdbStorage`: the default `LogStore`. Per node, one LMDB environment (through heed) holds who
-//! the data dir belongs to, the membership and the snapshot; the log itself (entries, hard state,
-//! compaction point) is an append-only WAL beside it (`wal/`), synced once per batch.
+//! the data dir belongs to, the membership and the snapshot's metadata; the log itself (entries,
+//! hard state, compaction point) is an append-only WAL beside it (`wal/`), synced once per batch,
+//! and the snapshot's data is a file (`snapshots/`).
 //!
-//! Layout (DESIGN §4, format 2; format 1 kept the log in LMDB too):
+//! Layout (DESIGN §4, format 2; format 1 kept log and snapshot data in LMDB too):
 //! - DB `meta`: `format_version`, `node_id`, `cluster_id`, `conf_state` (`conf index u64 BE |
 //!   ConfState`), `snapshot_meta`, `peers` (bincode address book).
-//! - DB `snapshot`: `data` -> the latest snapshot's envelope.
+//! - `snapshots/<index>-<term>.snap`: the latest snapshot's envelope (`snapshot_files.rs`).
 //! - `wal/*.seg`: see `wal/mod.rs`.
 //!
 //! Durability: the env is opened with LMDB's default flags, so every committed write transaction
@@ -37,6 +38,7 @@ use super::records::{
     decode_peers, decode_snapshot_meta, encode_conf_state, encode_pb, encode_peers, K_CLUSTER,
     K_CONF_STATE, K_FORMAT, K_NODE, K_PEERS, K_SNAPSHOT_META,
 };
+use super::snapshot_files::SnapshotFiles;
 use super::wal::{Wal, DEFAULT_SEGMENT_BYTES};
 use super::{LogStore, PersistBatch, StorageError};
 use crate::config::Peers;
@@ -46,7 +48,6 @@ pub const FORMAT_VERSION: u32 = 2;
 
 type MetaDb = Database<Str, Bytes>;
 
-const K_SNAPSHOT_DATA: &str = "data";
 /// The WAL's directory inside the data dir.
 const WAL_DIR: &str = "wal";
 
@@ -68,7 +69,7 @@ struct Inner {
     env: Env<WithoutTls>,
     wal: Wal,
     meta: MetaDb,
-    snapshot: MetaDb,
+    snapshots: SnapshotFiles,
     /// Held shared by every transaction, exclusively while the map is resized (LMDB requires
     /// that no transaction is active during `mdb_env_set_mapsize`).
     txn_gate: RwLock<()>,
@@ -161,7 +162,6 @@ impl LmdbStorage {
 
         let mut wtxn = env.write_txn()?;
         let meta: MetaDb = env.create_database(&mut wtxn, Some("meta"))?;
-        let snapshot: MetaDb = env.create_database(&mut wtxn, Some("snapshot"))?;
         if identity.is_none() {
             meta.put(&mut wtxn, K_FORMAT, &FORMAT_VERSION.to_be_bytes())?;
             meta.put(&mut wtxn, K_NODE, &node_id.to_be_bytes())?;
@@ -169,8 +169,23 @@ impl LmdbStorage {
         }
         wtxn.commit()?;
 
+        // The snapshot the metadata names must be there before anything else is touched.
+        let snapshots = SnapshotFiles::open(&path, false)?;
+        let current = {
+            let rtxn = env.read_txn()?;
+            match meta.get(&rtxn, K_SNAPSHOT_META)? {
+                Some(b) => Some(decode_snapshot_meta(b)?),
+                None => None,
+            }
+        }
+        .filter(|m| m.index > 0)
+        .map(|m| (m.index, m.term));
+        if let Some((index, term)) = current {
+            snapshots.check(index, term)?;
+        }
         let wal = Wal::open(&path.join(WAL_DIR), false, segment_bytes)?;
-        let store = Self::from_parts(env, wal, meta, snapshot, path)?;
+        snapshots.keep_only(current)?;
+        let store = Self::from_parts(env, wal, meta, snapshots, path)?;
         store.reconcile_log_with_snapshot()?;
         Ok(store)
     }
@@ -196,14 +211,14 @@ impl LmdbStorage {
         env: Env<WithoutTls>,
         wal: Wal,
         meta: MetaDb,
-        snapshot: MetaDb,
+        snapshots: SnapshotFiles,
         path: PathBuf,
     ) -> Result<Self, StorageError> {
         let inner = Inner {
             env,
             wal,
             meta,
-            snapshot,
+            snapshots,
             txn_gate: RwLock::new(()),
             cache: RwLock::new(Cache::default()),
             snapshot_request: AtomicBool::new(false),
@@ -255,13 +270,11 @@ impl LmdbStorage {
             .open_database(&rtxn, Some("meta"))?
             .ok_or_else(|| not_a_dir("an LMDB environment without pontoon's metadata"))?;
         read_identity(&meta, &rtxn, &path)?;
-        let snapshot: MetaDb = env
-            .open_database(&rtxn, Some("snapshot"))?
-            .ok_or_else(|| not_a_dir("no snapshot database"))?;
         // Committing (not dropping) the read transaction keeps the database handles valid.
         rtxn.commit()?;
         let wal = Wal::open(&path.join(WAL_DIR), true, DEFAULT_SEGMENT_BYTES)?;
-        Self::from_parts(env, wal, meta, snapshot, path)
+        let snapshots = SnapshotFiles::open(&path, true)?;
+        Self::from_parts(env, wal, meta, snapshots, path)
     }
 
     /// The stored conf state and the log index of the change it reflects.
@@ -510,13 +523,13 @@ impl LogStore for LmdbStorage {
                 meta.index
             )));
         }
-        // The snapshot first, then the log reset; `reconcile_log_with_snapshot` finishes an
-        // install a crash interrupted between the two.
+        // The snapshot first (file, then the metadata naming it), then the log reset;
+        // `reconcile_log_with_snapshot` finishes an install a crash interrupted in between.
+        self.inner.snapshots.write(meta.index, meta.term, data)?;
         self.write_txn(|inner, wtxn| {
             inner.put_pb(wtxn, K_SNAPSHOT_META, meta)?;
             inner.put_conf_state(wtxn, meta.get_conf_state(), meta.index)?;
             inner.put_peers(wtxn, peers)?;
-            inner.snapshot.put(wtxn, K_SNAPSHOT_DATA, data)?;
             Ok(())
         })?;
         self.update_cache(|c| {
@@ -526,20 +539,29 @@ impl LogStore for LmdbStorage {
         let mut hs = self.inner.wal.hard_state();
         hs.term = hs.term.max(meta.term);
         hs.commit = meta.index;
-        self.inner.wal.reset((meta.index, meta.term), &hs)
+        self.inner.wal.reset((meta.index, meta.term), &hs)?;
+        self.inner
+            .snapshots
+            .keep_only(Some((meta.index, meta.term)))
     }
 
     fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), StorageError> {
         let meta = snapshot.get_metadata();
-        self.write_txn(|inner, wtxn| {
-            inner.put_pb(wtxn, K_SNAPSHOT_META, meta)?;
-            inner
-                .snapshot
-                .put(wtxn, K_SNAPSHOT_DATA, snapshot.get_data())?;
-            Ok(())
-        })?;
+        let current = self.cache().snapshot_meta.index;
+        if meta.index < current {
+            return Err(StorageError::InvalidOperation(format!(
+                "snapshot at {} is older than the stored one at {current}",
+                meta.index
+            )));
+        }
+        self.inner
+            .snapshots
+            .write(meta.index, meta.term, snapshot.get_data())?;
+        self.write_txn(|inner, wtxn| inner.put_pb(wtxn, K_SNAPSHOT_META, meta))?;
         self.update_cache(|c| c.snapshot_meta = Arc::new(meta.clone()));
-        Ok(())
+        self.inner
+            .snapshots
+            .keep_only(Some((meta.index, meta.term)))
     }
 
     fn compact(&self, compact_index: u64) -> Result<(), StorageError> {
@@ -555,15 +577,9 @@ impl LogStore for LmdbStorage {
         if meta.index == 0 {
             return Ok(None);
         }
-        let _gate = lock_read(&self.inner.txn_gate);
-        let rtxn = self.inner.env.read_txn()?;
-        let data = self
-            .inner
-            .snapshot
-            .get(&rtxn, K_SNAPSHOT_DATA)?
-            .ok_or_else(|| corrupt("snapshot", "metadata present but data missing"))?;
+        let data = self.inner.snapshots.read(meta.index, meta.term)?;
         let mut snap = Snapshot::default();
-        snap.set_data(bytes::Bytes::copy_from_slice(data));
+        snap.set_data(bytes::Bytes::from(data));
         snap.set_metadata(meta);
         Ok(Some(snap))
     }

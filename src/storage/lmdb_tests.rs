@@ -395,3 +395,51 @@ fn a_received_snapshot_whose_log_reset_a_crash_cut_off_is_finished_on_reopen() {
     assert_eq!(lmdb.first_index().expect("first"), 21);
     assert_eq!(lmdb.last_index().expect("last"), 21);
 }
+
+fn snapshot_file_names(dir: &tempfile::TempDir) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir.path().join("snapshots"))
+        .expect("snapshots dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn only_the_current_snapshot_file_stays_and_a_missing_one_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lmdb = open(&dir);
+    lmdb.persist(PersistBatch {
+        entries: (1..=12).map(|i| entry(i, 1)).collect(),
+        ..Default::default()
+    })
+    .expect("append");
+    lmdb.save_snapshot(&snapshot(5, 1, vec![1])).expect("first");
+    lmdb.save_snapshot(&snapshot(9, 1, vec![1]))
+        .expect("second");
+    assert_eq!(snapshot_file_names(&dir).len(), 1, "the older file is gone");
+    assert!(
+        lmdb.save_snapshot(&snapshot(7, 1, vec![1])).is_err(),
+        "an older snapshot never replaces a newer one"
+    );
+    drop(lmdb);
+    // A crash left a newer file whose metadata never landed, and a half-written one.
+    let snaps = dir.path().join("snapshots");
+    std::fs::write(snaps.join(format!("{:020}-{:020}.snap", 11, 1)), b"orphan").expect("write");
+    std::fs::write(snaps.join("writing-x.snap"), b"half").expect("write");
+    let lmdb = open(&dir);
+    assert_eq!(
+        snapshot_file_names(&dir),
+        vec![format!("{:020}-{:020}.snap", 9, 1)]
+    );
+    let stored = lmdb.latest_snapshot().expect("read").expect("a snapshot");
+    assert_eq!(stored.get_metadata().index, 9);
+    assert_eq!(stored.get_data(), b"snap");
+    drop(lmdb);
+    // The file the metadata names is gone: refuse to open.
+    std::fs::remove_file(snaps.join(format!("{:020}-{:020}.snap", 9, 1))).expect("rm");
+    let err = LmdbStorage::open(dir.path(), 1, "test", 1 << 20)
+        .err()
+        .expect("refused");
+    assert!(matches!(err, StorageError::Corrupt { .. }), "{err}");
+}

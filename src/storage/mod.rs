@@ -10,13 +10,14 @@
 //! - `term(first_index() - 1)` answers: the term of the last compacted entry is kept, as raft's
 //!   `Storage` documentation asks.
 //!
-//! `LmdbStorage` is the default: an append-only WAL for the log (one `fdatasync` per batch) and
-//! an LMDB env for identity, membership and snapshots.
+//! `LmdbStorage` is the default: an append-only WAL for the log (one `fdatasync` per batch), a
+//! file per snapshot, and an LMDB env for identity, membership and snapshot metadata.
 
 mod envelope;
 mod error;
 mod lmdb;
 pub(crate) mod records;
+mod snapshot_files;
 mod staged;
 pub(crate) mod wal;
 

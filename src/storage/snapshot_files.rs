@@ -1,0 +1,117 @@
+//! Snapshot data as plain files beside LMDB: `<data dir>/snapshots/<index>-<term>.snap`.
+//!
+//! Why files: a snapshot is one large value written whole and read whole. In LMDB every new
+//! snapshot was copied into freshly allocated pages (the old ones are reusable only later), so
+//! the map grew to several snapshots' size, a write held a second copy of the data in memory, and
+//! reading it mapped its pages into the process. A file is written from the caller's buffer,
+//! synced, and renamed into place.
+//!
+//! Invariants:
+//! - A `.snap` file is complete and durable before anything refers to it: it is written under a
+//!   temporary name, synced, renamed, and the directory synced.
+//! - LMDB's `snapshot_meta` names the current file (by index and term). Files it does not name
+//!   (an older snapshot not deleted yet, or a newer one whose metadata a crash cut off) and
+//!   temporary files are deleted when the store opens.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use super::records::corrupt;
+use super::StorageError;
+
+const DIR: &str = "snapshots";
+const SUFFIX: &str = ".snap";
+const TMP_PREFIX: &str = "writing-";
+
+/// The snapshot files of one data dir.
+pub(crate) struct SnapshotFiles {
+    dir: PathBuf,
+}
+
+impl SnapshotFiles {
+    /// The snapshot directory of `data_dir` (created unless `read_only`).
+    pub(crate) fn open(data_dir: &Path, read_only: bool) -> Result<Self, StorageError> {
+        let dir = data_dir.join(DIR);
+        if !read_only && !dir.exists() {
+            std::fs::create_dir_all(&dir)?;
+            File::open(data_dir)?.sync_all()?;
+        }
+        Ok(SnapshotFiles { dir })
+    }
+
+    fn name(index: u64, term: u64) -> String {
+        format!("{index:020}-{term:020}{SUFFIX}")
+    }
+
+    fn path(&self, index: u64, term: u64) -> PathBuf {
+        self.dir.join(Self::name(index, term))
+    }
+
+    /// Durably store the data of the snapshot at `index`/`term`.
+    pub(crate) fn write(&self, index: u64, term: u64, data: &[u8]) -> Result<(), StorageError> {
+        let tmp = self
+            .dir
+            .join(format!("{TMP_PREFIX}{}", Self::name(index, term)));
+        let written = (|| {
+            let mut file = File::create(&tmp)?;
+            file.write_all(data)?;
+            file.sync_all()?;
+            std::fs::rename(&tmp, self.path(index, term))?;
+            File::open(&self.dir)?.sync_all()
+        })();
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        Ok(written?)
+    }
+
+    /// The data of the snapshot at `index`/`term`.
+    pub(crate) fn read(&self, index: u64, term: u64) -> Result<Vec<u8>, StorageError> {
+        let path = self.path(index, term);
+        std::fs::read(&path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                corrupt(
+                    "snapshot",
+                    format!("{} is missing (the metadata names it)", path.display()),
+                )
+            } else {
+                StorageError::Io(e)
+            }
+        })
+    }
+
+    /// Check that the file of the snapshot at `index`/`term` is there.
+    pub(crate) fn check(&self, index: u64, term: u64) -> Result<(), StorageError> {
+        let path = self.path(index, term);
+        if path.is_file() {
+            Ok(())
+        } else {
+            Err(corrupt(
+                "snapshot",
+                format!("{} is missing (the metadata names it)", path.display()),
+            ))
+        }
+    }
+
+    /// Delete every snapshot file but the one of `index`/`term` (`None`: keep none), and every
+    /// temporary file.
+    pub(crate) fn keep_only(&self, keep: Option<(u64, u64)>) -> Result<(), StorageError> {
+        let keep = keep.map(|(index, term)| Self::name(index, term));
+        for item in std::fs::read_dir(&self.dir)? {
+            let path = item?.path();
+            let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            let ours = name.ends_with(SUFFIX) || name.starts_with(TMP_PREFIX);
+            if ours && Some(name) != keep.as_deref() {
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        Ok(())
+    }
+}
