@@ -1,8 +1,8 @@
 //! Micro-benchmarks of the storage write path and the codecs on the hot path, so regressions show
 //! up: `cargo bench --bench write_path`.
 //!
-//! The LMDB benchmarks fsync (the default, durable configuration): they measure the cost of one
-//! Ready's write transaction for a given batch size.
+//! The log benchmarks sync (the default, durable configuration): they measure the cost of one
+//! Ready's write (one WAL record and one `fdatasync`) for a given batch size.
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use pontoon::node::{EntryKind, ProposalContext};
@@ -20,11 +20,11 @@ fn entry(index: u64, size: usize) -> Entry {
     e
 }
 
-fn lmdb_persist(c: &mut Criterion) {
+fn log_persist(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = LmdbStorage::open(dir.path(), 1, "bench", 1 << 30).expect("open");
     let mut next = 1u64;
-    let mut group = c.benchmark_group("lmdb_persist");
+    let mut group = c.benchmark_group("log_persist");
     group.sample_size(30);
     for batch in [1usize, 16, 256] {
         group.throughput(Throughput::Elements(batch as u64));
@@ -85,5 +85,5 @@ fn codecs(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, lmdb_persist, codecs);
+criterion_group!(benches, log_persist, codecs);
 criterion_main!(benches);
