@@ -632,7 +632,15 @@ impl raft::Storage for LmdbStorage {
         if high > wal.last_index() + 1 {
             return Err(raft::Error::Store(raft::StorageError::Unavailable));
         }
-        let out = wal.entries(low, high, max_size.into())?;
+        let out = match wal.entries(low, high, max_size.into()) {
+            Ok(out) => out,
+            // A compaction running beside this read passed `low` after the check above: the
+            // answer raft expects is the same as if it had come first.
+            Err(_) if low <= wal.truncated().0 => {
+                return Err(raft::Error::Store(raft::StorageError::Compacted));
+            }
+            Err(e) => return Err(e.into()),
+        };
         if out.is_empty() && low < high {
             return Err(corrupt("log", format!("entries {low}..{high} missing")).into());
         }

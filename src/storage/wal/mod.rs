@@ -427,6 +427,9 @@ impl Wal {
         if entries.is_empty() && hard_state.is_none() {
             return Ok(());
         }
+        let (bytes, spans) = record::encode_append(entries, hard_state)?;
+        // Checked under the tail lock, so a compaction cannot move the log in between.
+        let mut guard = lock(&self.tail);
         {
             let index = self.read_index();
             if let Some(first) = entries.first().map(|e| e.index) {
@@ -444,8 +447,6 @@ impl Wal {
                 }
             }
         }
-        let (bytes, spans) = record::encode_append(entries, hard_state)?;
-        let mut guard = lock(&self.tail);
         let (seq, at) = self.write_record(&mut guard, &bytes)?;
         let locs = entries.iter().zip(spans).map(|(e, (offset, len))| {
             (
