@@ -227,7 +227,7 @@ pub fn render_persisted(state: &PersistedState) -> String {
         state.conf_state_index
     ));
     out.push_str(&format!(
-        "log:            first={} last={} (in {} WAL segment files)\n",
+        "log:            first={} last={} (WAL segment files: {})\n",
         state.first_index, state.last_index, state.log_segments
     ));
     match &state.snapshot {
