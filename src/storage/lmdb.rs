@@ -16,16 +16,16 @@
 //! Ordering between the two: a batch writes the WAL (entries, hard state) first and then LMDB
 //! (conf state, address book). Those two are facts about entries that are already committed and
 //! durable, so a crash between the writes leaves an older membership that replaying the log
-//! restores. A received snapshot is stored in LMDB first and then resets the WAL; a crash between
-//! them is repaired on open (the log is reset to the stored snapshot unless it already agrees
-//! with it).
+//! restores. A received snapshot is stored first (its file, then its metadata in LMDB) and then
+//! resets the WAL; a crash between them is repaired on open (the log is reset to the stored
+//! snapshot unless it already agrees with it).
 //!
 //! Concurrency: the run loop is the only writer of entries. The small values raft asks for on
 //! every step are cached in memory and updated only after a write succeeded.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, RwLock};
 
 use heed::types::{Bytes, Str};
 use heed::{Database, Env, EnvOpenOptions, MdbError, RwTxn, WithoutTls};
@@ -34,13 +34,13 @@ use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState};
 
 use super::records::{
-    corrupt, decode_cluster_id, decode_conf_state, decode_format_version, decode_node_id,
-    decode_peers, decode_snapshot_meta, encode_conf_state, encode_pb, encode_peers, K_CLUSTER,
-    K_CONF_STATE, K_FORMAT, K_NODE, K_PEERS, K_SNAPSHOT_META,
+    decode_cluster_id, decode_conf_state, decode_format_version, decode_node_id, decode_peers,
+    decode_snapshot_meta, encode_conf_state, encode_pb, encode_peers, K_CLUSTER, K_CONF_STATE,
+    K_FORMAT, K_NODE, K_PEERS, K_SNAPSHOT_META,
 };
 use super::snapshot_files::SnapshotFiles;
 use super::wal::{Wal, DEFAULT_SEGMENT_BYTES};
-use super::{LogStore, PersistBatch, StorageError};
+use super::{lock_read, lock_write, LogStore, PersistBatch, StorageError};
 use crate::config::Peers;
 
 /// The on-disk format this build writes and reads.
@@ -85,16 +85,6 @@ struct Cache {
     /// snapshot's conf state.
     snapshot_meta: Arc<SnapshotMetadata>,
     conf_state_index: u64,
-}
-
-fn lock_read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
-    // A poisoned lock only means another thread panicked while holding it; the data (a cache of
-    // committed values) is still consistent because it is replaced whole after each commit.
-    lock.read().unwrap_or_else(|p| p.into_inner())
-}
-
-fn lock_write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
-    lock.write().unwrap_or_else(|p| p.into_inner())
 }
 
 impl LmdbStorage {
@@ -173,13 +163,9 @@ impl LmdbStorage {
         let snapshots = SnapshotFiles::open(&path, false)?;
         let current = {
             let rtxn = env.read_txn()?;
-            match meta.get(&rtxn, K_SNAPSHOT_META)? {
-                Some(b) => Some(decode_snapshot_meta(b)?),
-                None => None,
-            }
-        }
-        .filter(|m| m.index > 0)
-        .map(|m| (m.index, m.term));
+            read_snapshot_meta(&meta, &rtxn)?
+        };
+        let current = (current.index > 0).then_some((current.index, current.term));
         if let Some((index, term)) = current {
             snapshots.check(index, term)?;
         }
@@ -378,6 +364,14 @@ fn open_env(
     })
 }
 
+/// The stored snapshot's metadata (index 0 when there is none).
+fn read_snapshot_meta(meta: &MetaDb, rtxn: &heed::RoTxn) -> Result<SnapshotMetadata, StorageError> {
+    match meta.get(rtxn, K_SNAPSHOT_META)? {
+        Some(b) => decode_snapshot_meta(b),
+        None => Ok(SnapshotMetadata::default()),
+    }
+}
+
 fn read_identity(
     meta: &MetaDb,
     rtxn: &heed::RoTxn,
@@ -434,10 +428,7 @@ fn check_identity(
 impl Inner {
     fn load_cache(&self) -> Result<Cache, StorageError> {
         let rtxn = self.env.read_txn()?;
-        let snapshot_meta = match self.meta.get(&rtxn, K_SNAPSHOT_META)? {
-            Some(b) => decode_snapshot_meta(b)?,
-            None => SnapshotMetadata::default(),
-        };
+        let snapshot_meta = read_snapshot_meta(&self.meta, &rtxn)?;
         let conf_state_index = match self.meta.get(&rtxn, K_CONF_STATE)? {
             Some(b) => decode_conf_state(b)?.1,
             None => 0,
@@ -625,26 +616,7 @@ impl raft::Storage for LmdbStorage {
         max_size: impl Into<Option<u64>>,
         _context: GetEntriesContext,
     ) -> raft::Result<Vec<Entry>> {
-        let wal = &self.inner.wal;
-        if low <= wal.truncated().0 {
-            return Err(raft::Error::Store(raft::StorageError::Compacted));
-        }
-        if high > wal.last_index() + 1 {
-            return Err(raft::Error::Store(raft::StorageError::Unavailable));
-        }
-        let out = match wal.entries(low, high, max_size.into()) {
-            Ok(out) => out,
-            // A compaction running beside this read passed `low` after the check above: the
-            // answer raft expects is the same as if it had come first.
-            Err(_) if low <= wal.truncated().0 => {
-                return Err(raft::Error::Store(raft::StorageError::Compacted));
-            }
-            Err(e) => return Err(e.into()),
-        };
-        if out.is_empty() && low < high {
-            return Err(corrupt("log", format!("entries {low}..{high} missing")).into());
-        }
-        Ok(out)
+        self.inner.wal.entries(low, high, max_size.into())
     }
 
     fn term(&self, idx: u64) -> raft::Result<u64> {

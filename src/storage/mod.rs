@@ -26,9 +26,28 @@ pub use error::StorageError;
 pub use lmdb::{LmdbStorage, StoredIdentity, FORMAT_VERSION};
 pub use staged::StagedLog;
 
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 
 use crate::config::Peers;
+
+// The storage's in-memory state (LMDB's cache, the WAL's index) is changed under these locks in
+// a few steps that cannot fail; a poisoned lock only means another thread panicked while holding
+// it elsewhere, and the value is still whole.
+fn lock_read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn lock_write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Make the names in `dir` (files created, renamed or removed) durable.
+fn sync_dir(dir: &std::path::Path) -> Result<(), StorageError> {
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
 
 /// raft's size rule for `Storage::entries`: entries are taken while their total encoded size
 /// stays within `max_size`, but at least one is always returned.

@@ -18,11 +18,19 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::records::corrupt;
-use super::StorageError;
+use super::{sync_dir, StorageError};
 
 const DIR: &str = "snapshots";
 const SUFFIX: &str = ".snap";
 const TMP_PREFIX: &str = "writing-";
+
+/// The snapshot file the metadata names is not there.
+fn missing(path: &Path) -> StorageError {
+    corrupt(
+        "snapshot",
+        format!("{} is missing (the metadata names it)", path.display()),
+    )
+}
 
 /// The snapshot files of one data dir.
 pub(crate) struct SnapshotFiles {
@@ -35,7 +43,7 @@ impl SnapshotFiles {
         let dir = data_dir.join(DIR);
         if !read_only && !dir.exists() {
             std::fs::create_dir_all(&dir)?;
-            File::open(data_dir)?.sync_all()?;
+            sync_dir(data_dir)?;
         }
         Ok(SnapshotFiles { dir })
     }
@@ -53,17 +61,17 @@ impl SnapshotFiles {
         let tmp = self
             .dir
             .join(format!("{TMP_PREFIX}{}", Self::name(index, term)));
-        let written = (|| {
+        let written = (|| -> Result<(), StorageError> {
             let mut file = File::create(&tmp)?;
             file.write_all(data)?;
             file.sync_all()?;
             std::fs::rename(&tmp, self.path(index, term))?;
-            File::open(&self.dir)?.sync_all()
+            sync_dir(&self.dir)
         })();
         if written.is_err() {
             let _ = std::fs::remove_file(&tmp);
         }
-        Ok(written?)
+        written
     }
 
     /// The data of the snapshot at `index`/`term`.
@@ -71,10 +79,7 @@ impl SnapshotFiles {
         let path = self.path(index, term);
         std::fs::read(&path).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
-                corrupt(
-                    "snapshot",
-                    format!("{} is missing (the metadata names it)", path.display()),
-                )
+                missing(&path)
             } else {
                 StorageError::Io(e)
             }
@@ -87,10 +92,7 @@ impl SnapshotFiles {
         if path.is_file() {
             Ok(())
         } else {
-            Err(corrupt(
-                "snapshot",
-                format!("{} is missing (the metadata names it)", path.display()),
-            ))
+            Err(missing(&path))
         }
     }
 

@@ -35,7 +35,7 @@ use raft::eraftpb::{Entry, HardState};
 
 use self::record::{Frame, Record};
 use super::records::corrupt;
-use super::{SizeBudget, StorageError};
+use super::{lock_read, lock_write, sync_dir, SizeBudget, StorageError};
 
 /// Size after which the next write starts a new segment.
 pub(crate) const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
@@ -90,6 +90,24 @@ impl LogIndex {
         self.entries.get(pos as usize).map(|l| l.term)
     }
 
+    /// Why entries starting at `first` do not fit the log (below the compacted index, or after
+    /// a gap); `None` when they do.
+    fn append_misfit(&self, first: u64) -> Option<String> {
+        if first <= self.truncated.0 {
+            Some(format!(
+                "append at {first} overwrites compacted log (compacted up to {})",
+                self.truncated.0
+            ))
+        } else if first > self.last() + 1 {
+            Some(format!(
+                "append at {first} leaves a gap after last index {}",
+                self.last()
+            ))
+        } else {
+            None
+        }
+    }
+
     /// Apply an append whose entries are at `locs` (consecutive indexes). `replaying` accepts a
     /// gap before them (see the module invariants).
     fn apply_append(
@@ -101,22 +119,12 @@ impl LogIndex {
     ) -> Result<(), StorageError> {
         let mut locs = locs.peekable();
         if let Some(&(first, _)) = locs.peek() {
-            if first <= self.truncated.0 {
-                return Err(corrupt(
-                    "WAL",
-                    format!(
-                        "append at {first} below the compacted index {}",
-                        self.truncated.0
-                    ),
-                ));
-            }
-            if first > self.last() + 1 {
-                if !replaying {
-                    return Err(corrupt("WAL", format!("append at {first} leaves a gap")));
-                }
+            if replaying && first > self.last() + 1 {
                 self.entries.clear();
                 self.truncated = (first - 1, 0);
                 self.gap_open = true;
+            } else if let Some(why) = self.append_misfit(first) {
+                return Err(corrupt("WAL", why));
             }
             let keep = (first - self.truncated.0 - 1) as usize;
             self.entries.truncate(keep);
@@ -186,11 +194,6 @@ fn segment_path(dir: &Path, seq: u64) -> PathBuf {
     dir.join(format!("{seq:016x}.seg"))
 }
 
-fn sync_dir(dir: &Path) -> Result<(), StorageError> {
-    File::open(dir)?.sync_all()?;
-    Ok(())
-}
-
 /// The segment files in `dir`, oldest first. Other files are ignored.
 fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StorageError> {
     let mut out = Vec::new();
@@ -231,21 +234,18 @@ impl Wal {
             segments: BTreeMap::new(),
             gap_open: false,
         };
-        if !dir.exists() {
-            if read_only {
-                return Ok(Wal {
-                    dir: dir.to_path_buf(),
-                    segment_bytes,
-                    tail: Mutex::new(None),
-                    index: RwLock::new(index),
-                });
-            }
+        if !dir.exists() && !read_only {
             std::fs::create_dir_all(dir)?;
             if let Some(parent) = dir.parent() {
                 sync_dir(parent)?;
             }
         }
-        let segments = list_segments(dir)?;
+        // A read-only open of a data dir without a log sees an empty one.
+        let segments = if dir.exists() {
+            list_segments(dir)?
+        } else {
+            Vec::new()
+        };
         let count = segments.len();
         let mut tail = None;
         let mut next_seq = 1;
@@ -314,11 +314,11 @@ impl Wal {
     }
 
     fn read_index(&self) -> std::sync::RwLockReadGuard<'_, LogIndex> {
-        self.index.read().unwrap_or_else(|p| p.into_inner())
+        lock_read(&self.index)
     }
 
     fn write_index(&self) -> std::sync::RwLockWriteGuard<'_, LogIndex> {
-        self.index.write().unwrap_or_else(|p| p.into_inner())
+        lock_write(&self.index)
     }
 
     /// Index and term of the last entry no longer in the log.
@@ -345,21 +345,22 @@ impl Wal {
         self.read_index().segments.len()
     }
 
-    /// Entries `low..high` within `max_size` (at least one). The caller checked the bounds.
+    /// Entries `low..high` within `max_size` (at least one), as raft's `Storage::entries` asks:
+    /// `Compacted` below the log, `Unavailable` beyond it. The bounds are checked under the same
+    /// lock the entries are located under, so a compaction beside the read cannot slip between.
     pub(crate) fn entries(
         &self,
         low: u64,
         high: u64,
         max_size: Option<u64>,
-    ) -> Result<Vec<Entry>, StorageError> {
+    ) -> raft::Result<Vec<Entry>> {
         let (locs, files) = {
             let index = self.read_index();
-            if low <= index.truncated.0 || high > index.last() + 1 {
-                return Err(StorageError::InvalidOperation(format!(
-                    "entries {low}..{high} outside the log ({}..={})",
-                    index.truncated.0 + 1,
-                    index.last()
-                )));
+            if low <= index.truncated.0 {
+                return Err(raft::Error::Store(raft::StorageError::Compacted));
+            }
+            if high > index.last() + 1 {
+                return Err(raft::Error::Store(raft::StorageError::Unavailable));
             }
             let start = (low - index.truncated.0 - 1) as usize;
             let mut budget = SizeBudget::new(max_size);
@@ -402,7 +403,8 @@ impl Wal {
             let last = &this[run - 1];
             let span_end = last.offset + u64::from(last.len);
             let mut buf = vec![0u8; (span_end - first.offset) as usize];
-            file.read_exact_at(&mut buf, first.offset)?;
+            file.read_exact_at(&mut buf, first.offset)
+                .map_err(StorageError::from)?;
             for loc in this {
                 let at = (loc.offset - first.offset) as usize;
                 out.push(record::decode_entry(&buf[at..at + loc.len as usize])?);
@@ -411,7 +413,7 @@ impl Wal {
         }
         if let Some(e) = out.first() {
             if e.index != low {
-                return Err(corrupt("WAL", format!("entry at {low} holds {}", e.index)));
+                return Err(corrupt("WAL", format!("entry at {low} holds {}", e.index)).into());
             }
         }
         Ok(out)
@@ -430,21 +432,9 @@ impl Wal {
         let (bytes, spans) = record::encode_append(entries, hard_state)?;
         // Checked under the tail lock, so a compaction cannot move the log in between.
         let mut guard = lock(&self.tail);
-        {
-            let index = self.read_index();
-            if let Some(first) = entries.first().map(|e| e.index) {
-                if first <= index.truncated.0 {
-                    return Err(StorageError::InvalidOperation(format!(
-                        "append at {first} overwrites compacted log (compacted up to {})",
-                        index.truncated.0
-                    )));
-                }
-                if first > index.last() + 1 {
-                    return Err(StorageError::InvalidOperation(format!(
-                        "append at {first} leaves a gap after last index {}",
-                        index.last()
-                    )));
-                }
+        if let Some(first) = entries.first().map(|e| e.index) {
+            if let Some(why) = self.read_index().append_misfit(first) {
+                return Err(StorageError::InvalidOperation(why));
             }
         }
         let (seq, at) = self.write_record(&mut guard, &bytes)?;
