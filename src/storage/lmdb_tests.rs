@@ -27,6 +27,14 @@ fn snapshot(index: u64, term: u64, voters: Vec<u64>) -> Snapshot {
     s
 }
 
+/// Persist a batch of entries alone.
+fn append(lmdb: &LmdbStorage, entries: Vec<Entry>) -> Result<(), StorageError> {
+    lmdb.persist(PersistBatch {
+        entries,
+        ..Default::default()
+    })
+}
+
 fn open(dir: &tempfile::TempDir) -> LmdbStorage {
     LmdbStorage::open(dir.path(), 1, "test", 1 << 20).expect("open")
 }
@@ -42,11 +50,7 @@ fn apply(ops: &[Op], lmdb: &LmdbStorage, mem: &MemStorage) {
         match op {
             Op::Append(ents) => {
                 mem.wl().append(ents).expect("mem append");
-                lmdb.persist(PersistBatch {
-                    entries: ents.clone(),
-                    ..Default::default()
-                })
-                .expect("lmdb append");
+                append(lmdb, ents.clone()).expect("lmdb append");
             }
             Op::Compact(i) => {
                 mem.wl().compact(*i).expect("mem compact");
@@ -210,21 +214,11 @@ fn snapshot_apply_sets_hard_state_and_conf_state() {
 fn gap_and_compacted_appends_are_refused_without_changes() {
     let dir = tempfile::tempdir().expect("tempdir");
     let lmdb = open(&dir);
-    lmdb.persist(PersistBatch {
-        entries: (1..=5).map(|i| entry(i, 1)).collect(),
-        ..Default::default()
-    })
-    .expect("append");
-    let gap = lmdb.persist(PersistBatch {
-        entries: vec![entry(8, 1)],
-        ..Default::default()
-    });
+    append(&lmdb, (1..=5).map(|i| entry(i, 1)).collect()).expect("append");
+    let gap = append(&lmdb, vec![entry(8, 1)]);
     assert!(matches!(gap, Err(StorageError::InvalidOperation(_))));
     lmdb.compact(4).expect("compact");
-    let below = lmdb.persist(PersistBatch {
-        entries: vec![entry(2, 2)],
-        ..Default::default()
-    });
+    let below = append(&lmdb, vec![entry(2, 2)]);
     assert!(matches!(below, Err(StorageError::InvalidOperation(_))));
     assert_eq!(lmdb.last_index().expect("last"), 5);
     assert_eq!(lmdb.term(5).expect("term"), 1);
@@ -328,24 +322,29 @@ fn non_lmdb_file_is_refused_with_a_clear_error() {
 #[test]
 fn map_grows_instead_of_failing() {
     let dir = tempfile::tempdir().expect("tempdir");
-    // Start with a tiny 64 KiB map and write well over it.
+    // Start with a tiny 64 KiB map and write well over it. The log lives in the WAL, so what
+    // goes to LMDB is the membership: an address book of ~200 KiB.
     let lmdb = LmdbStorage::open(dir.path(), 1, "test", 64 * 1024).expect("open");
-    for chunk in 0..20u64 {
-        let entries = (0..50)
-            .map(|i| {
-                let index = chunk * 50 + i + 1;
-                let mut e = entry(index, 1);
-                e.set_data(vec![7u8; 1024].into());
-                e
-            })
-            .collect();
+    let book: Peers = (1..=4000u64)
+        .map(|id| {
+            (
+                id,
+                format!("node-{id:05}.a-rather-long-host-name.example:7000"),
+            )
+        })
+        .collect();
+    for round in 0..4u64 {
+        let mut peers = book.clone();
+        peers.insert(1, format!("round-{round}:7000"));
         lmdb.persist(PersistBatch {
-            entries,
+            peers: Some(peers),
             ..Default::default()
         })
         .expect("persist grows the map");
     }
-    assert_eq!(lmdb.last_index().expect("last"), 1000);
+    let stored = lmdb.peers().expect("peers");
+    assert_eq!(stored.len(), 4000);
+    assert_eq!(stored[&1], "round-3:7000");
 }
 
 #[test]
@@ -365,11 +364,7 @@ fn peek_identity_reads_without_creating() {
 fn a_received_snapshot_whose_log_reset_a_crash_cut_off_is_finished_on_reopen() {
     let dir = tempfile::tempdir().expect("tempdir");
     let lmdb = open(&dir);
-    lmdb.persist(PersistBatch {
-        entries: (1..=10).map(|i| entry(i, 1)).collect(),
-        ..Default::default()
-    })
-    .expect("append");
+    append(&lmdb, (1..=10).map(|i| entry(i, 1)).collect()).expect("append");
     // `install_snapshot` stores the snapshot in LMDB, then resets the log: stop in between.
     lmdb.save_snapshot(&snapshot(20, 3, vec![1]))
         .expect("store");
@@ -380,11 +375,7 @@ fn a_received_snapshot_whose_log_reset_a_crash_cut_off_is_finished_on_reopen() {
     assert_eq!(lmdb.term(20).expect("term"), 3);
     let hs = lmdb.hard_state().expect("hs");
     assert_eq!((hs.term, hs.commit), (3, 20));
-    lmdb.persist(PersistBatch {
-        entries: vec![entry(21, 3)],
-        ..Default::default()
-    })
-    .expect("append after the snapshot");
+    append(&lmdb, vec![entry(21, 3)]).expect("append after the snapshot");
     drop(lmdb);
     // A log that agrees with the stored snapshot is kept as it is.
     let lmdb = open(&dir);
@@ -409,11 +400,7 @@ fn snapshot_file_names(dir: &tempfile::TempDir) -> Vec<String> {
 fn only_the_current_snapshot_file_stays_and_a_missing_one_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let lmdb = open(&dir);
-    lmdb.persist(PersistBatch {
-        entries: (1..=12).map(|i| entry(i, 1)).collect(),
-        ..Default::default()
-    })
-    .expect("append");
+    append(&lmdb, (1..=12).map(|i| entry(i, 1)).collect()).expect("append");
     lmdb.save_snapshot(&snapshot(5, 1, vec![1])).expect("first");
     lmdb.save_snapshot(&snapshot(9, 1, vec![1]))
         .expect("second");
