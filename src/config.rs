@@ -36,8 +36,15 @@ pub struct Config {
     pub tick_interval: Duration,
     /// Take a snapshot and compact the log once this many entries were applied since the last one.
     pub snapshot_threshold: u64,
+    /// Besides `snapshot_threshold` entries, wait until the entries applied since the last
+    /// snapshot add up to this fraction of that snapshot's size. A snapshot costs time in
+    /// proportion to the whole state; this keeps that cost in proportion to what was written, so
+    /// a large state is not serialised again after every few thousand small writes. 0 snapshots
+    /// by entry count alone. Default 1.0: the log grows to about one snapshot's worth of bytes.
+    pub snapshot_log_ratio: f64,
     /// Entries kept (at or below the snapshot index) when compacting, for followers slightly
-    /// behind: the log holds at most `snapshot_threshold + compaction_margin` entries.
+    /// behind: the log holds at most `compaction_margin` entries more than the snapshot policy
+    /// lets it grow to (`snapshot_threshold` entries with `snapshot_log_ratio` 0).
     pub compaction_margin: u64,
     /// Also take a snapshot when this much time passed since the last one and something was
     /// applied since (`None`: only by entry count).
@@ -104,6 +111,7 @@ impl Default for Config {
             initial_peers: None,
             tick_interval: Duration::from_millis(100),
             snapshot_threshold: 10_000,
+            snapshot_log_ratio: 1.0,
             compaction_margin: 1_000,
             snapshot_interval: None,
             snapshot_chunk_bytes: 1024 * 1024,
@@ -137,6 +145,7 @@ impl std::fmt::Debug for Config {
             .field("election_tick", &self.raft.election_tick)
             .field("heartbeat_tick", &self.raft.heartbeat_tick)
             .field("snapshot_threshold", &self.snapshot_threshold)
+            .field("snapshot_log_ratio", &self.snapshot_log_ratio)
             .field("tls", &self.tls)
             .field("join_token", &self.join_token.as_ref().map(|_| "<set>"))
             .finish_non_exhaustive()
@@ -161,6 +170,12 @@ impl Config {
             return Err(Error::Config(
                 "snapshot_threshold must be above zero".into(),
             ));
+        }
+        if !(self.snapshot_log_ratio.is_finite() && self.snapshot_log_ratio >= 0.0) {
+            return Err(Error::Config(format!(
+                "snapshot_log_ratio must be a finite number of 0 or above, not {}",
+                self.snapshot_log_ratio
+            )));
         }
         if self.snapshot_chunk_bytes == 0 || self.snapshot_chunk_bytes >= self.max_message_bytes {
             return Err(Error::Config(

@@ -8,8 +8,10 @@ use std::time::Duration;
 use pontoon::transport::pb;
 use support::{eventually, metric, TestCluster};
 
+/// Snapshots by entry count alone, so the log bound is `snapshot_threshold + compaction_margin`.
 fn compacting(c: &mut pontoon::Config) {
     c.snapshot_threshold = 1_000;
+    c.snapshot_log_ratio = 0.0;
     c.compaction_margin = 200;
 }
 
@@ -46,6 +48,36 @@ async fn after_10000_writes_every_log_is_bounded_by_threshold_plus_margin() {
         );
         assert!(
             s.snapshot_index >= 9_000,
+            "node {id} snapshot at {}",
+            s.snapshot_index
+        );
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_growing_state_is_snapshotted_once_the_log_matches_its_size_not_every_threshold() {
+    // Every write grows the test state (it keeps all entries). With snapshot_log_ratio 1 a
+    // snapshot waits until the log written since the last one is as large as that snapshot:
+    // about at 1,000, 2,000, 4,000 and 8,000 of 10,000 entries, not at every 1,000.
+    let cluster = TestCluster::start_with(3, |c| {
+        c.snapshot_threshold = 1_000;
+        c.snapshot_log_ratio = 1.0;
+        c.compaction_margin = 200;
+    })
+    .await;
+    let leader = cluster.wait_for_leader().await;
+    write_many(&cluster, leader, 10_000, "w").await;
+    cluster.wait_all_applied(10_000).await;
+    for (id, node) in &cluster.nodes {
+        let taken = metric(cluster.node(*id), "pontoon_snapshots_total");
+        assert!(
+            (3.0..=6.0).contains(&taken),
+            "node {id} took {taken} snapshots of a state growing to 10,000 entries"
+        );
+        let s = node.raft.inspect().await.expect("inspect");
+        assert!(
+            s.snapshot_index >= 4_000,
             "node {id} snapshot at {}",
             s.snapshot_index
         );

@@ -246,7 +246,7 @@ impl<F: AbstractStateMachine> Raft<F> {
             max_node_id,
             reads: ReadBatcher::default(),
             metrics,
-            last_snapshot_at: tokio::time::Instant::now(),
+            snapshot_policy: Default::default(),
             snapshot_task: None,
             proposal_batch: Vec::new(),
         };

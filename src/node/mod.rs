@@ -22,7 +22,8 @@
 //! 7. When the writer reports Readies durable (it merges everything queued into one transaction
 //!    and one fsync), send their `persisted_messages` (votes and acks promise durable state) and
 //!    call `on_persist_ready`; only now does raft count this node's copy towards a commit.
-//! 8. If enough entries were applied since the last snapshot, take one and compact the log.
+//! 8. If enough was applied since the last snapshot (entries, and bytes relative to the
+//!    snapshot's size: see `snapshotting`), take one and compact the log.
 //!
 //! # Invariants
 //!
@@ -38,6 +39,7 @@ mod mailbox;
 mod proposals;
 mod reads;
 mod run_loop;
+mod snapshotting;
 mod status;
 mod writer;
 

@@ -6,17 +6,18 @@
 use std::sync::Arc;
 
 use protobuf::Message as PbMessage;
-use raft::eraftpb::{ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType, Snapshot};
+use raft::eraftpb::{ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType};
 use raft::{RawNode, StateRole};
 use raft_proto::ConfChangeI;
 use serde::{Deserialize, Serialize};
 use slog::Logger;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::time::MissedTickBehavior;
 
 use super::mailbox::Command;
 use super::proposals::{EntryKind, FrameworkEntry, ProposalContext, Waiters};
 use super::reads::ReadBatcher;
+use super::snapshotting::SnapshotPolicy;
 use super::status::{NodeStatus, PeerStatus, Role, SoftStatus};
 use super::writer::{write_batch, WriteDone, WriteJob, Writer};
 use crate::cluster::AddressBook;
@@ -24,7 +25,7 @@ use crate::config::{Config, Peers};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::state_machine::AbstractStateMachine;
-use crate::storage::{LogStore, PersistBatch, SnapshotEnvelope, StagedLog};
+use crate::storage::{LogStore, PersistBatch, StagedLog};
 use crate::transport::Transport;
 
 /// What a conf-change entry carries in its context: the addresses of the nodes it adds, so every
@@ -101,7 +102,8 @@ pub(crate) struct RunLoop<S: LogStore, F: AbstractStateMachine> {
     pub(crate) max_node_id: u64,
     pub(crate) reads: ReadBatcher,
     pub(crate) metrics: Metrics,
-    pub(crate) last_snapshot_at: tokio::time::Instant,
+    /// When the next automatic snapshot is due (see `snapshotting`).
+    pub(crate) snapshot_policy: SnapshotPolicy,
     /// The background task storing the latest snapshot, if one is running.
     pub(crate) snapshot_task: Option<tokio::task::JoinHandle<()>>,
     /// Proposals accepted this turn, appended together by `propose_batch`.
@@ -537,15 +539,11 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
         self.raw.advance_apply_to(self.applied);
         self.reads.on_applied(self.applied);
         // 8. Snapshot policy.
-        let snap_index = self.store.snapshot_metadata().index;
-        let since = self.applied.saturating_sub(snap_index);
+        let since = self
+            .applied
+            .saturating_sub(self.store.snapshot_metadata().index);
         let requested = self.store.take_snapshot_request() && since > 0;
-        let due = since > 0
-            && self
-                .config
-                .snapshot_interval
-                .is_some_and(|every| self.last_snapshot_at.elapsed() >= every);
-        if requested || due || since >= self.config.snapshot_threshold {
+        if requested || self.snapshot_policy.is_due(&self.config, since) {
             // A failed snapshot only delays compaction (it is logged); the node keeps serving.
             self.start_snapshot(None).await;
         }
@@ -600,47 +598,6 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
             .map_err(|e| Error::Other(format!("storage thread failed: {e}")))?
     }
 
-    /// Install a snapshot from the leader. Its data is usually a reference to the file the
-    /// transport received it into (see `transport::snapshot_file_ref`): the file is read once,
-    /// stored, and its user bytes handed to `restore` without another copy.
-    async fn install_snapshot(&mut self, mut snapshot: Snapshot) -> Result<()> {
-        // A snapshot of our own still being stored would otherwise land after this one and
-        // name an older state as the latest.
-        if let Some(task) = self.snapshot_task.take() {
-            let _ = task.await;
-        }
-        let meta = snapshot.take_metadata();
-        let index = meta.index;
-        let data = snapshot.take_data();
-        let file = crate::transport::snapshot_file_ref(&data);
-        let store = self.store.clone();
-        let (meta, envelope) = tokio::task::spawn_blocking(move || -> Result<_> {
-            let bytes = match &file {
-                Some(path) => {
-                    let bytes = std::fs::read(path)?;
-                    let _ = std::fs::remove_file(path);
-                    bytes
-                }
-                None => Vec::from(data),
-            };
-            SnapshotEnvelope::verify(&bytes, &meta)?;
-            let peers = SnapshotEnvelope::decode_header(&bytes)?.peers;
-            store.install_snapshot(&meta, &bytes, &peers)?;
-            Ok((meta, SnapshotEnvelope::decode_owned(bytes)?))
-        })
-        .await
-        .map_err(|e| Error::Other(format!("storage thread failed: {e}")))??;
-        let _ = meta;
-        self.fsm.restore(envelope.user_data).await?;
-        self.max_node_id = envelope.max_node_id;
-        self.peers.replace(envelope.peers);
-        self.transport.set_peers(&self.peers.to_peers());
-        self.applied = index;
-        self.metrics.snapshots.inc();
-        slog::info!(self.logger, "installed snapshot from leader"; "index" => index);
-        Ok(())
-    }
-
     async fn apply_committed(&mut self, entries: Vec<Entry>) -> Result<()> {
         for mut entry in entries {
             let index = entry.index;
@@ -649,6 +606,7 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
             }
             match entry.get_entry_type() {
                 EntryType::EntryNormal => {
+                    self.snapshot_policy.on_applied(entry.data.len());
                     let ctx = ProposalContext::decode(entry.get_context());
                     let data = entry.take_data();
                     let result = match ctx {
@@ -727,99 +685,6 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
         self.pending_conf = Some((cs.clone(), index));
         self.peers_dirty = true;
         Ok((proposal, cs))
-    }
-
-    /// Snapshot the state machine at the applied index, then store it and compact the log below
-    /// it (keeping `compaction_margin` entries for followers slightly behind).
-    ///
-    /// Only the user's `snapshot()` runs on the loop (it must see the state exactly at `applied`).
-    /// Encoding, checksumming, the LMDB write and compaction run in the background, so a large
-    /// state does not stall heartbeats; `reply` (if any) is answered when the snapshot is stored.
-    /// One snapshot at a time: while one is being stored, another request gets `NotReady`.
-    async fn start_snapshot(&mut self, reply: Option<oneshot::Sender<Result<u64>>>) {
-        let answer = |reply: Option<oneshot::Sender<Result<u64>>>, r: Result<u64>| {
-            if let Some(reply) = reply {
-                let _ = reply.send(r);
-            }
-        };
-        if self
-            .snapshot_task
-            .as_ref()
-            .is_some_and(|t| !t.is_finished())
-        {
-            answer(
-                reply,
-                Err(Error::NotReady("a snapshot is being stored".into())),
-            );
-            return;
-        }
-        let index = self.applied;
-        if index == 0 {
-            answer(
-                reply,
-                Err(Error::InvalidRequest(
-                    "nothing applied yet, nothing to snapshot".into(),
-                )),
-            );
-            return;
-        }
-        let term = match self.raw.raft.raft_log.term(index) {
-            Ok(t) => t,
-            Err(e) => return answer(reply, Err(e.into())),
-        };
-        let user_data = match self.fsm.snapshot().await {
-            Ok(d) => d,
-            Err(e) => {
-                slog::error!(self.logger, "state machine snapshot failed; the log is not compacted"; "error" => %e);
-                return answer(reply, Err(e));
-            }
-        };
-        let conf_state = self.raw.raft.prs().conf().to_conf_state();
-        let envelope = SnapshotEnvelope {
-            index,
-            term,
-            peers: self.peers.to_peers(),
-            max_node_id: self.max_node_id,
-            user_data,
-            ..Default::default()
-        }
-        .with_conf_state(&conf_state);
-        // Keep exactly `compaction_margin` entries at or below the snapshot index.
-        let compact_to = (index + 1).saturating_sub(self.config.compaction_margin);
-        let store = self.store.clone();
-        let metrics = self.metrics.clone();
-        let logger = self.logger.clone();
-        let stored = tokio::task::spawn_blocking(move || -> Result<usize> {
-            let mut snapshot = Snapshot::default();
-            snapshot.set_data(envelope.into_bytes()?.into());
-            let meta = snapshot.mut_metadata();
-            meta.index = index;
-            meta.term = term;
-            meta.set_conf_state(conf_state);
-            let size = snapshot.get_data().len();
-            store.save_snapshot(&snapshot)?;
-            if compact_to > 1 {
-                store.compact(compact_to)?;
-            }
-            Ok(size)
-        });
-        self.last_snapshot_at = tokio::time::Instant::now();
-        self.snapshot_task = Some(tokio::spawn(async move {
-            let result = match stored.await {
-                Ok(Ok(size)) => {
-                    metrics.snapshots.inc();
-                    metrics.snapshot_bytes.observe(size as f64);
-                    slog::info!(logger, "snapshot taken"; "index" => index, "term" => term, "bytes" => size, "compacted_below" => compact_to);
-                    Ok(index)
-                }
-                Ok(Err(e)) => Err(e),
-                Err(e) => Err(Error::Other(format!("storage thread failed: {e}"))),
-            };
-            if let Err(e) = &result {
-                slog::error!(logger, "storing a snapshot failed; the log is not compacted"; "error" => %e);
-            }
-            answer(reply, result);
-        }));
     }
 
     /// Let every queued write land, then write what is still only in memory (the latest commit

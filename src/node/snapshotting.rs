@@ -1,0 +1,290 @@
+//! Snapshots on the run loop: when to take one, taking one, and installing the leader's.
+//!
+//! # When a snapshot is taken
+//!
+//! Serialising the state costs time proportional to the whole state, while a snapshot exists to
+//! bound the log, which grows with what was written. Taking one after every `snapshot_threshold`
+//! entries alone makes a growing state ever more expensive to keep: at a million keys each
+//! snapshot serialises all of them again for a few thousand new ones. So an automatic snapshot
+//! waits for two things (see [`SnapshotPolicy::is_due`]):
+//!
+//! 1. `snapshot_threshold` entries applied since the last snapshot, and
+//! 2. those entries' bytes adding up to `snapshot_log_ratio` times the last snapshot's size.
+//!
+//! The work spent on snapshots then stays proportional to the bytes written, and the log holds at
+//! most about `max(snapshot_threshold entries, snapshot_log_ratio x snapshot size)` plus
+//! `compaction_margin`. `snapshot_interval` and explicit requests (`make_snapshot`) ignore the
+//! byte condition.
+
+use raft::eraftpb::Snapshot;
+use tokio::sync::oneshot;
+
+use super::run_loop::RunLoop;
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::state_machine::AbstractStateMachine;
+use crate::storage::{LogStore, SnapshotEnvelope};
+
+/// What the automatic snapshot decision needs to remember between snapshots.
+#[derive(Debug)]
+pub(crate) struct SnapshotPolicy {
+    /// When the last snapshot was taken or installed (or the node started).
+    last_at: tokio::time::Instant,
+    /// Bytes of entry data applied since then.
+    applied_bytes: u64,
+    /// Size of the state machine's part of the last snapshot; 0 until this process took or
+    /// installed one, so the first snapshot after a restart comes by entry count alone.
+    last_bytes: u64,
+}
+
+impl Default for SnapshotPolicy {
+    fn default() -> Self {
+        SnapshotPolicy {
+            last_at: tokio::time::Instant::now(),
+            applied_bytes: 0,
+            last_bytes: 0,
+        }
+    }
+}
+
+impl SnapshotPolicy {
+    /// An entry of `bytes` data was applied.
+    pub(crate) fn on_applied(&mut self, bytes: usize) {
+        self.applied_bytes = self.applied_bytes.saturating_add(bytes as u64);
+    }
+
+    /// A snapshot whose state machine data is `bytes` long was taken or installed.
+    pub(crate) fn on_taken(&mut self, bytes: u64) {
+        self.last_at = tokio::time::Instant::now();
+        self.applied_bytes = 0;
+        self.last_bytes = bytes;
+    }
+
+    /// Whether to snapshot now, `entries_since` entries after the last snapshot's index.
+    pub(crate) fn is_due(&self, config: &Config, entries_since: u64) -> bool {
+        if entries_since == 0 {
+            return false;
+        }
+        let timed_out = config
+            .snapshot_interval
+            .is_some_and(|every| self.last_at.elapsed() >= every);
+        let log_grown =
+            self.applied_bytes as f64 >= config.snapshot_log_ratio * self.last_bytes as f64;
+        timed_out || (entries_since >= config.snapshot_threshold && log_grown)
+    }
+}
+
+impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
+    /// Install a snapshot from the leader. Its data is usually a reference to the file the
+    /// transport received it into (see `transport::snapshot_file_ref`): the file is read once,
+    /// stored, and its user bytes handed to `restore` without another copy.
+    pub(crate) async fn install_snapshot(&mut self, mut snapshot: Snapshot) -> Result<()> {
+        // A snapshot of our own still being stored would otherwise land after this one and
+        // name an older state as the latest.
+        if let Some(task) = self.snapshot_task.take() {
+            let _ = task.await;
+        }
+        let meta = snapshot.take_metadata();
+        let index = meta.index;
+        let data = snapshot.take_data();
+        let file = crate::transport::snapshot_file_ref(&data);
+        let store = self.store.clone();
+        let (meta, envelope) = tokio::task::spawn_blocking(move || -> Result<_> {
+            let bytes = match &file {
+                Some(path) => {
+                    let bytes = std::fs::read(path)?;
+                    let _ = std::fs::remove_file(path);
+                    bytes
+                }
+                None => Vec::from(data),
+            };
+            SnapshotEnvelope::verify(&bytes, &meta)?;
+            let peers = SnapshotEnvelope::decode_header(&bytes)?.peers;
+            store.install_snapshot(&meta, &bytes, &peers)?;
+            Ok((meta, SnapshotEnvelope::decode_owned(bytes)?))
+        })
+        .await
+        .map_err(|e| Error::Other(format!("storage thread failed: {e}")))??;
+        let _ = meta;
+        let user_data_len = envelope.user_data.len() as u64;
+        self.fsm.restore(envelope.user_data).await?;
+        self.snapshot_policy.on_taken(user_data_len);
+        self.max_node_id = envelope.max_node_id;
+        self.peers.replace(envelope.peers);
+        self.transport.set_peers(&self.peers.to_peers());
+        self.applied = index;
+        self.metrics.snapshots.inc();
+        slog::info!(self.logger, "installed snapshot from leader"; "index" => index);
+        Ok(())
+    }
+
+    /// Snapshot the state machine at the applied index, then store it and compact the log below
+    /// it (keeping `compaction_margin` entries for followers slightly behind).
+    ///
+    /// Only the user's `snapshot()` runs on the loop (it must see the state exactly at `applied`).
+    /// Encoding, checksumming, the LMDB write and compaction run in the background, so a large
+    /// state does not stall heartbeats; `reply` (if any) is answered when the snapshot is stored.
+    /// One snapshot at a time: while one is being stored, another request gets `NotReady`.
+    pub(crate) async fn start_snapshot(&mut self, reply: Option<oneshot::Sender<Result<u64>>>) {
+        let answer = |reply: Option<oneshot::Sender<Result<u64>>>, r: Result<u64>| {
+            if let Some(reply) = reply {
+                let _ = reply.send(r);
+            }
+        };
+        if self
+            .snapshot_task
+            .as_ref()
+            .is_some_and(|t| !t.is_finished())
+        {
+            answer(
+                reply,
+                Err(Error::NotReady("a snapshot is being stored".into())),
+            );
+            return;
+        }
+        let index = self.applied;
+        if index == 0 {
+            answer(
+                reply,
+                Err(Error::InvalidRequest(
+                    "nothing applied yet, nothing to snapshot".into(),
+                )),
+            );
+            return;
+        }
+        let term = match self.raw.raft.raft_log.term(index) {
+            Ok(t) => t,
+            Err(e) => return answer(reply, Err(e.into())),
+        };
+        let user_data = match self.fsm.snapshot().await {
+            Ok(d) => d,
+            Err(e) => {
+                slog::error!(self.logger, "state machine snapshot failed; the log is not compacted"; "error" => %e);
+                return answer(reply, Err(e));
+            }
+        };
+        let user_data_len = user_data.len() as u64;
+        let conf_state = self.raw.raft.prs().conf().to_conf_state();
+        let envelope = SnapshotEnvelope {
+            index,
+            term,
+            peers: self.peers.to_peers(),
+            max_node_id: self.max_node_id,
+            user_data,
+            ..Default::default()
+        }
+        .with_conf_state(&conf_state);
+        // Keep exactly `compaction_margin` entries at or below the snapshot index.
+        let compact_to = (index + 1).saturating_sub(self.config.compaction_margin);
+        let store = self.store.clone();
+        let metrics = self.metrics.clone();
+        let logger = self.logger.clone();
+        let stored = tokio::task::spawn_blocking(move || -> Result<usize> {
+            let mut snapshot = Snapshot::default();
+            snapshot.set_data(envelope.into_bytes()?.into());
+            let meta = snapshot.mut_metadata();
+            meta.index = index;
+            meta.term = term;
+            meta.set_conf_state(conf_state);
+            let size = snapshot.get_data().len();
+            store.save_snapshot(&snapshot)?;
+            if compact_to > 1 {
+                store.compact(compact_to)?;
+            }
+            Ok(size)
+        });
+        self.snapshot_policy.on_taken(user_data_len);
+        self.snapshot_task = Some(tokio::spawn(async move {
+            let result = match stored.await {
+                Ok(Ok(size)) => {
+                    metrics.snapshots.inc();
+                    metrics.snapshot_bytes.observe(size as f64);
+                    slog::info!(logger, "snapshot taken"; "index" => index, "term" => term, "bytes" => size, "compacted_below" => compact_to);
+                    Ok(index)
+                }
+                Ok(Err(e)) => Err(e),
+                Err(e) => Err(Error::Other(format!("storage thread failed: {e}"))),
+            };
+            if let Err(e) = &result {
+                slog::error!(logger, "storing a snapshot failed; the log is not compacted"; "error" => %e);
+            }
+            answer(reply, result);
+        }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(threshold: u64, ratio: f64) -> Config {
+        Config {
+            snapshot_threshold: threshold,
+            snapshot_log_ratio: ratio,
+            ..Config::default()
+        }
+    }
+
+    #[test]
+    fn nothing_applied_is_never_due() {
+        let policy = SnapshotPolicy::default();
+        let mut c = config(1, 0.0);
+        c.snapshot_interval = Some(std::time::Duration::ZERO);
+        assert!(!policy.is_due(&c, 0));
+    }
+
+    #[test]
+    fn below_the_entry_threshold_is_not_due_whatever_the_bytes() {
+        let mut policy = SnapshotPolicy::default();
+        policy.on_applied(1 << 30);
+        assert!(!policy.is_due(&config(100, 1.0), 99));
+        assert!(policy.is_due(&config(100, 1.0), 100));
+    }
+
+    #[test]
+    fn a_large_state_waits_until_the_log_written_since_matches_its_size() {
+        let mut policy = SnapshotPolicy::default();
+        policy.on_taken(1_000_000);
+        let c = config(100, 1.0);
+        for _ in 0..999 {
+            policy.on_applied(1_000);
+        }
+        assert!(
+            !policy.is_due(&c, 999),
+            "999 kB of log after a 1 MB snapshot"
+        );
+        policy.on_applied(1_000);
+        assert!(policy.is_due(&c, 1_000));
+        // Half the ratio, half the log.
+        let mut policy = SnapshotPolicy::default();
+        policy.on_taken(1_000_000);
+        policy.on_applied(500_000);
+        assert!(policy.is_due(&config(100, 0.5), 500));
+    }
+
+    #[test]
+    fn ratio_zero_snapshots_by_entry_count_alone() {
+        let mut policy = SnapshotPolicy::default();
+        policy.on_taken(u64::MAX / 2);
+        assert!(policy.is_due(&config(100, 0.0), 100));
+    }
+
+    #[test]
+    fn taking_a_snapshot_starts_the_byte_count_again() {
+        let mut policy = SnapshotPolicy::default();
+        policy.on_applied(5_000);
+        policy.on_taken(4_000);
+        assert!(!policy.is_due(&config(1, 1.0), 10));
+        policy.on_applied(4_000);
+        assert!(policy.is_due(&config(1, 1.0), 10));
+    }
+
+    #[test]
+    fn the_interval_snapshots_a_large_state_regardless_of_bytes() {
+        let mut policy = SnapshotPolicy::default();
+        policy.on_taken(1 << 40);
+        let mut c = config(1_000_000, 1.0);
+        c.snapshot_interval = Some(std::time::Duration::ZERO);
+        assert!(policy.is_due(&c, 1));
+    }
+}
