@@ -36,6 +36,7 @@
 
 mod handle;
 mod mailbox;
+mod membership;
 mod proposals;
 mod reads;
 mod run_loop;
@@ -45,8 +46,8 @@ mod writer;
 
 pub use handle::RaftNode;
 pub use mailbox::Command;
+pub use membership::{decode_conf_change, ConfChangeContext};
 pub use proposals::{EntryKind, FrameworkEntry, ProposalContext};
-pub use run_loop::{decode_conf_change, ConfChangeContext};
 pub use status::{NodeStatus, PeerStatus, Role, SoftStatus};
 
 pub(crate) use handle::{

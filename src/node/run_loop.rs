@@ -2,14 +2,15 @@
 //!
 //! See the module docs of `node` for the order of a turn. The loop never awaits the network; it
 //! awaits only its mailbox, its tick, the user's state machine and the storage thread.
+//!
+//! The loop's state and its turn are here; what it does for membership changes is in
+//! `membership`, and taking or installing snapshots (with the policy of when) in `snapshotting`.
 
 use std::sync::Arc;
 
 use protobuf::Message as PbMessage;
-use raft::eraftpb::{ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType};
+use raft::eraftpb::{Entry, EntryType};
 use raft::{RawNode, StateRole};
-use raft_proto::ConfChangeI;
-use serde::{Deserialize, Serialize};
 use slog::Logger;
 use tokio::sync::{mpsc, watch};
 use tokio::time::MissedTickBehavior;
@@ -21,55 +22,12 @@ use super::snapshotting::SnapshotPolicy;
 use super::status::{NodeStatus, PeerStatus, Role, SoftStatus};
 use super::writer::{write_batch, WriteDone, WriteJob, Writer};
 use crate::cluster::AddressBook;
-use crate::config::{Config, Peers};
+use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::state_machine::AbstractStateMachine;
 use crate::storage::{LogStore, PersistBatch, StagedLog};
 use crate::transport::Transport;
-
-/// What a conf-change entry carries in its context: the addresses of the nodes it adds, so every
-/// node learns them when it applies the change.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ConfChangeContext {
-    /// The proposer's `ProposalContext` bytes (empty when nobody waits for this change).
-    pub proposal: Vec<u8>,
-    pub addrs: Peers,
-}
-
-impl ConfChangeContext {
-    /// The bytes stored as the conf-change entry's context (bincode).
-    pub fn encode(&self) -> Result<Vec<u8>> {
-        Ok(bincode::serialize(self)?)
-    }
-
-    /// Decode a conf-change entry's context; an empty context is the default (no proposer, no
-    /// addresses), anything unreadable an `Encoding` error.
-    pub fn decode(bytes: &[u8]) -> Result<Self> {
-        if bytes.is_empty() {
-            return Ok(ConfChangeContext::default());
-        }
-        Ok(bincode::deserialize(bytes)?)
-    }
-}
-
-/// The change a conf-change entry (`EntryConfChange` or `EntryConfChangeV2`) carries, as a
-/// `ConfChangeV2`. Any other entry, or unreadable data, is an `Encoding` error.
-pub fn decode_conf_change(entry: &Entry) -> Result<ConfChangeV2> {
-    let index = entry.index;
-    let bad = |e: protobuf::ProtobufError| Error::Encoding(format!("conf change at {index}: {e}"));
-    match entry.get_entry_type() {
-        EntryType::EntryConfChange => Ok(ConfChange::parse_from_bytes(entry.get_data())
-            .map_err(bad)?
-            .into_v2()),
-        EntryType::EntryConfChangeV2 => {
-            ConfChangeV2::parse_from_bytes(entry.get_data()).map_err(bad)
-        }
-        EntryType::EntryNormal => Err(Error::Encoding(format!(
-            "entry {index} is not a conf change"
-        ))),
-    }
-}
 
 /// How many Readies may be handed to the writer and not yet durable. Beyond it the loop stops
 /// taking Readies until the writer catches up (memory stays bounded under a slow disk).
@@ -220,7 +178,7 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
         false
     }
 
-    fn not_leader(&self) -> Error {
+    pub(crate) fn not_leader(&self) -> Error {
         let leader = self.raw.raft.leader_id;
         if leader == raft::INVALID_ID {
             Error::NotLeader {
@@ -259,148 +217,6 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
         }
         self.raw.transfer_leader(target);
         Ok(target)
-    }
-
-    /// Validate a membership change here, so the caller gets a typed error instead of raft-rs
-    /// silently turning a refused change into an empty entry; then propose it.
-    fn change_config(
-        &mut self,
-        cc: ConfChangeV2,
-        addrs: Peers,
-        reply: super::proposals::ProposalReply,
-    ) {
-        if let Err(e) = self.check_conf_change(&cc, &addrs) {
-            let _ = reply.send(Err(e));
-            return;
-        }
-        let ctx = self.waiters.next_context(EntryKind::User);
-        let context = ConfChangeContext {
-            proposal: ctx.encode(),
-            addrs,
-        };
-        let context = match context.encode() {
-            Ok(c) => c,
-            Err(e) => {
-                let _ = reply.send(Err(e));
-                return;
-            }
-        };
-        let before = self.raw.raft.raft_log.last_index();
-        match self.raw.propose_conf_change(context, cc) {
-            Ok(()) if self.raw.raft.raft_log.last_index() > before => {
-                let index = self.raw.raft.raft_log.last_index();
-                self.waiters.register(ctx, index, reply);
-            }
-            Ok(()) | Err(raft::Error::ProposalDropped) => {
-                let _ = reply.send(Err(Error::ProposalDropped(
-                    "raft dropped the membership change".into(),
-                )));
-            }
-            Err(e) => {
-                let _ = reply.send(Err(e.into()));
-            }
-        }
-    }
-
-    fn check_conf_change(&self, cc: &ConfChangeV2, addrs: &Peers) -> Result<()> {
-        let raft = &self.raw.raft;
-        if raft.state != StateRole::Leader {
-            return Err(self.not_leader());
-        }
-        if raft.has_pending_conf() {
-            return Err(Error::ChangeInProgress(
-                "the previous change is not applied yet".into(),
-            ));
-        }
-        let cs = raft.prs().conf().to_conf_state();
-        let joint = !cs.voters_outgoing.is_empty();
-        let leaving = cc.changes.is_empty();
-        if joint && !leaving {
-            return Err(Error::ChangeInProgress(
-                "the cluster is in a joint configuration; call leave_joint first".into(),
-            ));
-        }
-        if !joint && leaving {
-            return Err(Error::InvalidRequest(
-                "the cluster is not in a joint configuration".into(),
-            ));
-        }
-        let mut voters: std::collections::BTreeSet<u64> = cs.voters.iter().copied().collect();
-        let members: std::collections::BTreeSet<u64> = cs
-            .voters
-            .iter()
-            .chain(cs.learners.iter())
-            .copied()
-            .collect();
-        for change in cc.get_changes() {
-            let id = change.node_id;
-            if id == raft::INVALID_ID {
-                return Err(Error::InvalidRequest("node id 0 is reserved".into()));
-            }
-            match change.get_change_type() {
-                ConfChangeType::RemoveNode => {
-                    if !members.contains(&id) {
-                        return Err(Error::UnknownNode(id));
-                    }
-                    if id == raft.id {
-                        return Err(Error::InvalidRequest(
-                            "the leader cannot remove itself; transfer leadership first (leave() does this)".into(),
-                        ));
-                    }
-                    voters.remove(&id);
-                }
-                ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
-                    if !members.contains(&id)
-                        && !addrs.contains_key(&id)
-                        && self.peers.get(id).is_none()
-                    {
-                        return Err(Error::InvalidRequest(format!(
-                            "no address given for new node {id}"
-                        )));
-                    }
-                    if change.get_change_type() == ConfChangeType::AddNode {
-                        voters.insert(id);
-                    } else {
-                        if id == raft.id {
-                            return Err(Error::InvalidRequest(
-                                "the leader cannot demote itself".into(),
-                            ));
-                        }
-                        voters.remove(&id);
-                    }
-                }
-            }
-        }
-        // Only a change of the voter set can cost the quorum; adding or removing a learner cannot.
-        let old_voters: std::collections::BTreeSet<u64> = cs.voters.iter().copied().collect();
-        if !leaving && voters != old_voters {
-            let active = voters
-                .iter()
-                .filter(|id| {
-                    **id == raft.id || raft.prs().get(**id).is_some_and(|p| p.recent_active)
-                })
-                .count();
-            let quorum = voters.len() / 2 + 1;
-            if active < quorum && !voters.is_empty() && self.leader_is_new() {
-                return Err(Error::NotReady(
-                    "it has not heard from every member since its election".into(),
-                ));
-            }
-            if voters.is_empty() || active < quorum {
-                return Err(Error::WouldLoseQuorum(format!(
-                    "only {active} of the {} voters after the change are reachable",
-                    voters.len()
-                )));
-            }
-        }
-        Ok(())
-    }
-
-    /// True during the first (maximum) election timeout of a leadership: raft-rs resets every
-    /// peer's `recent_active` on election, so reachability is unknown until they answer.
-    fn leader_is_new(&self) -> bool {
-        let window = self.config.tick_interval * (2 * self.config.raft.election_tick as u32);
-        self.leader_since.is_none_or(|t| t.elapsed() < window)
     }
 
     fn propose(&mut self, data: Vec<u8>, kind: EntryKind, reply: super::proposals::ProposalReply) {
@@ -640,51 +456,6 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
                 Ok(self.max_node_id.to_be_bytes().to_vec())
             }
         }
-    }
-
-    /// Apply a conf-change entry; returns the proposer's context (if any) and the conf state.
-    fn apply_conf_change(
-        &mut self,
-        entry: &Entry,
-    ) -> Result<(Option<ProposalContext>, raft::eraftpb::ConfState)> {
-        let index = entry.index;
-        let cc = decode_conf_change(entry)?;
-        let ctx = ConfChangeContext::decode(entry.get_context()).unwrap_or_else(|e| {
-            slog::warn!(self.logger, "conf change context unreadable; addresses unchanged"; "index" => index, "error" => %e);
-            ConfChangeContext::default()
-        });
-        let proposal = ProposalContext::decode(&ctx.proposal);
-        for change in cc.get_changes() {
-            self.max_node_id = self.max_node_id.max(change.node_id);
-        }
-        if index <= self.store.conf_state_index() {
-            // Replayed after a restart: the stored conf state already includes it.
-            return Ok((proposal, self.raw.raft.prs().conf().to_conf_state()));
-        }
-        let cs = self.raw.apply_conf_change(&cc)?;
-        for (id, addr) in ctx.addrs {
-            self.peers.insert(id, addr);
-        }
-        // Forget addresses only of nodes that left the configuration entirely: in a joint
-        // configuration the outgoing voters still vote and must still be reached.
-        let me = self.raw.raft.id;
-        let in_config = |id: u64| {
-            id == me
-                || cs.voters.contains(&id)
-                || cs.voters_outgoing.contains(&id)
-                || cs.learners.contains(&id)
-                || cs.learners_next.contains(&id)
-        };
-        for id in self.peers.to_peers().into_keys() {
-            if !in_config(id) {
-                self.peers.remove(id);
-            }
-        }
-        slog::info!(self.logger, "membership changed"; "index" => index, "voters" => ?cs.voters, "outgoing" => ?cs.voters_outgoing, "learners" => ?cs.learners);
-        self.transport.set_peers(&self.peers.to_peers());
-        self.pending_conf = Some((cs.clone(), index));
-        self.peers_dirty = true;
-        Ok((proposal, cs))
     }
 
     /// Let every queued write land, then write what is still only in memory (the latest commit
