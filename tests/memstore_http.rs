@@ -294,18 +294,43 @@ async fn memstore_routes_answer_with_values_and_clear_status_codes() {
     #[cfg(feature = "fault-injection")]
     check_fault_routes(&http, &nodes[0].url).await;
 
-    // Transfer leadership to a follower and see the cluster follow.
-    let target = follower.raft.id();
-    let moved = http
-        .post(format!(
-            "{}/transfer_leader/{target}",
-            nodes[(leader - 1) as usize].url
-        ))
-        .send()
-        .await
-        .expect("transfer");
-    assert_eq!(moved.status(), 200);
-    assert_eq!(nodes[(leader - 1) as usize].raft.get_leader_id(), target);
+    // Transfer leadership to a follower and see the cluster follow. raft-rs gives up a transfer
+    // after an election timeout, and leadership can move on its own under a loaded machine, so
+    // a 503 is retried against whoever leads now (bounded by a deadline).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let current = nodes[0].raft.get_leader_id();
+        let Some(from) = nodes.iter().find(|n| n.raft.id() == current) else {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no leader to transfer from"
+            );
+            tokio::time::sleep(backoff).await;
+            continue;
+        };
+        let target = nodes
+            .iter()
+            .map(|n| n.raft.id())
+            .find(|id| *id != current)
+            .expect("a follower");
+        let moved = http
+            .post(format!("{}/transfer_leader/{target}", from.url))
+            .send()
+            .await
+            .expect("transfer");
+        let status = moved.status();
+        let answer = moved.text().await.unwrap_or_default();
+        if status == 503 && std::time::Instant::now() < deadline {
+            eprintln!("leader transfer {current} -> {target} answered {answer:?}; retrying");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+            continue;
+        }
+        assert_eq!(status, 200, "leader transfer answered {answer:?}");
+        assert_eq!(from.raft.get_leader_id(), target);
+        break;
+    }
 
     for node in &nodes {
         node.raft.quit().await.expect("quit");
