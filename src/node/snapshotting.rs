@@ -16,14 +16,14 @@
 //! `compaction_margin`. `snapshot_interval` and explicit requests (`make_snapshot`) ignore the
 //! byte condition.
 
-use raft::eraftpb::Snapshot;
+use raft::eraftpb::{Snapshot, SnapshotMetadata};
 use tokio::sync::oneshot;
 
 use super::run_loop::RunLoop;
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::state_machine::AbstractStateMachine;
-use crate::storage::{LogStore, SnapshotEnvelope};
+use crate::state_machine::{AbstractStateMachine, SnapshotSink};
+use crate::storage::{LogStore, SnapshotEnvelope, StorageError};
 
 /// What the automatic snapshot decision needs to remember between snapshots.
 #[derive(Debug)]
@@ -121,9 +121,10 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
     /// Snapshot the state machine at the applied index, then store it and compact the log below
     /// it (keeping `compaction_margin` entries for followers slightly behind).
     ///
-    /// Only the user's `snapshot()` runs on the loop (it must see the state exactly at `applied`).
-    /// Encoding, checksumming, the LMDB write and compaction run in the background, so a large
-    /// state does not stall heartbeats; `reply` (if any) is answered when the snapshot is stored.
+    /// Only the user's `snapshot_to()` runs on the loop (it must see the state exactly at
+    /// `applied`); what it writes streams to a storage thread that writes and checksums the file.
+    /// Syncing, the LMDB write and compaction then finish in the background, so a large state
+    /// does not stall heartbeats; `reply` (if any) is answered when the snapshot is stored.
     /// One snapshot at a time: while one is being stored, another request gets `NotReady`.
     pub(crate) async fn start_snapshot(&mut self, reply: Option<oneshot::Sender<Result<u64>>>) {
         let answer = |reply: Option<oneshot::Sender<Result<u64>>>, r: Result<u64>| {
@@ -156,57 +157,77 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
             Ok(t) => t,
             Err(e) => return answer(reply, Err(e.into())),
         };
-        let user_data = match self.fsm.snapshot().await {
-            Ok(d) => d,
-            Err(e) => {
-                slog::error!(self.logger, "state machine snapshot failed; the log is not compacted"; "error" => %e);
-                return answer(reply, Err(e));
-            }
-        };
-        let user_data_len = user_data.len() as u64;
         let conf_state = self.raw.raft.prs().conf().to_conf_state();
         let envelope = SnapshotEnvelope {
             index,
             term,
             peers: self.peers.to_peers(),
             max_node_id: self.max_node_id,
-            user_data,
             ..Default::default()
         }
         .with_conf_state(&conf_state);
+        let mut meta = SnapshotMetadata {
+            index,
+            term,
+            ..Default::default()
+        };
+        meta.set_conf_state(conf_state);
         // Keep exactly `compaction_margin` entries at or below the snapshot index.
         let compact_to = (index + 1).saturating_sub(self.config.compaction_margin);
         let store = self.store.clone();
-        let metrics = self.metrics.clone();
-        let logger = self.logger.clone();
-        let stored = tokio::task::spawn_blocking(move || -> Result<usize> {
-            let mut snapshot = Snapshot::default();
-            snapshot.set_data(envelope.into_bytes()?.into());
-            let meta = snapshot.mut_metadata();
-            meta.index = index;
-            meta.term = term;
-            meta.set_conf_state(conf_state);
-            let size = snapshot.get_data().len();
-            store.save_snapshot(&snapshot)?;
+        // A storage thread writes the file while the state machine serialises into the sink, so
+        // the state is never held twice in memory.
+        let (mut sink, chunks) = SnapshotSink::channel();
+        let stored = tokio::task::spawn_blocking(move || -> Result<u64> {
+            let mut chunks = Some(chunks);
+            let mut size = 0;
+            store.save_snapshot_with(&meta, &mut |file| {
+                let chunks = chunks.take().ok_or_else(|| {
+                    StorageError::InvalidOperation("snapshot data requested twice".into())
+                })?;
+                size = envelope.write_streamed(chunks, file)?;
+                Ok(())
+            })?;
             if compact_to > 1 {
                 store.compact(compact_to)?;
             }
             Ok(size)
         });
-        self.snapshot_policy.on_taken(user_data_len);
+        let produced = match self.fsm.snapshot_to(&mut sink).await {
+            Ok(()) => sink
+                .finish()
+                .map_err(|e| Error::StateMachine(format!("writing the snapshot: {e}"))),
+            Err(e) => {
+                // Dropping the unfinished sink tells the storage thread to discard the file.
+                drop(sink);
+                Err(e)
+            }
+        };
+        if let Ok(user_bytes) = &produced {
+            self.snapshot_policy.on_taken(*user_bytes);
+        }
+        let metrics = self.metrics.clone();
+        let logger = self.logger.clone();
         self.snapshot_task = Some(tokio::spawn(async move {
-            let result = match stored.await {
-                Ok(Ok(size)) => {
+            let stored = match stored.await {
+                Ok(r) => r,
+                Err(e) => Err(Error::Other(format!("storage thread failed: {e}"))),
+            };
+            let result = match (produced, stored) {
+                (Ok(_), Ok(size)) => {
                     metrics.snapshots.inc();
                     metrics.snapshot_bytes.observe(size as f64);
                     slog::info!(logger, "snapshot taken"; "index" => index, "term" => term, "bytes" => size, "compacted_below" => compact_to);
                     Ok(index)
                 }
-                Ok(Err(e)) => Err(e),
-                Err(e) => Err(Error::Other(format!("storage thread failed: {e}"))),
+                (Err(e), Ok(_)) | (Ok(_), Err(e)) => Err(e),
+                // One side failing stops the other; say both, the first cause is among them.
+                (Err(made), Err(stored)) => Err(Error::Other(format!(
+                    "snapshot not taken: {made} (storage: {stored})"
+                ))),
             };
             if let Err(e) = &result {
-                slog::error!(logger, "storing a snapshot failed; the log is not compacted"; "error" => %e);
+                slog::error!(logger, "snapshot not taken; the log is not compacted"; "error" => %e);
             }
             answer(reply, result);
         }));

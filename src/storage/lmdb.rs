@@ -537,7 +537,17 @@ impl LogStore for LmdbStorage {
     }
 
     fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), StorageError> {
-        let meta = snapshot.get_metadata();
+        let data = snapshot.get_data();
+        self.save_snapshot_with(snapshot.get_metadata(), &mut |file| {
+            Ok(std::io::Write::write_all(file, data)?)
+        })
+    }
+
+    fn save_snapshot_with(
+        &self,
+        meta: &SnapshotMetadata,
+        fill: &mut dyn FnMut(&mut std::fs::File) -> Result<(), StorageError>,
+    ) -> Result<(), StorageError> {
         let current = self.cache().snapshot_meta.index;
         if meta.index < current {
             return Err(StorageError::InvalidOperation(format!(
@@ -547,7 +557,7 @@ impl LogStore for LmdbStorage {
         }
         self.inner
             .snapshots
-            .write(meta.index, meta.term, snapshot.get_data())?;
+            .write_with(meta.index, meta.term, fill)?;
         self.write_txn(|inner, wtxn| inner.put_pb(wtxn, K_SNAPSHOT_META, meta))?;
         self.update_cache(|c| c.snapshot_meta = Arc::new(meta.clone()));
         self.inner

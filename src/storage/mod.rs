@@ -132,6 +132,14 @@ pub trait LogStore: raft::Storage + Clone + Send + Sync + 'static {
     ) -> Result<(), StorageError>;
     /// Store a snapshot this node made of its own state (the log is left as it is).
     fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), StorageError>;
+    /// Like `save_snapshot`, but `fill` writes the snapshot's data into the file itself, so a
+    /// large state is streamed to disk instead of being held in memory whole (see
+    /// `SnapshotEnvelope::write_streamed`). If `fill` fails, nothing is stored.
+    fn save_snapshot_with(
+        &self,
+        meta: &SnapshotMetadata,
+        fill: &mut dyn FnMut(&mut std::fs::File) -> Result<(), StorageError>,
+    ) -> Result<(), StorageError>;
     /// Remove every entry below `compact_index`. Requires `compact_index <= last_index() + 1`.
     fn compact(&self, compact_index: u64) -> Result<(), StorageError>;
     /// The latest stored snapshot's metadata (index 0 when there is none).

@@ -58,12 +58,23 @@ impl SnapshotFiles {
 
     /// Durably store the data of the snapshot at `index`/`term`.
     pub(crate) fn write(&self, index: u64, term: u64, data: &[u8]) -> Result<(), StorageError> {
+        self.write_with(index, term, &mut |file| Ok(file.write_all(data)?))
+    }
+
+    /// Durably store the snapshot at `index`/`term` whose data `fill` writes into the file (it
+    /// may seek back and patch what it wrote). If `fill` fails, nothing is stored.
+    pub(crate) fn write_with(
+        &self,
+        index: u64,
+        term: u64,
+        fill: &mut dyn FnMut(&mut File) -> Result<(), StorageError>,
+    ) -> Result<(), StorageError> {
         let tmp = self
             .dir
             .join(format!("{TMP_PREFIX}{}", Self::name(index, term)));
         let written = (|| -> Result<(), StorageError> {
             let mut file = File::create(&tmp)?;
-            file.write_all(data)?;
+            fill(&mut file)?;
             file.sync_all()?;
             std::fs::rename(&tmp, self.path(index, term))?;
             sync_dir(&self.dir)

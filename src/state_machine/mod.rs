@@ -8,9 +8,14 @@
 //! - `snapshot` captures every entry applied so far, and `restore` replaces the whole state with
 //!   such a snapshot. After `restore`, pontoon applies only the entries that follow the snapshot.
 
+mod snapshot_sink;
+
 use async_trait::async_trait;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
+
+pub(crate) use snapshot_sink::SnapshotChunk;
+pub use snapshot_sink::SnapshotSink;
 
 /// A command in the replicated log. pontoon never looks inside: it stores and replicates the bytes.
 pub trait AbstractLogEntry: Clone + Send + Sync + 'static {
@@ -29,6 +34,18 @@ pub trait AbstractStateMachine: Clone + Send + Sync + 'static {
     async fn apply(&mut self, log_entry: Vec<u8>) -> Result<Vec<u8>>;
     /// Serialise the whole state (used for log compaction and catching up slow nodes).
     async fn snapshot(&self) -> Result<Vec<u8>>;
+    /// Write the same bytes as `snapshot` into `out`. pontoon calls this one; the default calls
+    /// `snapshot` and writes its result.
+    ///
+    /// Override it for a large state: `out` passes the bytes to the snapshot file in 1 MiB
+    /// pieces while you serialise, so the state is never held twice in memory (the map plus its
+    /// serialised copy). The bytes must be exactly what `restore` reads. Like `snapshot`, it
+    /// runs on the run loop and must capture the state as of now.
+    async fn snapshot_to(&self, out: &mut SnapshotSink) -> Result<()> {
+        let bytes = self.snapshot().await?;
+        std::io::Write::write_all(out, &bytes)
+            .map_err(|e| Error::StateMachine(format!("writing the snapshot: {e}")))
+    }
     /// Replace the whole state with a snapshot produced by `snapshot`.
     async fn restore(&mut self, snapshot: Vec<u8>) -> Result<()>;
     /// Serialise the state machine value itself (raftify compatibility).
