@@ -43,7 +43,7 @@ pub trait AbstractStateMachine: Clone + Send + Sync + 'static {
     /// runs on the run loop and must capture the state as of now.
     async fn snapshot_to(&self, out: &mut SnapshotSink) -> Result<()> {
         let bytes = self.snapshot().await?;
-        std::io::Write::write_all(out, &bytes)
+        out.write_owned(bytes)
             .map_err(|e| Error::StateMachine(format!("writing the snapshot: {e}")))
     }
     /// Replace the whole state with a snapshot produced by `snapshot`.

@@ -3,8 +3,10 @@
 //!
 //! The run loop hands a sink to `AbstractStateMachine::snapshot_to` while a storage thread writes
 //! what arrives into the snapshot file. Invariants:
-//! - At most `CHUNK_BYTES x (QUEUE_CHUNKS + 2)` bytes of snapshot are in memory at once: the
-//!   sink's own buffer, the queued chunks and the one being written.
+//! - Written through `std::io::Write`, at most `CHUNK_BYTES x (QUEUE_CHUNKS + 2)` bytes of
+//!   snapshot are in memory at once: the sink's own buffer, the queued chunks and the one being
+//!   written. The default `snapshot_to` instead hands `snapshot()`'s whole buffer over in one
+//!   piece, so the loop does not wait for the disk (the state machine already paid the memory).
 //! - A snapshot counts only if the sink was `finish`ed: a sink dropped before (the state
 //!   machine failed, or panicked) makes the storage side discard the partial file.
 //! - When the storage side fails (disk full, say), the next `write` fails with its error, so the
@@ -56,6 +58,16 @@ impl SnapshotSink {
         self.written
     }
 
+    /// Pass a whole serialised state on without copying it (what the default `snapshot_to`
+    /// does with `snapshot()`'s buffer): the run loop does not wait for the file to be written.
+    pub(crate) fn write_owned(&mut self, bytes: Vec<u8>) -> io::Result<()> {
+        self.send_buffer()?;
+        self.written += bytes.len() as u64;
+        self.chunks
+            .send(SnapshotChunk::Data(bytes))
+            .map_err(|_| storage_gone())
+    }
+
     /// Send what is buffered and mark the snapshot complete; returns its length in bytes.
     pub(crate) fn finish(mut self) -> io::Result<u64> {
         self.send_buffer()?;
@@ -76,6 +88,17 @@ impl SnapshotSink {
     }
 }
 
+impl SnapshotSink {
+    /// `write_all` when the bytes fill the current chunk: send chunks as they fill.
+    fn write_all_slow(&mut self, mut data: &[u8]) -> io::Result<()> {
+        while !data.is_empty() {
+            let taken = io::Write::write(self, data)?;
+            data = &data[taken..];
+        }
+        Ok(())
+    }
+}
+
 /// The storage side stopped taking chunks; its own error is what the run loop reports.
 fn storage_gone() -> io::Error {
     io::Error::new(
@@ -85,6 +108,19 @@ fn storage_gone() -> io::Error {
 }
 
 impl io::Write for SnapshotSink {
+    // Serialisers call these once per field: keep the common case (the bytes fit the current
+    // chunk) inlinable into the caller's crate.
+    #[inline]
+    fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
+        if data.len() < CHUNK_BYTES - self.buffer.len() {
+            self.buffer.extend_from_slice(data);
+            self.written += data.len() as u64;
+            return Ok(());
+        }
+        self.write_all_slow(data)
+    }
+
+    #[inline]
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         let room = CHUNK_BYTES - self.buffer.len();
         let taken = data.len().min(room);
