@@ -16,6 +16,8 @@ use crate::state_machine::SnapshotChunk;
 /// Current envelope version.
 pub const ENVELOPE_VERSION: u32 = 1;
 const MAGIC: &[u8; 4] = b"PTSN";
+/// Where the CRC sits in an envelope; it covers every byte after it.
+const CRC_FIELD: std::ops::Range<usize> = 8..12;
 
 /// A decoded snapshot envelope.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -50,18 +52,6 @@ impl SnapshotEnvelope {
         Ok(out)
     }
 
-    /// Like `encode`, but consumes the envelope and builds the output in the user's own buffer
-    /// (the prefix is inserted in front of it), so a large state is not held twice in memory:
-    /// this is what the run loop uses for the snapshots it takes.
-    pub fn into_bytes(self) -> Result<Vec<u8>, StorageError> {
-        let prefix = self.prefix()?;
-        let mut out = self.user_data;
-        out.reserve_exact(prefix.len());
-        out.splice(0..0, prefix);
-        seal(&mut out);
-        Ok(out)
-    }
-
     /// Write this envelope into `file` with the user bytes streamed from a `SnapshotSink`
     /// (`user_data` is ignored): the prefix, each chunk as it arrives, then the CRC patched in
     /// place. The result is byte for byte what `encode` gives for the same user bytes. Fails,
@@ -75,7 +65,7 @@ impl SnapshotEnvelope {
         let prefix = self.prefix()?;
         let mut crc = crc32fast::Hasher::new();
         file.write_all(&prefix)?;
-        crc.update(&prefix[12..]);
+        crc.update(&prefix[CRC_FIELD.end..]);
         let mut len = prefix.len() as u64;
         loop {
             match chunks.recv() {
@@ -92,7 +82,7 @@ impl SnapshotEnvelope {
                 }
             }
         }
-        file.seek(SeekFrom::Start(8))?;
+        file.seek(SeekFrom::Start(CRC_FIELD.start as u64))?;
         file.write_all(&crc.finalize().to_be_bytes())?;
         Ok(len)
     }
@@ -305,8 +295,8 @@ impl EnvelopeHeader {
 
 /// Fill in the CRC of an encoded envelope (it covers everything after the CRC field).
 fn seal(out: &mut [u8]) {
-    let crc = crc32(&out[12..]);
-    out[8..12].copy_from_slice(&crc.to_be_bytes());
+    let crc = crc32(&out[CRC_FIELD.end..]);
+    out[CRC_FIELD].copy_from_slice(&crc.to_be_bytes());
 }
 
 /// CRC-32 (IEEE) of `data`.
@@ -325,8 +315,6 @@ mod tests {
         env.user_data = b"state".to_vec();
         let bytes = env.encode().expect("encode");
         assert_eq!(SnapshotEnvelope::decode(&bytes).expect("decode"), env);
-        // The owning encoder produces the same bytes in the user's buffer.
-        assert_eq!(env.clone().into_bytes().expect("into_bytes"), bytes);
         assert_eq!(
             SnapshotEnvelope::decode_owned(bytes.clone()).expect("decode"),
             env
