@@ -77,6 +77,15 @@ impl SnapshotSink {
         Ok(self.written)
     }
 
+    /// `write_all` when the bytes fill the current chunk: send chunks as they fill.
+    fn write_all_slow(&mut self, mut data: &[u8]) -> io::Result<()> {
+        while !data.is_empty() {
+            let taken = io::Write::write(self, data)?;
+            data = &data[taken..];
+        }
+        Ok(())
+    }
+
     fn send_buffer(&mut self) -> io::Result<()> {
         if self.buffer.is_empty() {
             return Ok(());
@@ -85,17 +94,6 @@ impl SnapshotSink {
         self.chunks
             .send(SnapshotChunk::Data(full))
             .map_err(|_| storage_gone())
-    }
-}
-
-impl SnapshotSink {
-    /// `write_all` when the bytes fill the current chunk: send chunks as they fill.
-    fn write_all_slow(&mut self, mut data: &[u8]) -> io::Result<()> {
-        while !data.is_empty() {
-            let taken = io::Write::write(self, data)?;
-            data = &data[taken..];
-        }
-        Ok(())
     }
 }
 
