@@ -89,7 +89,7 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
         let data = snapshot.take_data();
         let file = crate::transport::snapshot_file_ref(&data);
         let store = self.store.clone();
-        let (meta, envelope) = tokio::task::spawn_blocking(move || -> Result<_> {
+        let envelope = tokio::task::spawn_blocking(move || -> Result<_> {
             let bytes = match &file {
                 Some(path) => {
                     let bytes = std::fs::read(path)?;
@@ -101,11 +101,10 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
             SnapshotEnvelope::verify(&bytes, &meta)?;
             let peers = SnapshotEnvelope::decode_header(&bytes)?.peers;
             store.install_snapshot(&meta, &bytes, &peers)?;
-            Ok((meta, SnapshotEnvelope::decode_owned(bytes)?))
+            Ok(SnapshotEnvelope::decode_owned(bytes)?)
         })
         .await
         .map_err(|e| Error::Other(format!("storage thread failed: {e}")))??;
-        let _ = meta;
         let user_data_len = envelope.user_data.len() as u64;
         self.fsm.restore(envelope.user_data).await?;
         self.snapshot_policy.on_taken(user_data_len);
