@@ -48,6 +48,14 @@ struct HttpNode {
     url: String,
 }
 
+/// An HTTP client whose every request gives up after `timeout`, so no test hangs on a node.
+fn http_client(timeout: Duration) -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .build()
+        .expect("client")
+}
+
 async fn start_cluster(dir: &std::path::Path) -> Vec<HttpNode> {
     let addrs = free_addrs(3);
     let peers: pontoon::Peers = (1..=3).zip(addrs).collect();
@@ -106,10 +114,7 @@ async fn check_fault_routes(http: &reqwest::Client, url: &str) {
 async fn memstore_routes_answer_with_values_and_clear_status_codes() {
     let dir = tempfile::tempdir().expect("tempdir");
     let nodes = start_cluster(dir.path()).await;
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(15))
-        .build()
-        .expect("client");
+    let http = http_client(Duration::from_secs(15));
     let leader = nodes[0].raft.get_leader_id();
     let follower = nodes
         .iter()
@@ -345,10 +350,7 @@ async fn memstore_write_without_quorum_answers_503_instead_of_hanging() {
     let survivor = &nodes[0];
     nodes[1].raft.quit().await.expect("quit");
     nodes[2].raft.quit().await.expect("quit");
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("client");
+    let http = http_client(Duration::from_secs(30));
     let put = http
         .put(format!("{}/store/k/v", survivor.url))
         .send()
@@ -378,10 +380,7 @@ async fn memstore_write_without_quorum_answers_503_instead_of_hanging() {
 async fn memstore_body_put_enforces_the_value_limit_with_413_and_keeps_serving() {
     let dir = tempfile::tempdir().expect("tempdir");
     let nodes = start_cluster(dir.path()).await;
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(15))
-        .build()
-        .expect("client");
+    let http = http_client(Duration::from_secs(15));
     let url = &nodes[0].url;
     // A value of exactly the limit, as a body, is stored.
     let largest = "v".repeat(web::MAX_VALUE_BYTES);
@@ -440,10 +439,7 @@ async fn memstore_snapshot_streamed_to_disk_restores_every_key_after_restart() {
     // a node restarted from that file must hold every key before replaying anything.
     let dir = tempfile::tempdir().expect("tempdir");
     let nodes = start_cluster(dir.path()).await;
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(15))
-        .build()
-        .expect("client");
+    let http = http_client(Duration::from_secs(15));
     let value = |i: usize| format!("value-{i}-{}", "x".repeat(i % 300));
     for i in 0..200 {
         let put = http
