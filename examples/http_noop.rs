@@ -1,5 +1,5 @@
-//! The ceiling of the HTTP benchmark: memstore's `PUT /store/{key}/{value}` route on the same
-//! axum/hyper stack, answered at once with no raft behind it.
+//! The ceiling of the HTTP benchmark: memstore's HTTP server (the same HTTP/1 loop, the same
+//! shortcut for `PUT /store/{key}/{value}`) answering every write at once with no raft behind it.
 //!
 //! wrk and the server share this machine's cores, so the HTTP figures of memstore (and etcd)
 //! are bounded by what wrk plus an HTTP server that does nothing can reach. Run it beside the
@@ -9,12 +9,43 @@
 //!     wrk -t2 -c256 -d10s --latency -s ../shared/bench/store-put.lua http://127.0.0.1:8100
 //!
 //! Arguments: listen address (default 127.0.0.1:8100), worker threads (default 2, as memstore's
-//! `--http-threads`).
+//! `--http-threads`). Paths other than the write route answer 404.
 
-use axum::extract::Path;
-use axum::routing::put;
-use axum::serve::ListenerExt;
-use axum::Router;
+#[path = "memstore/http1.rs"]
+mod http1;
+
+use std::convert::Infallible;
+use std::future::{ready, Ready};
+
+use axum::body::Body;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+
+/// Answers `PUT /store/{key}/{value}` with the value, as memstore does once the write applied.
+#[derive(Clone)]
+struct Noop;
+
+impl hyper::service::Service<Request<Incoming>> for Noop {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Ready<Result<Response<Body>, Infallible>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        // The same parse as memstore's shortcut: two non-empty segments after /store/.
+        let value = (req.method() == Method::PUT)
+            .then(|| req.uri().path().strip_prefix("/store/"))
+            .flatten()
+            .and_then(|rest| rest.split_once('/'))
+            .filter(|(k, v)| !k.is_empty() && !v.is_empty() && !v.contains('/'))
+            .and_then(|(_, v)| percent_encoding::percent_decode_str(v).decode_utf8().ok())
+            .map(|v| v.into_owned());
+        let mut response = Response::new(Body::from(value.clone().unwrap_or_default()));
+        if value.is_none() {
+            *response.status_mut() = StatusCode::NOT_FOUND;
+        }
+        ready(Ok(response))
+    }
+}
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
@@ -30,19 +61,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        // The same route shape and socket option as memstore: only the raft write is missing.
-        let app = Router::new().route(
-            "/store/{key}/{value}",
-            put(|Path((_key, value)): Path<(String, String)>| async move { value }),
-        );
         let listener = tokio::net::TcpListener::bind(&addr)
             .await
-            .map_err(|e| format!("cannot listen on {addr}: {e}"))?
-            .tap_io(|tcp| {
-                let _ = tcp.set_nodelay(true);
-            });
+            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
         println!("http_noop listening on http://{addr} ({threads} worker threads)");
-        axum::serve(listener, app).await?;
+        let logger = pontoon::slog::Logger::root(pontoon::slog::Discard, pontoon::slog::o!());
+        http1::serve(listener, Noop, std::future::pending(), logger).await;
         Ok(())
     })
 }

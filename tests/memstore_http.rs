@@ -1,5 +1,7 @@
 //! The memstore example's HTTP API over a real 3-node cluster: routes, status codes, no hangs.
 
+#[path = "../examples/memstore/http1.rs"]
+mod http1;
 #[path = "../examples/memstore/store.rs"]
 mod store;
 mod support;
@@ -71,11 +73,17 @@ async fn start_cluster(dir: &std::path::Path) -> Vec<HttpNode> {
             .await
             .expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
-        let app = web::router(web::AppState {
+        // The server memstore runs: its HTTP/1 loop, with the write route's shortcut.
+        let app = web::Routes::new(web::AppState {
             raft: raft.clone(),
             store,
         });
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        tokio::spawn(http1::serve(
+            listener,
+            app,
+            std::future::pending(),
+            test_logger(),
+        ));
         nodes.push(HttpNode { raft, url });
     }
     nodes[0]
@@ -202,6 +210,37 @@ async fn memstore_routes_answer_with_values_and_clear_status_codes() {
         .await
         .expect("get");
     assert_eq!(missing.status(), 404);
+
+    // The write route's shortcut decodes percent-escapes as the router does, and leaves every
+    // path it does not take to the router, which answers as before.
+    let put = http
+        .put(format!(
+            "{}/store/caf%C3%A9%20au%20lait/%E2%9C%93",
+            nodes[0].url
+        ))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(put.status(), 200);
+    assert_eq!(put.text().await.expect("body"), "\u{2713}");
+    let got = http
+        .get(format!("{}/store/caf%C3%A9%20au%20lait", nodes[0].url))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(got.text().await.expect("body"), "\u{2713}");
+    let extra_segment = http
+        .put(format!("{}/store/a/b/c", nodes[0].url))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(extra_segment.status(), 404, "no route has three segments");
+    let not_utf8 = http
+        .put(format!("{}/store/k%FF/v", nodes[0].url))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(not_utf8.status(), 400, "a key that is not UTF-8 is refused");
 
     let big = "v".repeat(web::MAX_VALUE_BYTES + 1);
     let too_big = http

@@ -7,13 +7,13 @@
 //! Mutual TLS and a join token: add --tls-cert node.pem --tls-key node.key --tls-ca ca.pem
 //!               --join-token SECRET (every node and every joiner needs them).
 
+mod http1;
 mod store;
 mod web;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use clap::Parser;
 use pontoon::storage::LmdbStorage;
 use pontoon::{Config, Raft};
@@ -177,7 +177,7 @@ async fn start_node(
     let listener = std::net::TcpListener::bind(&spec.web_addr)
         .and_then(|l| l.set_nonblocking(true).map(|()| l))
         .map_err(|e| format!("cannot listen on HTTP address {}: {e}", spec.web_addr))?;
-    let app = web::router(web::AppState {
+    let app = web::Routes::new(web::AppState {
         raft: raft.clone(),
         store,
     });
@@ -201,13 +201,7 @@ async fn start_node(
                 return;
             }
         };
-        // Answers are small and written whole: never hold one back waiting for an ACK.
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await;
+        http1::serve(listener, app, shutdown, http_logger).await;
     });
     println!(
         "node {} up: raft {} | http http://{} (data {})",
