@@ -59,12 +59,21 @@ fn http_client(timeout: Duration) -> reqwest::Client {
 }
 
 async fn start_cluster(dir: &std::path::Path) -> Vec<HttpNode> {
+    start_cluster_with(dir, |_| {}).await
+}
+
+/// `start_cluster` with a config change applied to every node.
+async fn start_cluster_with(
+    dir: &std::path::Path,
+    tweak: fn(&mut pontoon::Config),
+) -> Vec<HttpNode> {
     let addrs = free_addrs(3);
     let peers: pontoon::Peers = (1..=3).zip(addrs).collect();
     let mut nodes = Vec::new();
     for id in 1..=3 {
         let store = HashStore::default();
-        let config = test_config(dir, id, &peers, "memstore-test");
+        let mut config = test_config(dir, id, &peers, "memstore-test");
+        tweak(&mut config);
         let raft = Raft::bootstrap(id, peers[&id].clone(), store.clone(), config, test_logger())
             .await
             .expect("bootstrap");
@@ -529,6 +538,75 @@ async fn memstore_snapshot_streamed_to_disk_restores_every_key_after_restart() {
     }
     drop(restarted);
     for node in &nodes[1..] {
+        node.raft.quit().await.expect("quit");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memstore_follower_behind_a_compacted_log_installs_the_snapshot_file_and_holds_every_key() {
+    // The leader compacts its log past what a stopped follower holds, so the follower can only
+    // catch up from a snapshot. It receives the snapshot into a file and memstore's
+    // `restore_from` deserialises the map straight from that file.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nodes = start_cluster_with(dir.path(), |c| c.compaction_margin = 5).await;
+    let http = http_client(Duration::from_secs(15));
+    let leader_id = nodes[0].raft.get_leader_id();
+    let leader = nodes
+        .iter()
+        .find(|n| n.raft.id() == leader_id)
+        .expect("the leader");
+    let behind = nodes
+        .iter()
+        .find(|n| n.raft.id() != leader_id)
+        .expect("a follower");
+    let behind_id = behind.raft.id();
+    let peers = behind.raft.get_peers();
+    behind.raft.quit().await.expect("quit");
+
+    let value = |i: usize| format!("v{i}-{}", "y".repeat(i % 200));
+    for i in 0..300 {
+        let put = http
+            .put(format!("{}/store/k{i}/{}", leader.url, value(i)))
+            .send()
+            .await
+            .expect("put");
+        assert_eq!(put.status(), 200, "write {i}");
+    }
+    let snap = http
+        .post(format!("{}/snapshot", leader.url))
+        .send()
+        .await
+        .expect("snapshot");
+    assert_eq!(snap.status(), 200);
+
+    let store = HashStore::default();
+    let config = test_config(dir.path(), behind_id, &peers, "memstore-test");
+    let restarted = Raft::bootstrap(
+        behind_id,
+        peers[&behind_id].clone(),
+        store.clone(),
+        config,
+        test_logger(),
+    )
+    .await
+    .expect("restart the follower");
+    tokio::spawn(restarted.clone().run());
+    support::eventually(
+        Duration::from_secs(30),
+        "the follower holds the last key",
+        || store.get("k299").is_some(),
+    )
+    .await;
+    let metrics = restarted.metrics_text();
+    assert!(
+        metric_value(&metrics, "pontoon_snapshot_chunks_received_total") >= 1.0,
+        "the follower caught up from a streamed snapshot, not from the log"
+    );
+    for i in 0..300 {
+        assert_eq!(store.get(&format!("k{i}")), Some(value(i)), "k{i}");
+    }
+    restarted.quit().await.expect("quit");
+    for node in nodes.iter().filter(|n| n.raft.id() != behind_id) {
         node.raft.quit().await.expect("quit");
     }
 }

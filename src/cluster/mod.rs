@@ -24,7 +24,7 @@ use crate::config::{Config, Peers};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::node::{RaftNode, ReadBatcher, Role, RunLoop, Shared, SoftStatus, Waiters, Writer};
-use crate::state_machine::AbstractStateMachine;
+use crate::state_machine::{AbstractStateMachine, SnapshotSource};
 use crate::storage::{LmdbStorage, LogStore, SnapshotEnvelope, StagedLog};
 use crate::transport::{FaultInjector, GrpcTransport, RaftGrpcService, Transport};
 
@@ -128,11 +128,8 @@ impl<F: AbstractStateMachine> Raft<F> {
         let mut applied = 0;
         let mut max_node_id = 0;
         let peers = if resumed {
-            if let Some(snapshot) = store.latest_snapshot()? {
-                let envelope = SnapshotEnvelope::decode(snapshot.get_data())?;
-                envelope.check_matches(snapshot.get_metadata())?;
-                fsm.restore(envelope.user_data).await?;
-                applied = snapshot.get_metadata().index;
+            if let Some((index, envelope)) = restore_latest_snapshot(&store, &mut fsm).await? {
+                applied = index;
                 max_node_id = envelope.max_node_id;
                 raise_commit_to(&store, applied, &logger).await?;
             }
@@ -402,4 +399,47 @@ async fn raise_commit_to(store: &LmdbStorage, index: u64, logger: &slog::Logger)
     .await
     .map_err(|e| Error::Other(format!("storage thread failed: {e}")))??;
     Ok(())
+}
+
+/// Restore `fsm` from the latest stored snapshot, if there is one. Returns the snapshot's index
+/// and its envelope header (without user bytes).
+///
+/// The file is checked (checksum, header, metadata) on a storage thread, reading it in blocks;
+/// the state machine then reads it through `restore_from`, so a restart does not hold the whole
+/// snapshot in memory beside the state rebuilt from it.
+async fn restore_latest_snapshot<S: LogStore, F: AbstractStateMachine>(
+    store: &S,
+    fsm: &mut F,
+) -> Result<Option<(u64, SnapshotEnvelope)>> {
+    let store = store.clone();
+    let found = tokio::task::spawn_blocking(move || -> Result<_> {
+        if let Some((meta, path)) = store.latest_snapshot_file()? {
+            let mut file = std::fs::File::open(&path)?;
+            let (header, user_len) = SnapshotEnvelope::check_file(&mut file, &meta)?;
+            return Ok(Some((
+                meta.index,
+                header,
+                SnapshotSource::from_file(file, user_len),
+            )));
+        }
+        let Some(snapshot) = store.latest_snapshot()? else {
+            return Ok(None);
+        };
+        let meta = snapshot.get_metadata();
+        let mut envelope = SnapshotEnvelope::decode(snapshot.get_data())?;
+        envelope.check_matches(meta)?;
+        let user_data = std::mem::take(&mut envelope.user_data);
+        Ok(Some((
+            meta.index,
+            envelope,
+            SnapshotSource::from_bytes(user_data),
+        )))
+    })
+    .await
+    .map_err(|e| Error::Other(format!("storage thread failed: {e}")))??;
+    let Some((index, envelope, mut source)) = found else {
+        return Ok(None);
+    };
+    fsm.restore_from(&mut source).await?;
+    Ok(Some((index, envelope)))
 }

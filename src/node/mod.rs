@@ -10,8 +10,8 @@
 //!    (group commit). Tick when it is time.
 //! 2. If raft has a `Ready` (and fewer than 64 writes are in flight), take it.
 //! 3. Send `ready.messages()` at once: a leader replicates before its own write finishes.
-//! 4. If the Ready holds a snapshot, wait for the writes in flight, store it and `restore()` the
-//!    state machine from it.
+//! 4. If the Ready holds a snapshot, wait for the writes in flight, store it and restore the
+//!    state machine from it (`restore_from`, reading the stored file).
 //! 5. Apply the committed entries (raft hands out only entries that are committed *and* durable
 //!    here): normal entries go to `apply` and answer the waiter registered under the entry's
 //!    proposal id; conf changes go to `apply_conf_change` and update the address book.

@@ -22,7 +22,7 @@ use tokio::sync::oneshot;
 use super::run_loop::RunLoop;
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::state_machine::{AbstractStateMachine, SnapshotSink};
+use crate::state_machine::{AbstractStateMachine, SnapshotSink, SnapshotSource};
 use crate::storage::{LogStore, SnapshotEnvelope, StorageError};
 
 /// What the automatic snapshot decision needs to remember between snapshots.
@@ -76,8 +76,9 @@ impl SnapshotPolicy {
 
 impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
     /// Install a snapshot from the leader. Its data is usually a reference to the file the
-    /// transport received it into (see `transport::snapshot_file_ref`): the file is read once,
-    /// stored, and its user bytes handed to `restore` without another copy.
+    /// transport received it into (see `transport::snapshot_file_ref`): the storage thread checks
+    /// that file and moves it into the store, and the state machine then reads it through
+    /// `restore_from`, so the snapshot is never held in memory whole.
     pub(crate) async fn install_snapshot(&mut self, mut snapshot: Snapshot) -> Result<()> {
         // A snapshot of our own still being stored would otherwise land after this one and
         // name an older state as the latest.
@@ -89,24 +90,37 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
         let data = snapshot.take_data();
         let file = crate::transport::snapshot_file_ref(&data);
         let store = self.store.clone();
-        let envelope = tokio::task::spawn_blocking(move || -> Result<_> {
-            let bytes = match &file {
+        let (envelope, mut source) = tokio::task::spawn_blocking(move || -> Result<_> {
+            match &file {
                 Some(path) => {
-                    let bytes = std::fs::read(path)?;
-                    let _ = std::fs::remove_file(path);
-                    bytes
+                    let installed = (|| -> Result<_> {
+                        // Checked again here: the file is what the store will keep.
+                        let mut opened = std::fs::File::open(path)?;
+                        let (header, user_len) = SnapshotEnvelope::check_file(&mut opened, &meta)?;
+                        // The open file stays readable after the store renames it.
+                        store.install_snapshot_file(&meta, path, &header.peers)?;
+                        Ok((header, SnapshotSource::from_file(opened, user_len)))
+                    })();
+                    if installed.is_err() {
+                        let _ = std::fs::remove_file(path);
+                    }
+                    installed
                 }
-                None => Vec::from(data),
-            };
-            SnapshotEnvelope::verify(&bytes, &meta)?;
-            let peers = SnapshotEnvelope::decode_header(&bytes)?.peers;
-            store.install_snapshot(&meta, &bytes, &peers)?;
-            Ok(SnapshotEnvelope::decode_owned(bytes)?)
+                None => {
+                    let bytes = Vec::from(data);
+                    SnapshotEnvelope::verify(&bytes, &meta)?;
+                    let peers = SnapshotEnvelope::decode_header(&bytes)?.peers;
+                    store.install_snapshot(&meta, &bytes, &peers)?;
+                    let mut envelope = SnapshotEnvelope::decode_owned(bytes)?;
+                    let user_data = std::mem::take(&mut envelope.user_data);
+                    Ok((envelope, SnapshotSource::from_bytes(user_data)))
+                }
+            }
         })
         .await
         .map_err(|e| Error::Other(format!("storage thread failed: {e}")))??;
-        let user_data_len = envelope.user_data.len() as u64;
-        self.fsm.restore(envelope.user_data).await?;
+        let user_data_len = source.len();
+        self.fsm.restore_from(&mut source).await?;
         self.snapshot_policy.on_taken(user_data_len);
         self.max_node_id = envelope.max_node_id;
         self.peers.replace(envelope.peers);

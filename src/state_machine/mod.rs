@@ -9,6 +9,7 @@
 //!   such a snapshot. After `restore`, pontoon applies only the entries that follow the snapshot.
 
 mod snapshot_sink;
+mod snapshot_source;
 
 use async_trait::async_trait;
 
@@ -16,6 +17,7 @@ use crate::error::{Error, Result};
 
 pub(crate) use snapshot_sink::SnapshotChunk;
 pub use snapshot_sink::SnapshotSink;
+pub use snapshot_source::SnapshotSource;
 
 /// A command in the replicated log. pontoon never looks inside: it stores and replicates the bytes.
 pub trait AbstractLogEntry: Clone + Send + Sync + 'static {
@@ -48,6 +50,19 @@ pub trait AbstractStateMachine: Clone + Send + Sync + 'static {
     }
     /// Replace the whole state with a snapshot produced by `snapshot`.
     async fn restore(&mut self, snapshot: Vec<u8>) -> Result<()>;
+    /// Replace the whole state with the snapshot `source` reads. pontoon calls this one; the
+    /// default reads every byte and calls `restore`.
+    ///
+    /// Override it for a large state: `source` reads the snapshot file through a buffer while
+    /// you deserialise, so the file's bytes are never held in memory beside the state rebuilt
+    /// from them. The snapshot's checksum was verified before this is called. Like `restore`,
+    /// it runs on the run loop.
+    async fn restore_from(&mut self, source: &mut SnapshotSource) -> Result<()> {
+        let bytes = source
+            .read_all()
+            .map_err(|e| Error::StateMachine(format!("reading the snapshot: {e}")))?;
+        self.restore(bytes).await
+    }
     /// Serialise the state machine value itself (raftify compatibility).
     fn encode(&self) -> Result<Vec<u8>>;
     /// Inverse of `encode` (raftify compatibility).

@@ -182,12 +182,24 @@ impl SnapshotEnvelope {
         path: &std::path::Path,
         meta: &raft::eraftpb::SnapshotMetadata,
     ) -> Result<(), StorageError> {
+        let mut file = std::fs::File::open(path)?;
+        Self::check_file(&mut file, meta).map(|_| ())
+    }
+
+    /// Verify the envelope in `file` like `verify_file`, then leave the file positioned at the
+    /// first user byte. Returns the header (with empty `user_data`) and the number of user
+    /// bytes, so the state machine can read them straight from the file (`SnapshotSource`).
+    pub(crate) fn check_file(
+        file: &mut std::fs::File,
+        meta: &raft::eraftpb::SnapshotMetadata,
+    ) -> Result<(SnapshotEnvelope, u64), StorageError> {
         use std::io::Read;
         let corrupt = |reason: String| StorageError::Corrupt {
             what: "snapshot envelope".into(),
             reason,
         };
-        let mut file = std::fs::File::open(path)?;
+        file.seek(SeekFrom::Start(0))?;
+        let file_len = file.metadata()?.len();
         let mut fixed = [0u8; 16];
         file.read_exact(&mut fixed)
             .map_err(|_| corrupt("shorter than its header".into()))?;
@@ -203,7 +215,8 @@ impl SnapshotEnvelope {
         let stored_crc = u32::from_be_bytes([fixed[8], fixed[9], fixed[10], fixed[11]]);
         let header_len = u32::from_be_bytes([fixed[12], fixed[13], fixed[14], fixed[15]]);
         // The length is the file's word: check it against the file before allocating for it.
-        if 16 + u64::from(header_len) > file.metadata()?.len() {
+        let user_start = 16 + u64::from(header_len);
+        if user_start > file_len {
             return Err(corrupt("header longer than the envelope".into()));
         }
         let mut header_bytes = vec![0u8; header_len as usize];
@@ -213,19 +226,24 @@ impl SnapshotEnvelope {
         hasher.update(&fixed[12..]);
         hasher.update(&header_bytes);
         let mut block = vec![0u8; 1 << 20];
+        let mut user_len = 0u64;
         loop {
             let n = file.read(&mut block)?;
             if n == 0 {
                 break;
             }
             hasher.update(&block[..n]);
+            user_len += n as u64;
         }
         if hasher.finalize() != stored_crc {
             return Err(corrupt("checksum mismatch".into()));
         }
         let header: EnvelopeHeader =
             bincode::deserialize(&header_bytes).map_err(|e| corrupt(e.to_string()))?;
-        header.into_envelope(Vec::new()).check_matches(meta)
+        let envelope = header.into_envelope(Vec::new());
+        envelope.check_matches(meta)?;
+        file.seek(SeekFrom::Start(user_start))?;
+        Ok((envelope, user_len))
     }
 
     /// Decode and verify an envelope; any mismatch is a `Corrupt` error, never a panic.
@@ -342,9 +360,6 @@ mod tests {
         assert!(err.to_string().contains("version 9"), "{err}");
     }
 
-    /// Found by the `snapshot_envelope` fuzz target: `verify_file` allocated the header length
-    /// the file claims (here 1 GiB, up to 4 GiB) before reading it, so a 128-byte snapshot from a
-    /// peer could make the receiver allocate gigabytes.
     #[test]
     fn a_streamed_envelope_is_byte_for_byte_the_encoded_one() {
         use std::io::{Read, Write};
@@ -401,6 +416,9 @@ mod tests {
         assert!(err.to_string().contains("before finishing"), "{err}");
     }
 
+    /// Found by the `snapshot_envelope` fuzz target: `verify_file` allocated the header length
+    /// the file claims (here 1 GiB, up to 4 GiB) before reading it, so a 128-byte snapshot from a
+    /// peer could make the receiver allocate gigabytes.
     #[test]
     fn verify_file_refuses_a_header_length_beyond_the_file() {
         let mut bytes = b"PTSN\0\0\0\x01".to_vec();
@@ -419,6 +437,38 @@ mod tests {
         std::fs::write(&path, &max).expect("write");
         assert!(SnapshotEnvelope::verify_file(&path, &meta).is_err());
         assert!(SnapshotEnvelope::decode(&max).is_err());
+    }
+
+    #[test]
+    fn check_file_leaves_the_file_at_the_user_bytes_and_counts_them() {
+        use std::io::{Read, Write};
+        let envelope = SnapshotEnvelope {
+            index: 7,
+            term: 2,
+            voters: vec![1],
+            peers: [(1, "a:1".to_string())].into_iter().collect(),
+            user_data: b"the user's state".to_vec(),
+            ..Default::default()
+        };
+        let mut file = tempfile::tempfile().expect("tempfile");
+        file.write_all(&envelope.encode().expect("encode"))
+            .expect("write");
+        let mut meta = raft::eraftpb::SnapshotMetadata {
+            index: 7,
+            term: 2,
+            ..Default::default()
+        };
+        meta.mut_conf_state().voters = vec![1];
+        let (header, user_len) = SnapshotEnvelope::check_file(&mut file, &meta).expect("checks");
+        assert_eq!(user_len, envelope.user_data.len() as u64);
+        assert_eq!(header.peers, envelope.peers);
+        assert!(header.user_data.is_empty());
+        let mut rest = Vec::new();
+        file.read_to_end(&mut rest).expect("read");
+        assert_eq!(rest, envelope.user_data);
+        // Metadata of another snapshot: refused.
+        meta.index = 8;
+        assert!(SnapshotEnvelope::check_file(&mut file, &meta).is_err());
     }
 
     #[test]

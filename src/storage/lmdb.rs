@@ -88,6 +88,41 @@ struct Cache {
 }
 
 impl LmdbStorage {
+    /// Install a snapshot received from the leader, its data stored by `store_data`: the
+    /// snapshot first (file, then the metadata naming it), then the log reset.
+    /// `reconcile_log_with_snapshot` finishes an install a crash interrupted in between.
+    fn install_snapshot_with(
+        &self,
+        meta: &SnapshotMetadata,
+        peers: &Peers,
+        store_data: impl FnOnce() -> Result<(), StorageError>,
+    ) -> Result<(), StorageError> {
+        let truncated = self.inner.wal.truncated().0;
+        if meta.index < truncated {
+            return Err(StorageError::InvalidOperation(format!(
+                "snapshot at {} is older than the compacted log ({truncated})",
+                meta.index
+            )));
+        }
+        store_data()?;
+        self.write_txn(|inner, wtxn| {
+            inner.put_pb(wtxn, K_SNAPSHOT_META, meta)?;
+            inner.put_conf_state(wtxn, meta.get_conf_state(), meta.index)?;
+            inner.put_peers(wtxn, peers)?;
+            Ok(())
+        })?;
+        self.update_cache(|c| {
+            c.snapshot_meta = Arc::new(meta.clone());
+            c.conf_state_index = meta.index;
+        });
+        let mut hs = self.inner.wal.hard_state();
+        hs.term = hs.term.max(meta.term);
+        hs.commit = meta.index;
+        self.inner.wal.reset((meta.index, meta.term), &hs)?;
+        self.inner
+            .snapshots
+            .keep_only(Some((meta.index, meta.term)))
+    }
     /// Open (or create) the data dir of `node_id` in `cluster_id`.
     ///
     /// A data dir recorded for another node, another cluster or another format version is refused
@@ -507,33 +542,31 @@ impl LogStore for LmdbStorage {
         data: &[u8],
         peers: &Peers,
     ) -> Result<(), StorageError> {
-        let truncated = self.inner.wal.truncated().0;
-        if meta.index < truncated {
-            return Err(StorageError::InvalidOperation(format!(
-                "snapshot at {} is older than the compacted log ({truncated})",
-                meta.index
-            )));
+        self.install_snapshot_with(meta, peers, || {
+            self.inner.snapshots.write(meta.index, meta.term, data)
+        })
+    }
+
+    fn install_snapshot_file(
+        &self,
+        meta: &SnapshotMetadata,
+        path: &std::path::Path,
+        peers: &Peers,
+    ) -> Result<(), StorageError> {
+        self.install_snapshot_with(meta, peers, || {
+            self.inner.snapshots.adopt(meta.index, meta.term, path)
+        })
+    }
+
+    fn latest_snapshot_file(
+        &self,
+    ) -> Result<Option<(SnapshotMetadata, std::path::PathBuf)>, StorageError> {
+        let meta = (*self.cache().snapshot_meta).clone();
+        if meta.index == 0 {
+            return Ok(None);
         }
-        // The snapshot first (file, then the metadata naming it), then the log reset;
-        // `reconcile_log_with_snapshot` finishes an install a crash interrupted in between.
-        self.inner.snapshots.write(meta.index, meta.term, data)?;
-        self.write_txn(|inner, wtxn| {
-            inner.put_pb(wtxn, K_SNAPSHOT_META, meta)?;
-            inner.put_conf_state(wtxn, meta.get_conf_state(), meta.index)?;
-            inner.put_peers(wtxn, peers)?;
-            Ok(())
-        })?;
-        self.update_cache(|c| {
-            c.snapshot_meta = Arc::new(meta.clone());
-            c.conf_state_index = meta.index;
-        });
-        let mut hs = self.inner.wal.hard_state();
-        hs.term = hs.term.max(meta.term);
-        hs.commit = meta.index;
-        self.inner.wal.reset((meta.index, meta.term), &hs)?;
-        self.inner
-            .snapshots
-            .keep_only(Some((meta.index, meta.term)))
+        let path = self.inner.snapshots.existing_path(meta.index, meta.term)?;
+        Ok(Some((meta, path)))
     }
 
     fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), StorageError> {
@@ -654,8 +687,11 @@ impl raft::Storage for LmdbStorage {
     }
 
     fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
-        if let Some(snap) = self.latest_snapshot()? {
-            let meta = snap.get_metadata();
+        // The data is a reference to the snapshot file, not its bytes: the run loop calls this
+        // and must not read a large file, and the transport streams the file in chunks (see
+        // `transport::snapshot_sender`).
+        let meta = (*self.cache().snapshot_meta).clone();
+        if meta.index > 0 {
             let cs = meta.get_conf_state();
             // A node refuses a snapshot whose membership does not include it (a new learner
             // would, given the snapshot from before it was added).
@@ -664,6 +700,10 @@ impl raft::Storage for LmdbStorage {
                 || cs.voters_outgoing.contains(&to)
                 || cs.learners_next.contains(&to);
             if meta.index >= request_index && includes_receiver {
+                let path = self.inner.snapshots.existing_path(meta.index, meta.term)?;
+                let mut snap = Snapshot::default();
+                snap.set_data(crate::transport::snapshot_file_data(&path));
+                snap.set_metadata(meta);
                 return Ok(snap);
             }
         }

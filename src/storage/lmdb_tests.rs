@@ -198,7 +198,9 @@ fn snapshot_apply_sets_hard_state_and_conf_state() {
     assert_eq!(lmdb.peers().expect("peers")[&1], "a");
     let stored = lmdb.snapshot(0, 2).expect("snapshot");
     assert_eq!(stored.get_metadata().index, 9);
-    assert_eq!(stored.get_data(), b"snap");
+    // raft gets a reference to the file, which the transport streams.
+    let file = crate::transport::snapshot_file_ref(stored.get_data()).expect("a file reference");
+    assert_eq!(std::fs::read(file).expect("read"), b"snap");
     // A snapshot older than the compacted log is refused and changes nothing.
     assert!(lmdb
         .install_snapshot(
@@ -429,4 +431,38 @@ fn only_the_current_snapshot_file_stays_and_a_missing_one_is_refused() {
         .err()
         .expect("refused");
     assert!(matches!(err, StorageError::Corrupt { .. }), "{err}");
+}
+
+#[test]
+fn a_received_snapshot_file_is_moved_into_the_store_not_copied_and_survives_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lmdb = open(&dir);
+    append(&lmdb, (1..=4).map(|i| entry(i, 1)).collect()).expect("append");
+    let received = dir.path().join("incoming-snapshot-2-1.snap");
+    std::fs::write(&received, b"received snapshot").expect("write");
+    let meta = snapshot(9, 3, vec![1, 2]).take_metadata();
+    lmdb.install_snapshot_file(&meta, &received, &Peers::from([(2, "b".to_string())]))
+        .expect("install");
+    assert!(!received.exists(), "the received file was taken over");
+    assert_eq!(lmdb.first_index().expect("first"), 10, "the log was reset");
+    let (stored_meta, path) = lmdb
+        .latest_snapshot_file()
+        .expect("read")
+        .expect("a snapshot file");
+    assert_eq!(stored_meta.index, 9);
+    assert_eq!(std::fs::read(&path).expect("read"), b"received snapshot");
+    drop(lmdb);
+    let lmdb = open(&dir);
+    let stored = lmdb.latest_snapshot().expect("read").expect("a snapshot");
+    assert_eq!(stored.get_metadata().index, 9);
+    assert_eq!(stored.get_data(), b"received snapshot");
+    assert_eq!(lmdb.peers().expect("peers")[&2], "b");
+    // One older than the compacted log is refused, and its file is left to the caller.
+    let old = dir.path().join("incoming-snapshot-old.snap");
+    std::fs::write(&old, b"old").expect("write");
+    let meta = snapshot(3, 1, vec![1]).take_metadata();
+    assert!(lmdb
+        .install_snapshot_file(&meta, &old, &Peers::new())
+        .is_err());
+    assert_eq!(snapshot_file_names(&dir).len(), 1);
 }

@@ -130,6 +130,29 @@ pub trait LogStore: raft::Storage + Clone + Send + Sync + 'static {
         data: &[u8],
         peers: &Peers,
     ) -> Result<(), StorageError>;
+    /// Like `install_snapshot`, with the data in the file at `path`: a snapshot the transport
+    /// received into the data dir and verified. The store takes the file over (the LMDB store
+    /// renames it into place instead of copying it); `path` is gone afterwards. The default
+    /// reads the file and calls `install_snapshot`.
+    fn install_snapshot_file(
+        &self,
+        meta: &SnapshotMetadata,
+        path: &std::path::Path,
+        peers: &Peers,
+    ) -> Result<(), StorageError> {
+        let data = std::fs::read(path)?;
+        self.install_snapshot(meta, &data, peers)?;
+        let _ = std::fs::remove_file(path);
+        Ok(())
+    }
+    /// The file holding the latest stored snapshot's data with that snapshot's metadata, if the
+    /// store keeps snapshots as files: a restart restores from it without reading it whole. The
+    /// default (`None`) makes the caller use `latest_snapshot`.
+    fn latest_snapshot_file(
+        &self,
+    ) -> Result<Option<(SnapshotMetadata, std::path::PathBuf)>, StorageError> {
+        Ok(None)
+    }
     /// Store a snapshot this node made of its own state (the log is left as it is).
     fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), StorageError>;
     /// Like `save_snapshot`, but `fill` writes the snapshot's data into the file itself, so a

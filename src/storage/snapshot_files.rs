@@ -85,6 +85,30 @@ impl SnapshotFiles {
         written
     }
 
+    /// Durably store the snapshot at `index`/`term` whose complete data is the file at `from`
+    /// (a snapshot the transport received into the data dir): the file is synced and renamed
+    /// into place instead of being copied. Should the rename fail (`from` on another file
+    /// system), the data is copied. `from` is gone afterwards either way.
+    pub(crate) fn adopt(&self, index: u64, term: u64, from: &Path) -> Result<(), StorageError> {
+        File::open(from)?.sync_all()?;
+        if std::fs::rename(from, self.path(index, term)).is_ok() {
+            return sync_dir(&self.dir);
+        }
+        let mut source = File::open(from)?;
+        self.write_with(index, term, &mut |file| {
+            std::io::copy(&mut source, file)?;
+            Ok(())
+        })?;
+        let _ = std::fs::remove_file(from);
+        Ok(())
+    }
+
+    /// The path of the snapshot at `index`/`term`, after checking that the file is there.
+    pub(crate) fn existing_path(&self, index: u64, term: u64) -> Result<PathBuf, StorageError> {
+        self.check(index, term)?;
+        Ok(self.path(index, term))
+    }
+
     /// The data of the snapshot at `index`/`term`.
     pub(crate) fn read(&self, index: u64, term: u64) -> Result<Vec<u8>, StorageError> {
         let path = self.path(index, term);

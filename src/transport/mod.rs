@@ -9,12 +9,15 @@ mod faults;
 mod peer_sender;
 pub(crate) mod server;
 pub(crate) mod snapshot_receiver;
+mod snapshot_sender;
 
 pub use faults::FaultInjector;
 pub(crate) use faults::Verdict;
 pub use peer_sender::GrpcTransport;
 pub use server::RaftGrpcService;
-pub(crate) use snapshot_receiver::{remove_stale_snapshot_files, snapshot_file_ref};
+pub(crate) use snapshot_receiver::{
+    remove_stale_snapshot_files, snapshot_file_data, snapshot_file_ref,
+};
 
 use raft::eraftpb::Message;
 

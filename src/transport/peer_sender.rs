@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::pb;
+use super::snapshot_sender::snapshot_chunks;
 use super::{FaultInjector, Transport, Verdict};
 use tonic::transport::Channel;
 use tonic::{Request, Status};
@@ -399,43 +400,31 @@ impl SenderWorker {
         Ok(OpenStream { batches, ended })
     }
 
-    /// Stream one MsgSnapshot in chunks of `snapshot_chunk_bytes`. The chunks are cut from the
-    /// snapshot's shared buffer as the stream is polled, so only a few are in memory at once.
+    /// Stream one MsgSnapshot in chunks of `snapshot_chunk_bytes`, read from the store's
+    /// snapshot file a few chunks ahead of the stream (see `snapshot_sender`).
     async fn stream_snapshot(
         &self,
         client: &mut GrpcClient<Channel>,
         mut msg: Message,
     ) -> Result<u64, String> {
-        let data: bytes::Bytes = msg.mut_snapshot().take_data();
-        let header = msg.write_to_bytes().map_err(|e| e.to_string())?;
-        let total = data.len();
-        let crc = crc32fast::hash(&data);
-        let chunk = self.config.snapshot_chunk_bytes.max(1);
-        let count = total.div_ceil(chunk).max(1);
-        let cluster_id = self.cluster_id.clone();
-        let from = self.from;
-        let sent = self.metrics_chunks.clone();
-        let chunks = (0..count).map(move |i| {
-            sent.inc();
-            let lo = i * chunk;
-            let hi = (lo + chunk).min(total);
-            pb::SnapshotChunk {
-                cluster_id: if i == 0 {
-                    cluster_id.clone()
-                } else {
-                    String::new()
-                },
-                from,
-                message: if i == 0 { header.clone() } else { Vec::new() },
-                total_size: total as u64,
-                crc32: crc,
-                seq: i as u64,
-                data: data.slice(lo..hi).to_vec(),
-            }
-        });
-        let call = client.install_snapshot(tokio_stream::iter(chunks));
+        let data = msg.mut_snapshot().take_data();
+        let message = msg.write_to_bytes().map_err(|e| e.to_string())?;
+        let (chunks, count) = snapshot_chunks(
+            data,
+            message,
+            self.cluster_id.clone(),
+            self.from,
+            self.config.snapshot_chunk_bytes,
+            self.metrics_chunks.clone(),
+        )
+        .await?;
+        let call = client.install_snapshot(chunks);
         match tokio::time::timeout(self.config.snapshot_timeout, call).await {
-            Ok(Ok(ack)) => Ok(ack.into_inner().chunks),
+            Ok(Ok(ack)) if ack.get_ref().chunks == count => Ok(count),
+            Ok(Ok(ack)) => Err(format!(
+                "the peer acknowledged {} of {count} chunks",
+                ack.get_ref().chunks
+            )),
             Ok(Err(status)) => Err(status.to_string()),
             Err(_) => Err("timed out".into()),
         }
