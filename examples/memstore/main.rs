@@ -141,13 +141,21 @@ struct Spec {
     initial_peers: Option<pontoon::Peers>,
 }
 
+/// One node of this process: its handle, the task running it and the task serving its HTTP.
+struct Node {
+    raft: Raft<HashStore>,
+    /// Ends with the node: `Ok` once it quit or left, an error or a panic otherwise.
+    run: tokio::task::JoinHandle<pontoon::Result<()>>,
+    http: tokio::task::JoinHandle<()>,
+}
+
 async fn start_node(
     spec: Spec,
     args: &Args,
     security: &Security,
     logger: &pontoon::slog::Logger,
     http_runtime: &tokio::runtime::Handle,
-) -> Result<(Raft<HashStore>, tokio::task::JoinHandle<()>), Box<dyn std::error::Error>> {
+) -> Result<Node, Box<dyn std::error::Error>> {
     let config = security.apply(Config {
         cluster_id: args.cluster_id.clone(),
         snapshot_threshold: args.snapshot_threshold,
@@ -183,10 +191,12 @@ async fn start_node(
     });
     let runner = raft.clone();
     let web_logger = logger.clone();
-    tokio::spawn(async move {
-        if let Err(e) = runner.run().await {
+    let run = tokio::spawn(async move {
+        let outcome = runner.run().await;
+        if let Err(e) = &outcome {
             pontoon::slog::crit!(web_logger, "node stopped with an error"; "error" => %e);
         }
+        outcome
     });
     let stopper = raft.clone();
     // The HTTP server drains in-flight requests (e.g. the answer to POST /leave) once the node
@@ -210,7 +220,7 @@ async fn start_node(
         spec.web_addr,
         spec.data_dir.display()
     );
-    Ok((raft, http))
+    Ok(Node { raft, run, http })
 }
 
 fn main() {
@@ -345,11 +355,13 @@ async fn real_main(
     };
     let first_web = specs[0].web_addr.clone();
     let mut nodes = Vec::new();
+    let mut runs = Vec::new();
     let mut servers = Vec::new();
     for spec in specs {
-        let (node, http) = start_node(spec, &args, &security, &logger, &http_runtime).await?;
-        nodes.push(node);
-        servers.push(http);
+        let node = start_node(spec, &args, &security, &logger, &http_runtime).await?;
+        nodes.push(node.raft);
+        runs.push(node.run);
+        servers.push(node.http);
     }
     if let Some(ticket) = join_ticket {
         nodes[0].join_cluster(vec![ticket]).await?;
@@ -371,11 +383,23 @@ async fn real_main(
     tokio::select! {
         r = tokio::signal::ctrl_c() => r?,
         _ = all_stopped => {
-            println!("every node has stopped (left the cluster)");
+            // Say why: a node that left the cluster ends cleanly, one that hit a fatal error (or
+            // a panic) makes the process fail.
+            let mut failures = Vec::new();
+            for (node, run) in nodes.iter().zip(runs) {
+                match run.await {
+                    Ok(Ok(())) => println!("node {} stopped (it left the cluster)", node.id()),
+                    Ok(Err(e)) => failures.push(format!("node {} stopped with an error: {e}", node.id())),
+                    Err(e) => failures.push(format!("node {} crashed: {e}", node.id())),
+                }
+            }
             for http in servers {
                 let _ = tokio::time::timeout(Duration::from_secs(5), http).await;
             }
-            return Ok(());
+            if failures.is_empty() {
+                return Ok(());
+            }
+            return Err(failures.join("; ").into());
         }
     }
     println!("stopping...");
