@@ -353,6 +353,15 @@ async fn real_main(
             }]
         }
     };
+    // Listen for Ctrl-C / SIGINT before anything starts: a signal that arrives while the nodes
+    // start or wait for a leader is kept and honoured once they are up, instead of being lost
+    // (a script's background job starts with SIGINT ignored until a handler is installed).
+    let (interrupt_tx, mut interrupted) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            let _ = interrupt_tx.send(true);
+        }
+    });
     let first_web = specs[0].web_addr.clone();
     let mut nodes = Vec::new();
     let mut runs = Vec::new();
@@ -367,11 +376,16 @@ async fn real_main(
         nodes[0].join_cluster(vec![ticket]).await?;
         println!("node {} joined and is a voter", nodes[0].id());
     }
-    if let Ok(leader) = nodes[0].wait_for_leader(Duration::from_secs(15)).await {
-        println!("leader elected: node {leader}");
-        println!("try: curl -XPUT http://{first_web}/store/hello/world && curl http://{first_web}/store/hello");
+    tokio::select! {
+        elected = nodes[0].wait_for_leader(Duration::from_secs(15)) => {
+            if let Ok(leader) = elected {
+                println!("leader elected: node {leader}");
+                println!("try: curl -XPUT http://{first_web}/store/hello/world && curl http://{first_web}/store/hello");
+            }
+            println!("Ctrl-C to stop");
+        }
+        _ = interrupted.wait_for(|stop| *stop) => {}
     }
-    println!("Ctrl-C to stop");
     let all_stopped = {
         let nodes = nodes.clone();
         async move {
@@ -381,7 +395,7 @@ async fn real_main(
         }
     };
     tokio::select! {
-        r = tokio::signal::ctrl_c() => r?,
+        _ = interrupted.wait_for(|stop| *stop) => {}
         _ = all_stopped => {
             // Say why: a node that left the cluster ends cleanly, one that hit a fatal error (or
             // a panic) makes the process fail.
