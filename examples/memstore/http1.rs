@@ -25,9 +25,11 @@ use hyper_util::server::graceful::GracefulShutdown;
 use pontoon::slog::{self, Logger};
 use tokio::net::TcpListener;
 
-/// How long to wait before accepting again after `accept` failed (out of file descriptors, say):
-/// an immediate retry would spin on the same error.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// After `accept` fails (out of file descriptors, say), wait before trying again, doubling the
+/// wait up to `ACCEPT_BACKOFF_CAP` while it keeps failing: an immediate retry would spin on the
+/// same error. Only the first failure of a streak is logged.
+const ACCEPT_BACKOFF_START: Duration = Duration::from_millis(10);
+const ACCEPT_BACKOFF_CAP: Duration = Duration::from_secs(1);
 
 /// A client that has not finished sending its request headers after this long is disconnected,
 /// so idle half-open connections cannot pile up.
@@ -51,13 +53,23 @@ pub async fn serve<S>(
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT);
     tokio::pin!(shutdown);
+    let mut backoff = ACCEPT_BACKOFF_START;
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok((stream, _)) => {
+                    backoff = ACCEPT_BACKOFF_START;
+                    stream
+                }
                 Err(e) => {
-                    slog::warn!(logger, "HTTP accept failed; retrying"; "error" => %e);
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    if backoff == ACCEPT_BACKOFF_START {
+                        slog::warn!(logger, "HTTP accept failed; retrying with backoff"; "error" => %e);
+                    }
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = &mut shutdown => break,
+                    }
+                    backoff = (backoff * 2).min(ACCEPT_BACKOFF_CAP);
                     continue;
                 }
             },
