@@ -85,6 +85,15 @@ pub enum Error {
     /// Configuration rejected before starting.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// The leader says this node acknowledged log entries that its log does not hold: the data
+    /// dir was lost, replaced or restored from an old copy. The node stops rather than corrupt
+    /// the cluster. Remove it from the cluster and join it again with a new id and an empty dir.
+    #[error(
+        "this node's log lost entries it had acknowledged: {0}; its data dir was lost, replaced \
+         or restored from an old copy. Remove the node from the cluster and join it again with a \
+         new id and an empty data dir"
+    )]
+    LogLost(String),
     /// An error from raft-rs itself.
     #[error("raft: {0}")]
     Raft(#[from] raft::Error),

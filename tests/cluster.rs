@@ -345,3 +345,37 @@ async fn message_stream_from_another_cluster_or_with_garbage_is_refused_and_node
     cluster.wait_all_applied(1).await;
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voter_restarted_on_a_lost_data_dir_stops_with_log_lost_and_the_cluster_keeps_writing() {
+    // The follower acknowledged entries, then its data dir is lost and it starts again empty.
+    // The leader's heartbeats name a commit index beyond its log: raft-rs would panic; the node
+    // must stop with an error that says what happened, and the others keep serving.
+    let mut cluster = TestCluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    for i in 0..20 {
+        support::propose_retrying(cluster.node(leader), &format!("w{i}")).await;
+    }
+    let lost = cluster.follower_of(leader);
+    eventually(
+        Duration::from_secs(10),
+        "the follower applied the writes",
+        || cluster.node(lost).status().applied >= 20,
+    )
+    .await;
+    cluster.stop_node(lost).await;
+    std::fs::remove_dir_all(cluster.config(lost).data_dir).expect("wipe the data dir");
+    cluster.start_node(lost).await;
+    let node = cluster.nodes.remove(&lost).expect("restarted");
+    let outcome = tokio::time::timeout(Duration::from_secs(30), node.task)
+        .await
+        .expect("the node stops instead of running on with a lost log")
+        .expect("the run task ends without a panic");
+    match outcome {
+        Err(Error::LogLost(why)) => assert!(why.contains("the log ends at"), "{why}"),
+        other => panic!("expected LogLost, got {other:?}"),
+    }
+    let leader = cluster.wait_for_leader().await;
+    support::propose_retrying(cluster.node(leader), "after").await;
+    cluster.shutdown().await;
+}

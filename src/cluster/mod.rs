@@ -245,6 +245,7 @@ impl<F: AbstractStateMachine> Raft<F> {
             metrics,
             snapshot_policy: Default::default(),
             snapshot_task: None,
+            fatal: None,
             proposal_batch: Vec::new(),
         };
         let service = RaftGrpcService::new(node.clone());

@@ -64,6 +64,8 @@ pub(crate) struct RunLoop<S: LogStore, F: AbstractStateMachine> {
     pub(crate) snapshot_policy: SnapshotPolicy,
     /// The background task storing the latest snapshot, if one is running.
     pub(crate) snapshot_task: Option<tokio::task::JoinHandle<()>>,
+    /// A fatal error found while handling a command; the loop stops with it.
+    pub(crate) fatal: Option<Error>,
     /// Proposals accepted this turn, appended together by `propose_batch`.
     pub(crate) proposal_batch: Vec<(ProposalContext, Vec<u8>, super::proposals::ProposalReply)>,
 }
@@ -105,6 +107,10 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
                     Ok(cmd) => quit |= self.handle(cmd).await,
                     Err(_) => break,
                 }
+            }
+            if let Some(e) = self.fatal.take() {
+                slog::crit!(self.logger, "run loop stopped by a fatal error"; "error" => %e);
+                break Err(e);
             }
             self.propose_batch();
             if let Some(ctx) = self.reads.start_round() {
@@ -149,6 +155,10 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
                 self.transport.set_peers(&self.peers.to_peers());
             }
             Command::Raft(msg) => {
+                if let Some(lost) = self.log_lost_per(&msg) {
+                    self.fatal = Some(lost);
+                    return true;
+                }
                 if let Err(e) = self.raw.step(*msg) {
                     slog::debug!(self.logger, "raft refused a message"; "error" => %e);
                 }
@@ -176,6 +186,25 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
             Command::Quit => return true,
         }
         false
+    }
+
+    /// A heartbeat of the current leader names a commit index beyond the end of our log. The
+    /// leader sends `min(acknowledged, committed)`, so we acknowledged entries we no longer
+    /// hold: raft-rs would panic in `commit_to`. Refuse it as a fatal, explained error instead.
+    /// (Appends are safe: raft-rs commits at most what they carry.)
+    fn log_lost_per(&self, msg: &raft::eraftpb::Message) -> Option<Error> {
+        let last = self.raw.raft.raft_log.last_index();
+        let from_current_term = msg.term >= self.raw.raft.term;
+        (msg.get_msg_type() == raft::eraftpb::MessageType::MsgHeartbeat
+            && from_current_term
+            && msg.commit > last)
+            .then(|| {
+                Error::LogLost(format!(
+                    "leader {} (term {}) says entries up to {} are committed here, but the log \
+                     ends at {last}",
+                    msg.from, msg.term, msg.commit
+                ))
+            })
     }
 
     pub(crate) fn not_leader(&self) -> Error {
