@@ -123,6 +123,17 @@ async fn debug_persisted_reads_a_stopped_nodes_data_dir() {
             .expect("json");
     assert_eq!(state.node_id, 2);
     assert_eq!(state.peers.len(), 3);
+    // The snapshot's size is its file's (read from the file system, not by reading the file).
+    let snapshot = state.snapshot.as_ref().expect("the initial snapshot");
+    let snapshot_file = std::fs::read_dir(cluster.dir.path().join("node-2").join("snapshots"))
+        .expect("snapshots dir")
+        .map(|e| e.expect("entry").path())
+        .find(|p| p.extension().is_some_and(|x| x == "snap"))
+        .expect("a snapshot file");
+    assert_eq!(
+        snapshot.bytes as u64,
+        std::fs::metadata(&snapshot_file).expect("stat").len()
+    );
     let user: Vec<&str> = state
         .entries
         .iter()

@@ -87,15 +87,20 @@ pub fn read_persisted(
     let (cs, conf_state_index) = store.conf_state()?;
     let first = store.first_index()?;
     let last = store.last_index()?;
-    let snapshot = store.latest_snapshot()?.map(|s| {
-        let meta = s.get_metadata();
-        SnapshotView {
-            index: meta.index,
-            term: meta.term,
-            voters: meta.get_conf_state().voters.clone(),
-            learners: meta.get_conf_state().learners.clone(),
-            bytes: s.get_data().len(),
-        }
+    // The snapshot's size from its file: reading a large snapshot whole just to measure it would
+    // cost its size in memory, on a machine that may be running the node.
+    let snapshot = match store.latest_snapshot_file()? {
+        Some((meta, path)) => Some((meta, std::fs::metadata(&path)?.len() as usize)),
+        None => store
+            .latest_snapshot()?
+            .map(|s| (s.get_metadata().clone(), s.get_data().len())),
+    }
+    .map(|(meta, bytes)| SnapshotView {
+        index: meta.index,
+        term: meta.term,
+        voters: meta.get_conf_state().voters.clone(),
+        learners: meta.get_conf_state().learners.clone(),
+        bytes,
     });
     let low = from.unwrap_or(first).max(first);
     let high = to.unwrap_or(last).min(last);
