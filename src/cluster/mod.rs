@@ -415,13 +415,8 @@ async fn restore_latest_snapshot<S: LogStore, F: AbstractStateMachine>(
     let store = store.clone();
     let found = tokio::task::spawn_blocking(move || -> Result<_> {
         if let Some((meta, path)) = store.latest_snapshot_file()? {
-            let mut file = std::fs::File::open(&path)?;
-            let (header, user_len) = SnapshotEnvelope::check_file(&mut file, &meta)?;
-            return Ok(Some((
-                meta.index,
-                header,
-                SnapshotSource::from_file(file, user_len),
-            )));
+            let (header, source) = SnapshotEnvelope::open_checked(&path, &meta)?;
+            return Ok(Some((meta.index, header, source)));
         }
         let Some(snapshot) = store.latest_snapshot()? else {
             return Ok(None);

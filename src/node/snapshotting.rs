@@ -95,11 +95,10 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
                 Some(path) => {
                     let installed = (|| -> Result<_> {
                         // Checked again here: the file is what the store will keep.
-                        let mut opened = std::fs::File::open(path)?;
-                        let (header, user_len) = SnapshotEnvelope::check_file(&mut opened, &meta)?;
-                        // The open file stays readable after the store renames it.
+                        // The source's open file stays readable after the store renames it.
+                        let (header, source) = SnapshotEnvelope::open_checked(path, &meta)?;
                         store.install_snapshot_file(&meta, path, &header.peers)?;
-                        Ok((header, SnapshotSource::from_file(opened, user_len)))
+                        Ok((header, source))
                     })();
                     if installed.is_err() {
                         let _ = std::fs::remove_file(path);

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::StorageError;
 use crate::config::Peers;
-use crate::state_machine::SnapshotChunk;
+use crate::state_machine::{SnapshotChunk, SnapshotSource};
 
 /// Current envelope version.
 pub const ENVELOPE_VERSION: u32 = 1;
@@ -186,10 +186,22 @@ impl SnapshotEnvelope {
         Self::check_file(&mut file, meta).map(|_| ())
     }
 
+    /// Open the envelope file at `path`, verify it like `verify_file`, and return its header
+    /// (with empty `user_data`) and a `SnapshotSource` over its user bytes, so the state machine
+    /// reads them straight from the file. The open file stays readable if `path` is renamed.
+    pub(crate) fn open_checked(
+        path: &std::path::Path,
+        meta: &raft::eraftpb::SnapshotMetadata,
+    ) -> Result<(SnapshotEnvelope, SnapshotSource), StorageError> {
+        let mut file = std::fs::File::open(path)?;
+        let (header, user_len) = Self::check_file(&mut file, meta)?;
+        Ok((header, SnapshotSource::from_file(file, user_len)))
+    }
+
     /// Verify the envelope in `file` like `verify_file`, then leave the file positioned at the
     /// first user byte. Returns the header (with empty `user_data`) and the number of user
-    /// bytes, so the state machine can read them straight from the file (`SnapshotSource`).
-    pub(crate) fn check_file(
+    /// bytes.
+    fn check_file(
         file: &mut std::fs::File,
         meta: &raft::eraftpb::SnapshotMetadata,
     ) -> Result<(SnapshotEnvelope, u64), StorageError> {
@@ -226,14 +238,12 @@ impl SnapshotEnvelope {
         hasher.update(&fixed[12..]);
         hasher.update(&header_bytes);
         let mut block = vec![0u8; 1 << 20];
-        let mut user_len = 0u64;
         loop {
             let n = file.read(&mut block)?;
             if n == 0 {
                 break;
             }
             hasher.update(&block[..n]);
-            user_len += n as u64;
         }
         if hasher.finalize() != stored_crc {
             return Err(corrupt("checksum mismatch".into()));
@@ -243,7 +253,7 @@ impl SnapshotEnvelope {
         let envelope = header.into_envelope(Vec::new());
         envelope.check_matches(meta)?;
         file.seek(SeekFrom::Start(user_start))?;
-        Ok((envelope, user_len))
+        Ok((envelope, file_len - user_start))
     }
 
     /// Decode and verify an envelope; any mismatch is a `Corrupt` error, never a panic.

@@ -123,6 +123,7 @@ impl LmdbStorage {
             .snapshots
             .keep_only(Some((meta.index, meta.term)))
     }
+
     /// Open (or create) the data dir of `node_id` in `cluster_id`.
     ///
     /// A data dir recorded for another node, another cluster or another format version is refused
@@ -690,8 +691,7 @@ impl raft::Storage for LmdbStorage {
         // The data is a reference to the snapshot file, not its bytes: the run loop calls this
         // and must not read a large file, and the transport streams the file in chunks (see
         // `transport::snapshot_sender`).
-        let meta = (*self.cache().snapshot_meta).clone();
-        if meta.index > 0 {
+        if let Some((meta, path)) = self.latest_snapshot_file()? {
             let cs = meta.get_conf_state();
             // A node refuses a snapshot whose membership does not include it (a new learner
             // would, given the snapshot from before it was added).
@@ -700,7 +700,6 @@ impl raft::Storage for LmdbStorage {
                 || cs.voters_outgoing.contains(&to)
                 || cs.learners_next.contains(&to);
             if meta.index >= request_index && includes_receiver {
-                let path = self.inner.snapshots.existing_path(meta.index, meta.term)?;
                 let mut snap = Snapshot::default();
                 snap.set_data(crate::transport::snapshot_file_data(&path));
                 snap.set_metadata(meta);
