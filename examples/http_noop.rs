@@ -13,6 +13,8 @@
 
 #[path = "memstore/http1.rs"]
 mod http1;
+#[path = "memstore/write_route.rs"]
+mod write_route;
 
 use std::convert::Infallible;
 use std::future::{ready, Ready};
@@ -31,14 +33,11 @@ impl hyper::service::Service<Request<Incoming>> for Noop {
     type Future = Ready<Result<Response<Body>, Infallible>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
-        // The same parse as memstore's shortcut: two non-empty segments after /store/.
+        // The same parse as memstore's shortcut, then the value as the answer.
         let value = (req.method() == Method::PUT)
-            .then(|| req.uri().path().strip_prefix("/store/"))
+            .then(|| write_route::put_path(req.uri().path()))
             .flatten()
-            .and_then(|rest| rest.split_once('/'))
-            .filter(|(k, v)| !k.is_empty() && !v.is_empty() && !v.contains('/'))
-            .and_then(|(_, v)| percent_encoding::percent_decode_str(v).decode_utf8().ok())
-            .map(|v| v.into_owned());
+            .map(|(_key, value)| value);
         let mut response = Response::new(Body::from(value.clone().unwrap_or_default()));
         if value.is_none() {
             *response.status_mut() = StatusCode::NOT_FOUND;

@@ -7,6 +7,8 @@ mod store;
 mod support;
 #[path = "../examples/memstore/web.rs"]
 mod web;
+#[path = "../examples/memstore/write_route.rs"]
+mod write_route;
 
 use std::time::Duration;
 

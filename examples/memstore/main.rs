@@ -10,6 +10,7 @@
 mod http1;
 mod store;
 mod web;
+mod write_route;
 
 use std::path::PathBuf;
 use std::time::Duration;

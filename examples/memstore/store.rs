@@ -43,6 +43,16 @@ impl HashStore {
     }
 }
 
+impl HashStore {
+    /// Replace the map with the one a snapshot holds (`restore` and `restore_from`).
+    fn replace_from(&self, snapshot: impl std::io::Read) -> Result<()> {
+        let map: Map = bincode::deserialize_from(snapshot)
+            .map_err(|e| Error::StateMachine(format!("memstore snapshot unreadable: {e}")))?;
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = map;
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl AbstractStateMachine for HashStore {
     /// Insert and answer with the stored value.
@@ -70,18 +80,12 @@ impl AbstractStateMachine for HashStore {
             .map_err(|e| Error::StateMachine(format!("memstore snapshot not written: {e}")))
     }
     async fn restore(&mut self, snapshot: Vec<u8>) -> Result<()> {
-        let map: Map = bincode::deserialize(&snapshot)
-            .map_err(|e| Error::StateMachine(format!("memstore snapshot unreadable: {e}")))?;
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = map;
-        Ok(())
+        self.replace_from(snapshot.as_slice())
     }
     /// Deserialise straight from the snapshot file, for the same reason as `snapshot_to`: a
     /// node restarting or catching up holds the map it rebuilds, not the file's bytes as well.
     async fn restore_from(&mut self, source: &mut SnapshotSource) -> Result<()> {
-        let map: Map = bincode::deserialize_from(source)
-            .map_err(|e| Error::StateMachine(format!("memstore snapshot unreadable: {e}")))?;
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = map;
-        Ok(())
+        self.replace_from(source)
     }
     fn encode(&self) -> Result<Vec<u8>> {
         let map = self.0.read().unwrap_or_else(|p| p.into_inner());

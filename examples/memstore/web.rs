@@ -10,13 +10,13 @@ use axum::{Json, Router};
 use hyper::body::Incoming;
 use hyper::{Method, Request};
 use hyper_util::service::TowerToHyperService;
-use percent_encoding::percent_decode_str;
 use pontoon::{AbstractLogEntry, Error, Raft};
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 
 use crate::store::{HashStore, LogEntry};
+use crate::write_route::put_path;
 
 /// Longest value accepted by `PUT /store/{key}/{value}` and `PUT /store/{key}` (body). A larger
 /// body is refused with 413 before it is read in full.
@@ -72,21 +72,6 @@ impl hyper::service::Service<Request<Incoming>> for Routes {
         let routed = self.router.call(req);
         Box::pin(routed)
     }
-}
-
-/// The decoded key and value of `/store/{key}/{value}`, or None when the router should decide.
-fn put_path(path: &str) -> Option<(String, String)> {
-    let (key, value) = path.strip_prefix("/store/")?.split_once('/')?;
-    if key.is_empty() || value.is_empty() || value.contains('/') {
-        return None;
-    }
-    let decode = |s: &str| {
-        percent_decode_str(s)
-            .decode_utf8()
-            .ok()
-            .map(|s| s.into_owned())
-    };
-    Some((decode(key)?, decode(value)?))
 }
 
 pub fn router(state: AppState) -> Router {
@@ -366,38 +351,5 @@ async fn campaign(State(s): State<AppState>) -> Response {
     match s.raft.campaign().await {
         Ok(()) => (StatusCode::OK, "campaign started\n").into_response(),
         Err(e) => error_response(e),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::put_path;
-
-    fn owned(key: &str, value: &str) -> Option<(String, String)> {
-        Some((key.to_string(), value.to_string()))
-    }
-
-    #[test]
-    fn put_path_takes_exactly_the_write_route_and_decodes_it() {
-        assert_eq!(put_path("/store/k/v"), owned("k", "v"));
-        assert_eq!(put_path("/store/a%2Fb/%20x"), owned("a/b", " x"));
-        assert_eq!(put_path("/store/caf%C3%A9/ok"), owned("caf\u{e9}", "ok"));
-    }
-
-    #[test]
-    fn put_path_leaves_every_other_path_to_the_router() {
-        for path in [
-            "/store/k",
-            "/store/k/",
-            "/store//v",
-            "/store/a/b/c",
-            "/store/k/v/",
-            "/stores/k/v",
-            "/leader",
-            "/store/k%FF/v",
-            "/store/k/%C3",
-        ] {
-            assert_eq!(put_path(path), None, "{path}");
-        }
     }
 }
