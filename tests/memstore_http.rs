@@ -202,11 +202,21 @@ async fn memstore_routes_answer_with_values_and_clear_status_codes() {
             .expect("put");
         assert_eq!(put.status(), 200);
     }
-    let after = metrics(nodes[0].url.clone()).await;
-    assert!(
-        metric_value(&after, "pontoon_committed_entries_total") >= commits_before + 5.0,
-        "commit counter grows with writes"
-    );
+    // The counter moves when node 1 applies an entry. When node 1 is a follower, its writes
+    // were forwarded and answered once the leader applied them, so it may still be applying.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let after = metrics(nodes[0].url.clone()).await;
+        let commits = metric_value(&after, "pontoon_committed_entries_total");
+        if commits >= commits_before + 5.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "commit counter grows with writes: {commits_before} before, {commits} after"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     let stale = http
         .get(format!("{}/store/greeting?consistency=stale", nodes[2].url))
