@@ -14,7 +14,9 @@ use crate::error::{Error, Result};
 use crate::transport::{pb, server, snapshot_receiver};
 
 pub use crate::config::parse_peers;
-pub use crate::node::{decode_conf_change, ConfChangeContext, FrameworkEntry, ProposalContext};
+pub use crate::node::{
+    command_batch, decode_conf_change, ConfChangeContext, FrameworkEntry, ProposalContext,
+};
 pub use crate::storage::records::{
     decode_cluster_id, decode_conf_state, decode_format_version, decode_node_id, decode_peers,
     decode_snapshot_meta, encode_conf_state, encode_pb, encode_peers,

@@ -61,6 +61,57 @@ async fn proposals_on_every_node_apply_identically_and_return_apply_result() {
     cluster.shutdown().await;
 }
 
+/// Proposals that reach the leader in the same turn share log entries (command batches), yet
+/// every caller gets `apply`'s answer for its own command, every node applies the same commands
+/// in the same order, and a restarted node replays the batches from its log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_proposals_share_entries_and_each_caller_gets_its_own_answer() {
+    const WRITES: usize = 300;
+    let mut cluster = TestCluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    let raft = cluster.node(leader).clone();
+    let tasks: Vec<_> = (0..WRITES)
+        .map(|i| {
+            let raft = raft.clone();
+            tokio::spawn(async move {
+                let data = format!("batched-{i}");
+                let answer = raft.propose(data.clone().into_bytes()).await;
+                (data, answer)
+            })
+        })
+        .collect();
+    let mut positions = HashSet::new();
+    for task in tasks {
+        let (data, answer) = task.await.expect("task");
+        let answer = String::from_utf8(answer.expect("proposal answered")).expect("utf8");
+        let (position, entry) = answer.split_once(':').expect("position:entry");
+        assert_eq!(entry, data, "a caller got another command's answer");
+        assert!(positions.insert(position.parse::<usize>().expect("position")));
+    }
+    assert_eq!(positions, (1..=WRITES).collect::<HashSet<_>>());
+    let log = cluster.wait_all_applied(WRITES).await;
+    // Every node counts each command once, and fewer entries than commands carried them.
+    for id in 1..=3 {
+        eventually(
+            Duration::from_secs(10),
+            &format!("node {id} counts {WRITES} applied commands"),
+            || support::metric(cluster.node(id), "pontoon_applied_commands_total") == WRITES as f64,
+        )
+        .await;
+    }
+    let entries = support::metric(&raft, "pontoon_committed_entries_total");
+    assert!(
+        entries < WRITES as f64,
+        "{WRITES} concurrent commands took {entries} entries: none were packed together"
+    );
+    // A restarted follower rebuilds its state machine from its own log, batches included.
+    let follower = cluster.follower_of(leader);
+    cluster.stop_node(follower).await;
+    cluster.start_node(follower).await;
+    assert_eq!(cluster.wait_all_applied(WRITES).await, log);
+    cluster.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_shutdown_elects_a_new_leader_and_writes_continue() {
     let mut cluster = TestCluster::start(3).await;

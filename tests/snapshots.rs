@@ -9,10 +9,20 @@ use pontoon::transport::pb;
 use support::{eventually, metric, TestCluster};
 
 /// Snapshots by entry count alone, so the log bound is `snapshot_threshold + compaction_margin`.
+/// One write per entry (no command batches), so N writes make a log of N entries.
 fn compacting(c: &mut pontoon::Config) {
     c.snapshot_threshold = 1_000;
     c.snapshot_log_ratio = 0.0;
     c.compaction_margin = 200;
+    c.max_commands_per_entry = 1;
+}
+
+/// Snapshots often, with concurrent writes packed into shared entries: `write_many`'s 100
+/// sequential rounds make at least 100 entries, so the log is compacted several times.
+fn compacting_batched(c: &mut pontoon::Config) {
+    c.snapshot_threshold = 20;
+    c.snapshot_log_ratio = 0.0;
+    c.compaction_margin = 5;
 }
 
 async fn write_many(cluster: &TestCluster, via: u64, n: usize, prefix: &str) {
@@ -64,6 +74,7 @@ async fn a_growing_state_is_snapshotted_once_the_log_matches_its_size_not_every_
         c.snapshot_threshold = 1_000;
         c.snapshot_log_ratio = 1.0;
         c.compaction_margin = 200;
+        c.max_commands_per_entry = 1;
     })
     .await;
     let leader = cluster.wait_for_leader().await;
@@ -87,7 +98,8 @@ async fn a_growing_state_is_snapshotted_once_the_log_matches_its_size_not_every_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_behind_the_compacted_log_catches_up_by_snapshot() {
-    let mut cluster = TestCluster::start_with(3, compacting).await;
+    // Batches on: the snapshot and the log tail after it both hold packed commands.
+    let mut cluster = TestCluster::start_with(3, compacting_batched).await;
     let leader = cluster.wait_for_leader().await;
     let follower = cluster.follower_of(leader);
     cluster.stop_node(follower).await;

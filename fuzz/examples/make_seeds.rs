@@ -275,6 +275,20 @@ fn main() {
         "user",
         &[&[0u8][..], &join(&[&user_context(1), b"set x 1"])].concat(),
     );
+    let batch_ctx = ProposalContext {
+        kind: EntryKind::UserBatch,
+        node_id: PEER,
+        nonce: 0x5eed,
+        seq: 5,
+    }
+    .encode();
+    let batch = f::command_batch::encode([b"set x 1".as_slice(), b"", b"set y 2"]);
+    write(
+        &root,
+        t,
+        "user_batch",
+        &[&[0u8][..], &join(&[&batch_ctx, &batch])].concat(),
+    );
     let framework_ctx = ProposalContext {
         kind: EntryKind::Framework,
         node_id: PEER,

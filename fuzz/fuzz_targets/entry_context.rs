@@ -1,5 +1,6 @@
 //! A committed log entry as the run loop (and `pontoon-cli debug persisted`) reads it: the
-//! proposal context, a framework entry's data, a conf change and its context.
+//! proposal context, a framework entry's data, a batch of user commands, a conf change and its
+//! context.
 //! Input: `type byte | split(context, data)`.
 #![no_main]
 
@@ -31,6 +32,11 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(fe) = f::FrameworkEntry::decode(&entry.data) {
         let bytes = fe.encode().expect("re-encodes");
         assert_eq!(f::FrameworkEntry::decode(&bytes).expect("and decodes"), fe);
+    }
+    if let Ok(commands) = f::command_batch::decode(&entry.data) {
+        // The format has one spelling per batch: decoding then encoding gives the bytes back.
+        let again = f::command_batch::encode(commands.iter().copied());
+        assert_eq!(again.as_slice(), entry.data.as_ref(), "batch round trip");
     }
     if let Ok(ctx) = f::ConfChangeContext::decode(&entry.context) {
         let bytes = ctx.encode().expect("re-encodes");

@@ -10,7 +10,8 @@ use super::table::render_table;
 use crate::config::Peers;
 use crate::error::Result;
 use crate::node::{
-    decode_conf_change, ConfChangeContext, EntryKind, FrameworkEntry, ProposalContext,
+    command_batch, decode_conf_change, ConfChangeContext, EntryKind, FrameworkEntry,
+    ProposalContext,
 };
 use crate::storage::{LmdbStorage, LogStore};
 
@@ -35,13 +36,21 @@ pub struct EntryView {
     pub term: u64,
     /// `normal`, `conf_change` or `conf_change_v2`.
     pub entry_type: String,
-    /// `user`, `framework`, `noop` or `membership`.
+    /// `user`, `batch` (several user commands in one entry), `framework`, `noop` or
+    /// `membership`.
     pub kind: String,
     /// Size of the entry's data in bytes.
     pub size: usize,
-    /// The data, rendered (user entries through the formatter).
+    /// The data, rendered (user entries through the formatter). A batch shows its count and
+    /// its first commands.
     pub data: String,
+    /// Every command of a batch entry, rendered through the formatter (empty for other kinds).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub commands: Vec<String>,
 }
+
+/// How many commands of a batch entry its one-line `data` shows.
+const BATCH_COMMANDS_SHOWN: usize = 4;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotView {
@@ -136,9 +145,25 @@ pub(crate) fn view_entry(
     formatter: Option<&EntryFormatter>,
 ) -> EntryView {
     let data = entry.get_data();
+    let render = |command: &[u8]| {
+        formatter
+            .and_then(|f| f(command))
+            .unwrap_or_else(|| default_formatter(command))
+    };
+    let mut commands = Vec::new();
     let (entry_type, kind, text) = match entry.get_entry_type() {
         EntryType::EntryNormal => {
             let (kind, text) = match ProposalContext::decode(entry.get_context()) {
+                Some(c) if c.kind == EntryKind::UserBatch => (
+                    "batch",
+                    match command_batch::decode(data) {
+                        Ok(batch) => {
+                            commands = batch.iter().map(|c| render(c)).collect();
+                            summarize_batch(&commands)
+                        }
+                        Err(e) => format!("unreadable batch: {e}"),
+                    },
+                ),
                 Some(c) if c.kind == EntryKind::Framework => (
                     "framework",
                     match FrameworkEntry::decode(data) {
@@ -149,12 +174,7 @@ pub(crate) fn view_entry(
                     },
                 ),
                 None if data.is_empty() => ("noop", "(empty entry of a new leader)".to_string()),
-                _ => (
-                    "user",
-                    formatter
-                        .and_then(|f| f(data))
-                        .unwrap_or_else(|| default_formatter(data)),
-                ),
+                _ => ("user", render(data)),
             };
             ("normal", kind, text)
         }
@@ -182,6 +202,21 @@ pub(crate) fn view_entry(
         kind: kind.to_string(),
         size: data.len(),
         data: text,
+        commands,
+    }
+}
+
+/// `N commands: first | second | ...`, cut after `BATCH_COMMANDS_SHOWN`.
+fn summarize_batch(commands: &[String]) -> String {
+    let shown = commands
+        .iter()
+        .take(BATCH_COMMANDS_SHOWN)
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(" | ");
+    match commands.len().saturating_sub(BATCH_COMMANDS_SHOWN) {
+        0 => format!("{} commands: {shown}", commands.len()),
+        more => format!("{} commands: {shown} | ... {more} more", commands.len()),
     }
 }
 

@@ -34,6 +34,7 @@
 //!   (dropped / overwritten), or with "outcome unknown" on shutdown or timeout.
 //! - The loop never awaits a network call; transports only enqueue.
 
+pub mod command_batch;
 mod handle;
 mod mailbox;
 mod membership;

@@ -6,9 +6,10 @@
 //!
 //! Each waiter also remembers the log index its entry was appended at. When that index is applied
 //! with a different entry, the proposal was truncated by a new leader: the waiter gets a definite
-//! `ProposalDropped` error instead of waiting for its timeout.
+//! `ProposalDropped` error instead of waiting for its timeout. The commands of a batch entry
+//! (`command_batch`) share one index and have consecutive sequence numbers.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeSet, HashMap};
 
 use tokio::sync::oneshot;
 
@@ -21,6 +22,9 @@ pub enum EntryKind {
     User = 0,
     /// An entry pontoon itself applies (a `FrameworkEntry`); never shown to the user's `apply`.
     Framework = 1,
+    /// Several user commands in one entry (see `command_batch`); the context's `seq` is the
+    /// first command's, the others follow consecutively.
+    UserBatch = 2,
 }
 
 /// Commands pontoon replicates for itself through the log.
@@ -73,6 +77,7 @@ impl ProposalContext {
         let kind = match bytes[0] {
             0 => EntryKind::User,
             1 => EntryKind::Framework,
+            2 => EntryKind::UserBatch,
             _ => return None,
         };
         let word = |i: usize| {
@@ -103,7 +108,8 @@ pub struct Waiters {
     nonce: u64,
     next_seq: u64,
     by_seq: HashMap<u64, Waiter>,
-    by_index: BTreeMap<u64, u64>,
+    /// `(index, seq)` of every waiter: several commands of a batch share an index.
+    by_index: BTreeSet<(u64, u64)>,
 }
 
 impl Waiters {
@@ -113,7 +119,7 @@ impl Waiters {
             nonce: rand::random(),
             next_seq: 1,
             by_seq: HashMap::new(),
-            by_index: BTreeMap::new(),
+            by_index: BTreeSet::new(),
         }
     }
 
@@ -132,7 +138,7 @@ impl Waiters {
     /// Register the waiter of a proposal that raft appended at `index`.
     pub fn register(&mut self, ctx: ProposalContext, index: u64, reply: ProposalReply) {
         self.by_seq.insert(ctx.seq, Waiter { index, reply });
-        self.by_index.insert(index, ctx.seq);
+        self.by_index.insert((index, ctx.seq));
     }
 
     /// How many proposals are waiting.
@@ -154,14 +160,23 @@ impl Waiters {
         ctx: Option<ProposalContext>,
         result: Result<Vec<u8>>,
     ) {
-        let mut result = Some(result);
-        if let Some(ctx) = ctx {
-            if ctx.node_id == self.node_id && ctx.nonce == self.nonce {
-                if let Some(waiter) = self.by_seq.remove(&ctx.seq) {
-                    self.by_index.remove(&waiter.index);
-                    if let Some(r) = result.take() {
-                        let _ = waiter.reply.send(r);
-                    }
+        self.on_applied_batch(index, ctx, std::iter::once(result));
+    }
+
+    /// The entry at `index` carried several commands (`ctx.seq` is the first one's) and applying
+    /// them produced `results`, in order: answer each of this node's waiters with its own result,
+    /// then fail every waiter whose index is now taken by another entry.
+    pub fn on_applied_batch(
+        &mut self,
+        index: u64,
+        ctx: Option<ProposalContext>,
+        results: impl IntoIterator<Item = Result<Vec<u8>>>,
+    ) {
+        if let Some(ctx) = ctx.filter(|c| c.node_id == self.node_id && c.nonce == self.nonce) {
+            for (seq, result) in (ctx.seq..).zip(results) {
+                if let Some(waiter) = self.by_seq.remove(&seq) {
+                    self.by_index.remove(&(waiter.index, seq));
+                    let _ = waiter.reply.send(result);
                 }
             }
         }
@@ -170,13 +185,28 @@ impl Waiters {
         });
     }
 
+    /// Fail the waiters of the entry at `index` with `err` (a batch entry that cannot be read).
+    pub fn fail_at(&mut self, index: u64, err: impl Fn() -> Error) {
+        let seqs: Vec<u64> = self
+            .by_index
+            .range((index, 0)..=(index, u64::MAX))
+            .map(|&(_, seq)| seq)
+            .collect();
+        for seq in seqs {
+            self.by_index.remove(&(index, seq));
+            if let Some(w) = self.by_seq.remove(&seq) {
+                let _ = w.reply.send(Err(err()));
+            }
+        }
+    }
+
     /// Fail the waiters whose entries sit at or below `index` (they were overwritten).
     fn fail_up_to(&mut self, index: u64, err: impl Fn() -> Error) {
-        while let Some((&i, &seq)) = self.by_index.first_key_value() {
+        while let Some(&(i, seq)) = self.by_index.first() {
             if i > index {
                 break;
             }
-            self.by_index.remove(&i);
+            self.by_index.remove(&(i, seq));
             if let Some(w) = self.by_seq.remove(&seq) {
                 let _ = w.reply.send(Err(err()));
             }
@@ -219,6 +249,59 @@ mod tests {
         w.register(ctx, 5, tx);
         w.on_applied(5, Some(ctx), Ok(b"ok".to_vec()));
         assert_eq!(rx.try_recv().expect("answered").expect("ok"), b"ok");
+        assert!(w.is_empty());
+    }
+
+    #[test]
+    fn each_command_of_a_batch_entry_answers_its_own_waiter() {
+        let mut w = Waiters::new(1);
+        let mut rxs = Vec::new();
+        let first = w.next_context(EntryKind::User);
+        for i in 0..3 {
+            let ctx = ProposalContext {
+                seq: first.seq + i,
+                ..first
+            };
+            let (tx, rx) = oneshot::channel();
+            w.register(ctx, 8, tx);
+            rxs.push(rx);
+            if i < 2 {
+                w.next_context(EntryKind::User);
+            }
+        }
+        let batch = ProposalContext {
+            kind: EntryKind::UserBatch,
+            ..first
+        };
+        let results = (0..3u8).map(|i| Ok(vec![i]));
+        w.on_applied_batch(8, Some(batch), results);
+        for (i, mut rx) in rxs.into_iter().enumerate() {
+            assert_eq!(rx.try_recv().expect("answered").expect("ok"), vec![i as u8]);
+        }
+        assert!(w.is_empty());
+    }
+
+    #[test]
+    fn the_waiters_of_an_overwritten_batch_all_get_dropped_errors() {
+        let mut w = Waiters::new(1);
+        let mut rxs = Vec::new();
+        for _ in 0..2 {
+            let ctx = w.next_context(EntryKind::User);
+            let (tx, rx) = oneshot::channel();
+            w.register(ctx, 4, tx);
+            rxs.push(rx);
+        }
+        // A later waiter at index 5 is not touched by index 4's fate.
+        let later = w.next_context(EntryKind::User);
+        let (tx, mut later_rx) = oneshot::channel();
+        w.register(later, 5, tx);
+        w.on_applied(4, None, Ok(vec![]));
+        for mut rx in rxs {
+            assert!(matches!(rx.try_recv(), Ok(Err(Error::ProposalDropped(_)))));
+        }
+        assert!(later_rx.try_recv().is_err(), "index 5 still waits");
+        w.fail_at(5, || Error::Encoding("unreadable".into()));
+        assert!(matches!(later_rx.try_recv(), Ok(Err(Error::Encoding(_)))));
         assert!(w.is_empty());
     }
 

@@ -15,6 +15,7 @@ use slog::Logger;
 use tokio::sync::{mpsc, watch};
 use tokio::time::MissedTickBehavior;
 
+use super::command_batch::{self, EntryPacker};
 use super::mailbox::Command;
 use super::proposals::{EntryKind, FrameworkEntry, ProposalContext, Waiters};
 use super::reads::ReadBatcher;
@@ -274,6 +275,8 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
 
     /// Append every proposal accepted this turn with one `MsgPropose`: raft appends them in one
     /// go and sends each follower one append for all of them, instead of one per proposal.
+    /// Consecutive user proposals share entries (`command_batch`), up to
+    /// `max_commands_per_entry` commands and `raft.max_size_per_msg` bytes each.
     fn propose_batch(&mut self) {
         if self.proposal_batch.is_empty() {
             return;
@@ -287,34 +290,41 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
             }
             return;
         }
-        let count = batch.len() as u64;
+        let commands = batch.len() as u64;
         let mut msg = raft::eraftpb::Message::default();
         msg.set_msg_type(raft::eraftpb::MessageType::MsgPropose);
         msg.from = self.raw.raft.id;
+        let mut packer = EntryPacker::new(
+            self.config.max_commands_per_entry,
+            self.config.raft.max_size_per_msg as usize,
+        );
+        // Each reply with the offset (in `msg.entries`) of the entry its command rides in.
         let mut replies = Vec::with_capacity(batch.len());
+        let mut entries = Vec::new();
         for (ctx, data, reply) in batch {
-            msg.entries.push(Entry {
-                context: ctx.encode().into(),
-                data: data.into(),
-                ..Default::default()
-            });
-            replies.push((ctx, reply));
+            let offset = packer.add(ctx, data, &mut entries);
+            replies.push((offset, ctx, reply));
         }
+        packer.finish(&mut entries);
+        let count = entries.len() as u64;
+        msg.entries = entries.into();
         let before = self.raw.raft.raft_log.last_index();
         let dropped = |why: &str| Error::ProposalDropped(why.to_string());
         match self.raw.raft.step(msg) {
             Ok(()) if self.raw.raft.raft_log.last_index() == before + count => {
-                for (i, (ctx, reply)) in replies.into_iter().enumerate() {
-                    self.waiters.register(ctx, before + 1 + i as u64, reply);
+                self.metrics.proposals.inc_by(commands);
+                for (offset, ctx, reply) in replies {
+                    self.waiters
+                        .register(ctx, before + 1 + offset as u64, reply);
                 }
             }
             Ok(()) => {
-                for (_, reply) in replies {
+                for (_, _, reply) in replies {
                     let _ = reply.send(Err(dropped("raft did not append it")));
                 }
             }
             Err(raft::Error::ProposalDropped) => {
-                for (_, reply) in replies {
+                for (_, _, reply) in replies {
                     let _ = reply.send(Err(dropped(
                         "raft dropped it (leader transfer in progress or too much uncommitted log)",
                     )));
@@ -322,7 +332,7 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
             }
             Err(e) => {
                 let msg = e.to_string();
-                for (_, reply) in replies {
+                for (_, _, reply) in replies {
                     let _ = reply.send(Err(Error::Other(format!("raft: {msg}"))));
                 }
             }
@@ -454,13 +464,22 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
                     self.snapshot_policy.on_applied(entry.data.len());
                     let ctx = ProposalContext::decode(entry.get_context());
                     let data = entry.take_data();
-                    let result = match ctx {
-                        Some(c) if c.kind == EntryKind::Framework => self.apply_framework(&data),
-                        // The empty entry a new leader appends: nothing to apply.
-                        None if data.is_empty() => Ok(Vec::new()),
-                        _ => self.fsm.apply(Vec::from(data)).await,
-                    };
-                    self.waiters.on_applied(index, ctx, result);
+                    if let Some(batch) = ctx.filter(|c| c.kind == EntryKind::UserBatch) {
+                        self.apply_batch(index, batch, &data).await;
+                    } else {
+                        let result = match ctx {
+                            Some(c) if c.kind == EntryKind::Framework => {
+                                self.apply_framework(&data)
+                            }
+                            // The empty entry a new leader appends: nothing to apply.
+                            None if data.is_empty() => Ok(Vec::new()),
+                            _ => {
+                                self.metrics.applied_commands.inc();
+                                self.fsm.apply(Vec::from(data)).await
+                            }
+                        };
+                        self.waiters.on_applied(index, ctx, result);
+                    }
                 }
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
                     let (ctx, cs) = self.apply_conf_change(&entry)?;
@@ -474,6 +493,29 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
             self.metrics.committed_entries.inc();
         }
         Ok(())
+    }
+
+    /// Apply the commands of a batch entry one by one, in order, and answer this node's waiters
+    /// each with its own result. A batch that cannot be decoded (only a proposer bug could
+    /// commit one: the log is checksummed) is skipped the same way on every node, and its
+    /// waiters get the decoding error.
+    async fn apply_batch(&mut self, index: u64, ctx: ProposalContext, data: &[u8]) {
+        match command_batch::decode(data) {
+            Ok(commands) => {
+                let mut results = Vec::with_capacity(commands.len());
+                for command in commands {
+                    results.push(self.fsm.apply(command.to_vec()).await);
+                }
+                self.metrics.applied_commands.inc_by(results.len() as u64);
+                self.waiters.on_applied_batch(index, Some(ctx), results);
+            }
+            Err(e) => {
+                slog::error!(self.logger, "skipping a batch entry that cannot be decoded"; "index" => index, "error" => %e);
+                let why = e.to_string();
+                self.waiters.fail_at(index, || Error::Encoding(why.clone()));
+                self.waiters.on_applied(index, None, Ok(Vec::new()));
+            }
+        }
     }
 
     /// Apply one of pontoon's own entries. Deterministic: every node derives the same answer.
