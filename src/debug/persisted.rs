@@ -305,3 +305,52 @@ pub fn render_persisted(state: &PersistedState) -> String {
     ));
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::EntryKind;
+
+    fn batch_entry(commands: &[&[u8]]) -> raft::eraftpb::Entry {
+        let ctx = ProposalContext {
+            kind: EntryKind::UserBatch,
+            node_id: 1,
+            nonce: 7,
+            seq: 3,
+        };
+        raft::eraftpb::Entry {
+            index: 9,
+            term: 2,
+            context: ctx.encode().into(),
+            data: command_batch::encode(commands.iter().copied()).into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_batch_entry_is_shown_with_every_command_and_a_short_summary() {
+        let commands: Vec<Vec<u8>> = (0..6).map(|i| format!("set k{i}").into_bytes()).collect();
+        let refs: Vec<&[u8]> = commands.iter().map(Vec::as_slice).collect();
+        let upper: &EntryFormatter = &|data| Some(String::from_utf8_lossy(data).to_uppercase());
+        let view = view_entry(&batch_entry(&refs), Some(upper));
+        assert_eq!(view.kind, "batch");
+        assert_eq!(
+            view.commands,
+            (0..6).map(|i| format!("SET K{i}")).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            view.data,
+            "6 commands: SET K0 | SET K1 | SET K2 | SET K3 | ... 2 more"
+        );
+    }
+
+    #[test]
+    fn an_unreadable_batch_is_shown_as_such() {
+        let mut entry = batch_entry(&[b"a", b"b"]);
+        entry.data = entry.data[..5].to_vec().into();
+        let view = view_entry(&entry, None);
+        assert_eq!(view.kind, "batch");
+        assert!(view.data.starts_with("unreadable batch"), "{}", view.data);
+        assert!(view.commands.is_empty());
+    }
+}
