@@ -14,7 +14,8 @@
 //!    state machine from it (`restore_from`, reading the stored file).
 //! 5. Apply the committed entries (raft hands out only entries that are committed *and* durable
 //!    here): normal entries go to `apply` and answer the waiter registered under the entry's
-//!    proposal id; conf changes go to `apply_conf_change` and update the address book.
+//!    proposal id (a batch entry's commands each go to `apply` and answer their own waiter, see
+//!    `command_batch`); conf changes go to `apply_conf_change` and update the address book.
 //! 6. Stage the new entries in memory (`StagedLog`: raft reads them from there until they are
 //!    durable), hand entries + hard state to the writer thread with the Ready's
 //!    `persisted_messages`, and `advance_append_async`. The loop does not wait for the disk: it
