@@ -10,6 +10,7 @@
 //! (`command_batch`) share one index and have consecutive sequence numbers.
 
 use std::collections::{BTreeSet, HashMap};
+use std::ops::RangeBounds;
 
 use tokio::sync::oneshot;
 
@@ -180,33 +181,29 @@ impl Waiters {
                 }
             }
         }
-        self.fail_up_to(index, || {
+        self.fail_overwritten(index);
+    }
+
+    /// The entry at `index` could not be read (a batch entry that does not decode): fail its
+    /// waiters with `err`, then, as for any applied entry, every waiter whose index is now taken
+    /// by another entry.
+    pub fn on_applied_unreadable(&mut self, index: u64, err: impl Fn() -> Error) {
+        self.fail_range((index, 0)..=(index, u64::MAX), err);
+        self.fail_overwritten(index);
+    }
+
+    /// Fail the waiters whose entries sit at or below `index`: entry `index` was just applied, so
+    /// any of ours still waiting there or below was overwritten by another leader's entry.
+    fn fail_overwritten(&mut self, index: u64) {
+        self.fail_range(..=(index, u64::MAX), || {
             Error::ProposalDropped("its log index was taken by another leader's entry".into())
         });
     }
 
-    /// Fail the waiters of the entry at `index` with `err` (a batch entry that cannot be read).
-    pub fn fail_at(&mut self, index: u64, err: impl Fn() -> Error) {
-        let seqs: Vec<u64> = self
-            .by_index
-            .range((index, 0)..=(index, u64::MAX))
-            .map(|&(_, seq)| seq)
-            .collect();
-        for seq in seqs {
+    /// Fail the waiters whose `(index, seq)` lies in `range`.
+    fn fail_range(&mut self, range: impl RangeBounds<(u64, u64)> + Clone, err: impl Fn() -> Error) {
+        while let Some(&(index, seq)) = self.by_index.range(range.clone()).next() {
             self.by_index.remove(&(index, seq));
-            if let Some(w) = self.by_seq.remove(&seq) {
-                let _ = w.reply.send(Err(err()));
-            }
-        }
-    }
-
-    /// Fail the waiters whose entries sit at or below `index` (they were overwritten).
-    fn fail_up_to(&mut self, index: u64, err: impl Fn() -> Error) {
-        while let Some(&(i, seq)) = self.by_index.first() {
-            if i > index {
-                break;
-            }
-            self.by_index.remove(&(i, seq));
             if let Some(w) = self.by_seq.remove(&seq) {
                 let _ = w.reply.send(Err(err()));
             }
@@ -300,7 +297,7 @@ mod tests {
             assert!(matches!(rx.try_recv(), Ok(Err(Error::ProposalDropped(_)))));
         }
         assert!(later_rx.try_recv().is_err(), "index 5 still waits");
-        w.fail_at(5, || Error::Encoding("unreadable".into()));
+        w.on_applied_unreadable(5, || Error::Encoding("unreadable".into()));
         assert!(matches!(later_rx.try_recv(), Ok(Err(Error::Encoding(_)))));
         assert!(w.is_empty());
     }

@@ -512,8 +512,8 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
             Err(e) => {
                 slog::error!(self.logger, "skipping a batch entry that cannot be decoded"; "index" => index, "error" => %e);
                 let why = e.to_string();
-                self.waiters.fail_at(index, || Error::Encoding(why.clone()));
-                self.waiters.on_applied(index, None, Ok(Vec::new()));
+                self.waiters
+                    .on_applied_unreadable(index, || Error::Encoding(why.clone()));
             }
         }
     }
