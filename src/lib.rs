@@ -34,7 +34,9 @@ pub use cluster::{default_logger, JoinTicket, Raft};
 pub use config::{parse_peers, Config, Peers};
 pub use error::{Error, Result};
 pub use node::{NodeStatus, RaftNode, Role};
-pub use state_machine::{AbstractLogEntry, AbstractStateMachine, SnapshotSink, SnapshotSource};
+pub use state_machine::{
+    AbstractLogEntry, AbstractStateMachine, FrozenState, SnapshotSink, SnapshotSource,
+};
 pub use tls::{TlsConfig, TlsError};
 
 /// Re-exports so applications need not depend on these crates directly.

@@ -495,8 +495,9 @@ async fn memstore_body_put_enforces_the_value_limit_with_413_and_keeps_serving()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memstore_snapshot_streamed_to_disk_restores_every_key_after_restart() {
-    // memstore overrides `snapshot_to` and serialises its map straight into the snapshot file;
-    // a node restarted from that file must hold every key before replaying anything.
+    // memstore freezes its map and pontoon's snapshot thread serialises it straight into the
+    // snapshot file; a node restarted from that file must hold every key before replaying
+    // anything.
     let dir = tempfile::tempdir().expect("tempdir");
     let nodes = start_cluster(dir.path()).await;
     let http = http_client(Duration::from_secs(15));

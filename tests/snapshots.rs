@@ -3,10 +3,12 @@
 
 mod support;
 
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use pontoon::transport::pb;
-use support::{eventually, metric, TestCluster};
+use support::{eventually, metric, Gate, TestCluster};
 
 /// Snapshots by entry count alone, so the log bound is `snapshot_threshold + compaction_margin`.
 /// One write per entry (no command batches), so N writes make a log of N entries.
@@ -123,6 +125,58 @@ async fn a_follower_behind_the_compacted_log_catches_up_by_snapshot() {
             "pontoon_snapshot_chunks_received_total"
         ) >= 1.0,
         "the follower caught up through a snapshot"
+    );
+    cluster.shutdown().await;
+}
+
+/// A state machine that can `freeze` its state has it written on another thread: the run loop
+/// goes on committing and applying while the writer is held, and the snapshot holds exactly
+/// what was applied when the state was frozen (a restart from it replays the rest once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_state_is_written_off_the_run_loop_and_holds_what_was_applied_when_frozen() {
+    let mut cluster = TestCluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    for i in 0..30 {
+        cluster.propose(leader, &format!("before-{i}")).await;
+    }
+    let gate = Arc::new(Gate::default());
+    *cluster.nodes[&leader].fsm.freeze_gate.lock().expect("lock") = Some(gate.clone());
+    let node = cluster.node(leader).clone();
+    let snapshot = tokio::spawn(async move { node.make_snapshot().await });
+    eventually(
+        Duration::from_secs(10),
+        "the leader froze its state and the writer waits at the gate",
+        || gate.arrived.load(Ordering::SeqCst) == 1,
+    )
+    .await;
+    // The writer is held: these commit and apply everywhere only if the loop is not waiting.
+    for i in 0..20 {
+        cluster.propose(leader, &format!("after-{i}")).await;
+    }
+    cluster.wait_all_applied(50).await;
+    assert!(
+        !snapshot.is_finished(),
+        "the snapshot is stored only after its writer ran"
+    );
+    gate.open();
+    let index = snapshot
+        .await
+        .expect("task")
+        .expect("the frozen state was stored as a snapshot");
+    assert!(index > 0);
+
+    // Restarted, the leader restores that snapshot and applies the log after it: the 20 later
+    // entries appear once, so the snapshot held the 30 earlier ones and nothing after.
+    cluster.stop_node(leader).await;
+    cluster.start_node(leader).await;
+    let log = cluster.wait_all_applied(50).await;
+    assert_eq!(log.len(), 50);
+    assert_eq!(log[29], "before-29");
+    assert_eq!(log[30], "after-0");
+    assert_eq!(
+        *cluster.nodes[&leader].fsm.restores.lock().expect("lock"),
+        1,
+        "the restarted leader restored its snapshot"
     );
     cluster.shutdown().await;
 }

@@ -16,13 +16,16 @@
 //! `compaction_margin`. `snapshot_interval` and explicit requests (`make_snapshot`) ignore the
 //! byte condition.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
 use raft::eraftpb::{Snapshot, SnapshotMetadata};
 use tokio::sync::oneshot;
 
 use super::run_loop::RunLoop;
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::state_machine::{AbstractStateMachine, SnapshotSink, SnapshotSource};
+use crate::state_machine::{AbstractStateMachine, FrozenState, SnapshotSink, SnapshotSource};
 use crate::storage::{LogStore, SnapshotEnvelope, StorageError};
 
 /// What the automatic snapshot decision needs to remember between snapshots.
@@ -33,8 +36,10 @@ pub(crate) struct SnapshotPolicy {
     /// Bytes of entry data applied since then.
     applied_bytes: u64,
     /// Size of the state machine's part of the last snapshot; 0 until this process took or
-    /// installed one, so the first snapshot after a restart comes by entry count alone.
-    last_bytes: u64,
+    /// installed one, so the first snapshot after a restart comes by entry count alone. Shared
+    /// because a frozen state's snapshot learns its size on a blocking thread, after the loop
+    /// moved on.
+    last_bytes: Arc<AtomicU64>,
 }
 
 impl Default for SnapshotPolicy {
@@ -42,7 +47,7 @@ impl Default for SnapshotPolicy {
         SnapshotPolicy {
             last_at: tokio::time::Instant::now(),
             applied_bytes: 0,
-            last_bytes: 0,
+            last_bytes: Arc::new(AtomicU64::new(0)),
         }
     }
 }
@@ -55,9 +60,20 @@ impl SnapshotPolicy {
 
     /// A snapshot whose state machine data is `bytes` long was taken or installed.
     pub(crate) fn on_taken(&mut self, bytes: u64) {
+        self.on_started();
+        self.last_bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    /// A snapshot of the state as of now is being written; its size arrives through
+    /// `size_report` when it is done.
+    pub(crate) fn on_started(&mut self) {
         self.last_at = tokio::time::Instant::now();
         self.applied_bytes = 0;
-        self.last_bytes = bytes;
+    }
+
+    /// Where a snapshot written off the loop reports its size (see `on_started`).
+    pub(crate) fn size_report(&self) -> Arc<AtomicU64> {
+        self.last_bytes.clone()
     }
 
     /// Whether to snapshot now, `entries_since` entries after the last snapshot's index.
@@ -68,8 +84,8 @@ impl SnapshotPolicy {
         let timed_out = config
             .snapshot_interval
             .is_some_and(|every| self.last_at.elapsed() >= every);
-        let log_grown =
-            self.applied_bytes as f64 >= config.snapshot_log_ratio * self.last_bytes as f64;
+        let last_bytes = self.last_bytes.load(Ordering::Relaxed);
+        let log_grown = self.applied_bytes as f64 >= config.snapshot_log_ratio * last_bytes as f64;
         timed_out || (entries_since >= config.snapshot_threshold && log_grown)
     }
 }
@@ -133,8 +149,10 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
     /// Snapshot the state machine at the applied index, then store it and compact the log below
     /// it (keeping `compaction_margin` entries for followers slightly behind).
     ///
-    /// Only the user's `snapshot_to()` runs on the loop (it must see the state exactly at
-    /// `applied`); what it writes streams to a storage thread that writes and checksums the file.
+    /// The state machine is first asked to `freeze()` its state: a frozen copy is written on a
+    /// blocking thread and nothing of the state's size runs on the loop. Otherwise the user's
+    /// `snapshot_to()` runs on the loop (it must see the state exactly at `applied`). Either way
+    /// the bytes stream to a storage thread that writes and checksums the file.
     /// Syncing, the LMDB write and compaction then finish in the background, so a large state
     /// does not stall heartbeats; `reply` (if any) is answered when the snapshot is stored.
     /// One snapshot at a time: while one is being stored, another request gets `NotReady`.
@@ -205,22 +223,47 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
             }
             Ok(size)
         });
-        let produced = match self.fsm.snapshot_to(&mut sink).await {
-            Ok(()) => sink
-                .finish()
-                .map_err(|e| Error::StateMachine(format!("writing the snapshot: {e}"))),
-            Err(e) => {
-                // Dropping the unfinished sink tells the storage thread to discard the file.
-                drop(sink);
-                Err(e)
+        // The state machine's bytes: written off the loop from a frozen copy when it can give
+        // one, else serialised here (the loop waits, so the state cannot move meanwhile).
+        let produced = match self.fsm.freeze() {
+            Some(frozen) => {
+                self.snapshot_policy.on_started();
+                let size_report = self.snapshot_policy.size_report();
+                Produced::Frozen(tokio::task::spawn_blocking(move || {
+                    let bytes = write_frozen(frozen, sink)?;
+                    size_report.store(bytes, Ordering::Relaxed);
+                    Ok(bytes)
+                }))
+            }
+            None => {
+                let produced = match self.fsm.snapshot_to(&mut sink).await {
+                    Ok(()) => sink
+                        .finish()
+                        .map_err(|e| Error::StateMachine(format!("writing the snapshot: {e}"))),
+                    Err(e) => {
+                        // Dropping the unfinished sink tells the storage thread to discard the
+                        // file.
+                        drop(sink);
+                        Err(e)
+                    }
+                };
+                if let Ok(user_bytes) = &produced {
+                    self.snapshot_policy.on_taken(*user_bytes);
+                }
+                Produced::OnLoop(produced)
             }
         };
-        if let Ok(user_bytes) = &produced {
-            self.snapshot_policy.on_taken(*user_bytes);
-        }
         let metrics = self.metrics.clone();
         let logger = self.logger.clone();
         self.snapshot_task = Some(tokio::spawn(async move {
+            let produced = match produced {
+                Produced::OnLoop(produced) => produced,
+                Produced::Frozen(task) => task.await.unwrap_or_else(|e| {
+                    Err(Error::StateMachine(format!(
+                        "writing the frozen state failed: {e}"
+                    )))
+                }),
+            };
             let stored = match stored.await {
                 Ok(r) => r,
                 Err(e) => Err(Error::Other(format!("storage thread failed: {e}"))),
@@ -246,6 +289,22 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
     }
 }
 
+/// Where the state machine's snapshot bytes come from (see `start_snapshot`).
+enum Produced {
+    /// `snapshot_to` already ran on the loop; its outcome.
+    OnLoop(Result<u64>),
+    /// A frozen state being written on a blocking thread.
+    Frozen(tokio::task::JoinHandle<Result<u64>>),
+}
+
+/// Write a frozen state into `sink` and finish it; returns the state machine's byte count. An
+/// error drops the unfinished sink, which tells the storage thread to discard the file.
+fn write_frozen(frozen: Box<dyn FrozenState>, mut sink: SnapshotSink) -> Result<u64> {
+    frozen.write_snapshot(&mut sink)?;
+    sink.finish()
+        .map_err(|e| Error::StateMachine(format!("writing the snapshot: {e}")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -256,6 +315,83 @@ mod tests {
             snapshot_log_ratio: ratio,
             ..Config::default()
         }
+    }
+
+    /// A frozen state that writes `bytes`, or fails after writing them.
+    struct Frozen {
+        bytes: Vec<u8>,
+        fail: bool,
+    }
+
+    impl FrozenState for Frozen {
+        fn write_snapshot(self: Box<Self>, out: &mut SnapshotSink) -> Result<()> {
+            std::io::Write::write_all(out, &self.bytes).map_err(|e| Error::Other(e.to_string()))?;
+            if self.fail {
+                return Err(Error::StateMachine("serialiser failed".into()));
+            }
+            Ok(())
+        }
+    }
+
+    /// What the storage side received: the bytes, and whether the sink was finished.
+    fn received(
+        rx: std::sync::mpsc::Receiver<crate::state_machine::SnapshotChunk>,
+    ) -> (Vec<u8>, bool) {
+        let mut bytes = Vec::new();
+        let mut ended = false;
+        for chunk in rx.iter() {
+            match chunk {
+                crate::state_machine::SnapshotChunk::Data(d) => bytes.extend_from_slice(&d),
+                crate::state_machine::SnapshotChunk::End => ended = true,
+            }
+        }
+        (bytes, ended)
+    }
+
+    #[test]
+    fn a_frozen_state_written_in_full_finishes_the_sink_with_its_length() {
+        let (sink, rx) = SnapshotSink::channel();
+        let state = Box::new(Frozen {
+            bytes: b"frozen state".to_vec(),
+            fail: false,
+        });
+        let writer = std::thread::spawn(move || write_frozen(state, sink));
+        let (bytes, ended) = received(rx);
+        assert_eq!(writer.join().expect("thread").expect("written"), 12);
+        assert_eq!(bytes, b"frozen state");
+        assert!(ended, "a finished snapshot is marked complete");
+    }
+
+    #[test]
+    fn a_frozen_state_that_fails_leaves_the_sink_unfinished_so_the_file_is_discarded() {
+        let (sink, rx) = SnapshotSink::channel();
+        let state = Box::new(Frozen {
+            bytes: vec![7; 3 << 20],
+            fail: true,
+        });
+        let writer = std::thread::spawn(move || write_frozen(state, sink));
+        let (_, ended) = received(rx);
+        let outcome = writer.join().expect("thread");
+        assert!(
+            matches!(outcome, Err(Error::StateMachine(_))),
+            "{outcome:?}"
+        );
+        assert!(
+            !ended,
+            "the storage side must not take a partial snapshot as complete"
+        );
+    }
+
+    #[test]
+    fn a_size_reported_off_the_loop_is_what_the_byte_condition_compares_against() {
+        let c = config(10, 1.0);
+        let mut policy = SnapshotPolicy::default();
+        policy.on_started();
+        policy.size_report().store(1_000, Ordering::Relaxed);
+        policy.on_applied(999);
+        assert!(!policy.is_due(&c, 10));
+        policy.on_applied(1);
+        assert!(policy.is_due(&c, 10));
     }
 
     #[test]

@@ -20,6 +20,55 @@ pub struct AppliedLog {
     pub restores: Arc<Mutex<u32>>,
     /// How many times `apply` ran on this instance.
     pub apply_calls: Arc<std::sync::atomic::AtomicU64>,
+    /// When set, `freeze` hands out a copy of the entries whose writing waits for this gate.
+    /// Unset (the default), `freeze` returns `None` and snapshots go through `snapshot`.
+    pub freeze_gate: Arc<Mutex<Option<Arc<Gate>>>>,
+}
+
+/// A gate a frozen snapshot's writer waits at, so a test can hold it mid-write.
+#[derive(Default)]
+pub struct Gate {
+    open: Mutex<bool>,
+    opened: std::sync::Condvar,
+    /// Writers that reached the gate (waiting or through).
+    pub arrived: std::sync::atomic::AtomicU64,
+}
+
+impl Gate {
+    pub fn open(&self) {
+        *self.open.lock().expect("lock") = true;
+        self.opened.notify_all();
+    }
+
+    /// Wait until opened, at most `limit` (a test that forgets to open fails, not hangs).
+    fn pass(&self, limit: Duration) -> Result<()> {
+        self.arrived
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let open = self.open.lock().expect("lock");
+        let (open, _) = self
+            .opened
+            .wait_timeout_while(open, limit, |open| !*open)
+            .expect("lock");
+        if *open {
+            Ok(())
+        } else {
+            Err(Error::StateMachine("the test never opened the gate".into()))
+        }
+    }
+}
+
+/// `AppliedLog`'s frozen state: the entries as of `freeze`, written once the gate opens.
+struct FrozenEntries {
+    entries: Vec<String>,
+    gate: Arc<Gate>,
+}
+
+impl pontoon::FrozenState for FrozenEntries {
+    fn write_snapshot(self: Box<Self>, out: &mut pontoon::SnapshotSink) -> Result<()> {
+        self.gate.pass(Duration::from_secs(60))?;
+        bincode::serialize_into(out, &self.entries)?;
+        Ok(())
+    }
 }
 
 impl AppliedLog {
@@ -43,6 +92,13 @@ impl AbstractStateMachine for AppliedLog {
     }
     async fn snapshot(&self) -> Result<Vec<u8>> {
         Ok(bincode::serialize(&*self.entries.lock().expect("lock"))?)
+    }
+    fn freeze(&self) -> Option<Box<dyn pontoon::FrozenState>> {
+        let gate = self.freeze_gate.lock().expect("lock").clone()?;
+        Some(Box::new(FrozenEntries {
+            entries: self.entries.lock().expect("lock").clone(),
+            gate,
+        }))
     }
     async fn restore(&mut self, snapshot: Vec<u8>) -> Result<()> {
         *self.entries.lock().expect("lock") = bincode::deserialize(&snapshot)?;
