@@ -12,7 +12,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use pontoon::{async_trait, AbstractStateMachine, Config, Peers, Raft, Result};
+use std::io::Write;
+
+use pontoon::{
+    async_trait, AbstractStateMachine, Config, FrozenState, Peers, Raft, Result, SnapshotSink,
+};
 
 #[derive(Parser, Debug)]
 #[command(about = "pontoon benchmark")]
@@ -42,6 +46,10 @@ struct Args {
     /// long the run loop stalls while the state machine serialises and the snapshot is stored).
     #[arg(long)]
     snapshot_mib: Option<usize>,
+    /// With --snapshot-mib: serialise the state with `snapshot_to` on the run loop instead of
+    /// freezing it (`freeze`) and writing it on a snapshot thread, to compare the stalls.
+    #[arg(long)]
+    snapshot_on_loop: bool,
     /// Instead of the load: stop a follower, commit this many entries without it (no compaction),
     /// restart it on its data dir and time how fast it catches up (entries/s).
     #[arg(long)]
@@ -51,31 +59,69 @@ struct Args {
     dump_metrics: bool,
 }
 
-/// Counts applied entries and keeps their bytes (so a snapshot has real size); answers nothing.
+/// Counts applied entries and keeps the bytes of large ones (so a snapshot has real size);
+/// answers nothing.
 #[derive(Clone, Default)]
-struct Counter(Arc<AtomicU64>, Arc<std::sync::Mutex<Vec<u8>>>);
+struct Counter {
+    applied: Arc<AtomicU64>,
+    /// Entries of 1 KiB or more, shared rather than copied: a frozen state clones this list.
+    blobs: Arc<std::sync::Mutex<Vec<Arc<Vec<u8>>>>>,
+    /// Whether `freeze` hands out the state (else snapshots serialise on the run loop).
+    freeze: bool,
+}
+
+/// The counter and the blobs as of `freeze`, written on pontoon's snapshot thread.
+struct FrozenCounter {
+    applied: u64,
+    blobs: Vec<Arc<Vec<u8>>>,
+}
+
+impl FrozenState for FrozenCounter {
+    fn write_snapshot(self: Box<Self>, out: &mut SnapshotSink) -> Result<()> {
+        let write = |out: &mut SnapshotSink, bytes: &[u8]| {
+            out.write_all(bytes)
+                .map_err(|e| pontoon::Error::StateMachine(format!("writing the snapshot: {e}")))
+        };
+        write(out, &self.applied.to_be_bytes())?;
+        for blob in &self.blobs {
+            write(out, blob)?;
+        }
+        Ok(())
+    }
+}
 
 #[async_trait]
 impl AbstractStateMachine for Counter {
     async fn apply(&mut self, log_entry: Vec<u8>) -> Result<Vec<u8>> {
-        self.0.fetch_add(1, Ordering::Relaxed);
+        self.applied.fetch_add(1, Ordering::Relaxed);
         if log_entry.len() >= 1024 {
-            self.1
+            self.blobs
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .extend_from_slice(&log_entry);
+                .push(Arc::new(log_entry));
         }
         Ok(Vec::new())
     }
     async fn snapshot(&self) -> Result<Vec<u8>> {
-        let mut out = self.0.load(Ordering::Relaxed).to_be_bytes().to_vec();
-        out.extend_from_slice(&self.1.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut out = self.applied.load(Ordering::Relaxed).to_be_bytes().to_vec();
+        for blob in self.blobs.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            out.extend_from_slice(blob);
+        }
         Ok(out)
+    }
+    fn freeze(&self) -> Option<Box<dyn FrozenState>> {
+        if !self.freeze {
+            return None;
+        }
+        Some(Box::new(FrozenCounter {
+            applied: self.applied.load(Ordering::Relaxed),
+            blobs: self.blobs.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+        }))
     }
     async fn restore(&mut self, snapshot: Vec<u8>) -> Result<()> {
         let mut b = [0u8; 8];
         b.copy_from_slice(snapshot.get(..8).unwrap_or(&[0; 8]));
-        self.0.store(u64::from_be_bytes(b), Ordering::Relaxed);
+        self.applied.store(u64::from_be_bytes(b), Ordering::Relaxed);
         Ok(())
     }
     fn encode(&self) -> Result<Vec<u8>> {
@@ -86,7 +132,7 @@ impl AbstractStateMachine for Counter {
         if bytes.len() >= 8 {
             let mut b = [0u8; 8];
             b.copy_from_slice(&bytes[..8]);
-            c.0.store(u64::from_be_bytes(b), Ordering::Relaxed);
+            c.applied.store(u64::from_be_bytes(b), Ordering::Relaxed);
         }
         Ok(c)
     }
@@ -94,7 +140,7 @@ impl AbstractStateMachine for Counter {
 
 impl Counter {
     fn snapshot_bytes(&self) -> Result<Vec<u8>> {
-        Ok(self.0.load(Ordering::Relaxed).to_be_bytes().to_vec())
+        Ok(self.applied.load(Ordering::Relaxed).to_be_bytes().to_vec())
     }
 }
 
@@ -170,8 +216,12 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
         };
         let addr = peers[&id].clone();
         let logger = logger.clone();
+        let counter = Counter {
+            freeze: !args.snapshot_on_loop,
+            ..Counter::default()
+        };
         async move {
-            let raft = Raft::bootstrap(id, addr, Counter::default(), config, logger).await?;
+            let raft = Raft::bootstrap(id, addr, counter, config, logger).await?;
             tokio::spawn(raft.clone().run());
             Ok::<_, pontoon::Error>(raft)
         }
@@ -210,6 +260,7 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
         let result = serde_json::json!({
             "mode": "snapshot",
             "state_mib": mib,
+            "written_by": if args.snapshot_on_loop { "snapshot_to on the run loop" } else { "freeze, then a snapshot thread" },
             "snapshot_index": index,
             "make_snapshot_ms": total_ms,
             "run_loop_max_stall_ms": stall_ms,
