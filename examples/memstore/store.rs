@@ -142,7 +142,7 @@ impl AbstractStateMachine for HashStore {
         }
     }
     async fn snapshot(&self) -> Result<Vec<u8>> {
-        Ok(bincode::serialize(&*self.frozen_map())?)
+        self.encode()
     }
     /// Serialise straight into the snapshot file: at a million keys the map's serialised copy
     /// is about as large as the raw data, and would otherwise sit in memory beside the map.
@@ -164,6 +164,7 @@ impl AbstractStateMachine for HashStore {
     async fn restore_from(&mut self, source: &mut SnapshotSource) -> Result<()> {
         self.replace_from(source)
     }
+    /// The snapshot encoding in one buffer (`snapshot` answers with it too).
     fn encode(&self) -> Result<Vec<u8>> {
         Ok(bincode::serialize(&*self.frozen_map())?)
     }

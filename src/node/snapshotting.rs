@@ -236,17 +236,8 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
                 }))
             }
             None => {
-                let produced = match self.fsm.snapshot_to(&mut sink).await {
-                    Ok(()) => sink
-                        .finish()
-                        .map_err(|e| Error::StateMachine(format!("writing the snapshot: {e}"))),
-                    Err(e) => {
-                        // Dropping the unfinished sink tells the storage thread to discard the
-                        // file.
-                        drop(sink);
-                        Err(e)
-                    }
-                };
+                let written = self.fsm.snapshot_to(&mut sink).await;
+                let produced = finish_sink(written, sink);
                 if let Ok(user_bytes) = &produced {
                     self.snapshot_policy.on_taken(*user_bytes);
                 }
@@ -297,10 +288,17 @@ enum Produced {
     Frozen(tokio::task::JoinHandle<Result<u64>>),
 }
 
-/// Write a frozen state into `sink` and finish it; returns the state machine's byte count. An
-/// error drops the unfinished sink, which tells the storage thread to discard the file.
+/// Write a frozen state into `sink` and finish it (see `finish_sink`).
 fn write_frozen(frozen: Box<dyn FrozenState>, mut sink: SnapshotSink) -> Result<u64> {
-    frozen.write_snapshot(&mut sink)?;
+    let written = frozen.write_snapshot(&mut sink);
+    finish_sink(written, sink)
+}
+
+/// Finish `sink` once the state machine wrote everything into it (`written` is `Ok`); returns
+/// the state machine's byte count. On an error the unfinished sink is dropped, which tells the
+/// storage thread to discard the file.
+fn finish_sink(written: Result<()>, sink: SnapshotSink) -> Result<u64> {
+    written?;
     sink.finish()
         .map_err(|e| Error::StateMachine(format!("writing the snapshot: {e}")))
 }
