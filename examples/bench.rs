@@ -50,10 +50,16 @@ struct Args {
     /// freezing it (`freeze`) and writing it on a snapshot thread, to compare the stalls.
     #[arg(long)]
     snapshot_on_loop: bool,
-    /// Instead of the load: stop a follower, commit this many entries without it (no compaction),
-    /// restart it on its data dir and time how fast it catches up (entries/s).
+    /// Instead of the load: stop a follower, commit this many writes without it (no compaction),
+    /// restart it on its data dir and time how fast it catches up. Reported per log entry and per
+    /// write: with command batches one entry carries several writes (`--commands-per-entry 1`
+    /// makes them equal).
     #[arg(long)]
     catchup: Option<u64>,
+    /// At most this many writes share one log entry (`Config::max_commands_per_entry`; 1 gives
+    /// every write its own entry, as before command batches).
+    #[arg(long, default_value_t = pontoon::Config::default().max_commands_per_entry)]
+    commands_per_entry: usize,
     /// After the load, print every node's metrics (Prometheus text) to stderr.
     #[arg(long)]
     dump_metrics: bool,
@@ -212,6 +218,7 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
             cluster_id: "bench".into(),
             tick_interval: Duration::from_millis(50),
             snapshot_threshold: 1_000_000,
+            max_commands_per_entry: args.commands_per_entry,
             ..Default::default()
         };
         let addr = peers[&id].clone();
@@ -305,13 +312,18 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
         }
         let secs = t.elapsed().as_secs_f64();
         let entries = target - behind_from;
+        // The writes committed while it was away (and the leader's warm-up writes before them).
+        let writes_behind = count;
         let result = serde_json::json!({
             "mode": "catchup",
             "setup": format!("{} nodes in one process, loopback gRPC, WAL + LMDB with fsync on", args.nodes),
             "entries_behind": entries,
-            "entry_bytes": args.size,
+            "writes_behind": writes_behind,
+            "write_bytes": args.size,
+            "commands_per_entry_limit": args.commands_per_entry,
             "catchup_seconds": secs,
             "entries_per_sec": entries as f64 / secs,
+            "writes_per_sec": writes_behind as f64 / secs,
             "polls": polls,
             "note": "time from restarting the follower (open the data dir, start gRPC) until it applied the leader's applied index",
         });
