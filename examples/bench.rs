@@ -60,6 +60,10 @@ struct Args {
     /// every write its own entry, as before command batches).
     #[arg(long, default_value_t = pontoon::Config::default().max_commands_per_entry)]
     commands_per_entry: usize,
+    /// `Config::append_window`: uncommitted entries on the leader before new proposals wait for
+    /// the commit index to move (0 never holds).
+    #[arg(long, default_value_t = pontoon::Config::default().append_window)]
+    append_window: u64,
     /// After the load, print every node's metrics (Prometheus text) to stderr.
     #[arg(long)]
     dump_metrics: bool,
@@ -219,6 +223,7 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
             tick_interval: Duration::from_millis(50),
             snapshot_threshold: 1_000_000,
             max_commands_per_entry: args.commands_per_entry,
+            append_window: args.append_window,
             ..Default::default()
         };
         let addr = peers[&id].clone();

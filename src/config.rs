@@ -75,6 +75,20 @@ pub struct Config {
     /// saves raft's per-entry work on every node under load; `apply` still sees each command on
     /// its own. 1 gives every command its own entry.
     pub max_commands_per_entry: usize,
+    /// The leader's append window (0, the default, turns it off). With N above 0: while N of the
+    /// leader's log entries are appended but not yet committed, new proposals wait, and they are
+    /// appended together (in one entry, see `max_commands_per_entry`) as soon as the commit index
+    /// moves. Holding stops early once the waiting proposals fill an entry, and a proposal never
+    /// waits when nothing is in flight (a lone client sees no change).
+    ///
+    /// Why: when writes arrive one by one from many network clients, the leader appends a small
+    /// entry nearly every turn, and each entry costs a message to every follower, an ack back
+    /// and a Ready on every node. Waiting for the commit packs what arrived meanwhile into one
+    /// entry. That pays when the CPU is the limit (many concurrent clients) and costs latency
+    /// when it is not: a held write waits up to one commit round. Measured with memstore over
+    /// HTTP (README, Performance): 1 gave +5% at 64 connections and +13% at 256 (medians of
+    /// interleaved pairs) and -10% at 8.
+    pub append_window: u64,
     /// At most this many proposals may wait for their commit on one node; more get `Busy`.
     pub max_pending_proposals: usize,
     /// Initial LMDB map size in bytes; it grows on demand.
@@ -131,6 +145,7 @@ impl Default for Config {
             max_message_bytes: 64 * 1024 * 1024,
             max_proposal_bytes: 8 * 1024 * 1024,
             max_commands_per_entry: 1024,
+            append_window: 0,
             max_pending_proposals: 64 * 1024,
             initial_map_size: 1 << 30,
             join_timeout: Duration::from_secs(60),

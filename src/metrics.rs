@@ -14,6 +14,7 @@ use prometheus::{
 pub struct Metrics {
     registry: Registry,
     pub proposals: IntCounter,
+    pub proposals_held: IntCounter,
     pub committed_entries: IntCounter,
     pub applied_commands: IntCounter,
     pub applied_index: IntGauge,
@@ -78,6 +79,11 @@ impl Metrics {
                 r,
                 "proposals_total",
                 "Proposals accepted into the log on this node",
+            ),
+            proposals_held: counter(
+                r,
+                "proposals_held_total",
+                "Proposals the leader held back until its commit index moved (Config::append_window)",
             ),
             committed_entries: counter(
                 r,

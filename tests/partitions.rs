@@ -104,3 +104,132 @@ async fn writes_commit_and_nodes_converge_under_loss_delay_and_reordering() {
     }
     cluster.shutdown().await;
 }
+
+/// With `Config::append_window = 1`, proposals that arrive while the leader has an entry in
+/// flight are held (not appended) until that entry commits, then appended together as one
+/// entry; every proposer still gets its own command's answer, and nothing is lost or reordered.
+/// The followers' acks are delayed to keep the first entry uncommitted for a while.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proposals_arriving_while_an_entry_is_uncommitted_wait_and_share_one_entry() {
+    const HELD: usize = 5;
+    let cluster = TestCluster::start_with(3, |c| {
+        c.append_window = 1;
+        // The leader hears no ack for the delay below; without check_quorum it does not step
+        // down for that (its heartbeats still reach the followers, so they elect nobody).
+        c.raft.check_quorum = false;
+    })
+    .await;
+    let leader = cluster.wait_for_leader().await;
+    cluster.propose(leader, "warm-up").await;
+    cluster.wait_all_applied(1).await;
+    let node = cluster.node(leader).clone();
+    let base = node.inspect().await.expect("inspect").last_index;
+    let proposed = || support::metric(cluster.node(leader), "pontoon_proposals_total");
+    let held = || support::metric(cluster.node(leader), "pontoon_proposals_held_total");
+    let proposed_before = proposed();
+
+    for follower in cluster.followers_of(leader) {
+        let ack_delay = Duration::from_secs(2);
+        cluster
+            .node(follower)
+            .faults()
+            .set_delay(ack_delay, ack_delay);
+    }
+    let propose = |data: String| {
+        let node = node.clone();
+        tokio::spawn(async move { (node.propose(data.clone().into_bytes()).await, data) })
+    };
+    let first = propose("first".into());
+    eventually(
+        Duration::from_secs(10),
+        "the first write is appended",
+        || proposed() == proposed_before + 1.0,
+    )
+    .await;
+    let later: Vec<_> = (0..HELD).map(|i| propose(format!("later-{i}"))).collect();
+    eventually(Duration::from_secs(10), "the later writes are held", || {
+        held() == HELD as f64
+    })
+    .await;
+    let status = node.inspect().await.expect("inspect");
+    assert_eq!(status.held_proposals, HELD);
+    assert_eq!(
+        status.last_index,
+        base + 1,
+        "only the first write is in the log while it is uncommitted"
+    );
+    assert!(
+        status.commit_index <= base,
+        "the first write is still uncommitted"
+    );
+
+    cluster.heal_all();
+    let mut answers = Vec::new();
+    for task in std::iter::once(first).chain(later) {
+        let (result, data) = task.await.expect("task");
+        let answer = String::from_utf8(result.expect("the write is applied")).expect("utf8");
+        assert!(answer.ends_with(&format!(":{data}")), "{data} got {answer}");
+        answers.push(answer);
+    }
+    let log = cluster.wait_all_applied(2 + HELD).await;
+    assert_eq!(log[..2], ["warm-up".to_string(), "first".to_string()]);
+    let status = node.inspect().await.expect("inspect");
+    assert_eq!(
+        status.last_index,
+        base + 2,
+        "the held writes were appended as one entry"
+    );
+    assert_eq!(status.held_proposals, 0);
+    assert_eq!(answers.len(), 1 + HELD);
+    cluster.shutdown().await;
+}
+
+/// A leader that stops while the append window holds proposals refuses them as definitely not
+/// applied (safe to retry), while the write already in its log gets "outcome unknown".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_proposals_of_a_leader_that_stops_are_refused_as_not_applied() {
+    const HELD: usize = 3;
+    let mut cluster = TestCluster::start_with(3, |c| {
+        c.append_window = 1;
+        c.raft.check_quorum = false;
+    })
+    .await;
+    let leader = cluster.wait_for_leader().await;
+    cluster.propose(leader, "warm-up").await;
+    let node = cluster.node(leader).clone();
+    let proposed_before = support::metric(&node, "pontoon_proposals_total");
+    for follower in cluster.followers_of(leader) {
+        let never = Duration::from_secs(3600);
+        cluster.node(follower).faults().set_delay(never, never);
+    }
+    let propose = |data: &str| {
+        let (node, data) = (node.clone(), data.as_bytes().to_vec());
+        tokio::spawn(async move { node.propose(data).await })
+    };
+    let first = propose("first");
+    eventually(
+        Duration::from_secs(10),
+        "the first write is appended",
+        || support::metric(&node, "pontoon_proposals_total") == proposed_before + 1.0,
+    )
+    .await;
+    let held: Vec<_> = (0..HELD).map(|i| propose(&format!("held-{i}"))).collect();
+    eventually(Duration::from_secs(10), "the later writes are held", || {
+        support::metric(&node, "pontoon_proposals_held_total") == HELD as f64
+    })
+    .await;
+
+    cluster.stop_node(leader).await;
+    match first.await.expect("task") {
+        Err(pontoon::Error::OutcomeUnknown(_)) => {}
+        other => panic!("the appended write must be reported unknown, got {other:?}"),
+    }
+    for task in held {
+        match task.await.expect("task") {
+            Err(e @ pontoon::Error::ProposalDropped(_)) => assert!(e.is_retryable()),
+            other => panic!("a held write must be refused as not applied, got {other:?}"),
+        }
+    }
+    cluster.heal_all();
+    cluster.shutdown().await;
+}

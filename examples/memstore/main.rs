@@ -90,6 +90,10 @@ struct Args {
     /// gRPC tasks. 0 serves HTTP on the nodes' runtime.
     #[arg(long, default_value_t = 2)]
     http_threads: usize,
+    /// `Config::append_window`: while this many of the leader's entries are uncommitted, new
+    /// writes wait and are appended together once the commit index moves. 0 never holds.
+    #[arg(long, default_value_t = Config::default().append_window)]
+    append_window: u64,
 }
 
 /// TLS material and join token, read and checked once at startup.
@@ -165,6 +169,7 @@ async fn start_node(
         data_dir: spec.data_dir.clone(),
         initial_peers: spec.initial_peers,
         propose_timeout: Duration::from_secs(5),
+        append_window: args.append_window,
         ..Default::default()
     });
     let store = HashStore::default();

@@ -247,6 +247,8 @@ impl<F: AbstractStateMachine> Raft<F> {
             snapshot_task: None,
             fatal: None,
             proposal_batch: Vec::new(),
+            proposal_batch_bytes: 0,
+            proposals_marked_held: 0,
         };
         let service = RaftGrpcService::new(node.clone());
         Ok(Raft {

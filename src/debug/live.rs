@@ -143,7 +143,7 @@ pub async fn cluster_status_with(
 pub fn render_node(s: &NodeStatus) -> String {
     let mut out = format!(
         "node {} ({}) in cluster {:?}: {:?}, term {}, leader {}\n\
-         commit {}  applied {}  log {}..{}  snapshot {} (term {})  pending proposals {}\n\
+         commit {}  applied {}  log {}..{}  snapshot {} (term {})  pending proposals {} (held {})\n\
          read index: {} reads in {} rounds\n",
         s.id,
         s.peers
@@ -162,6 +162,7 @@ pub fn render_node(s: &NodeStatus) -> String {
         s.snapshot_index,
         s.snapshot_term,
         s.pending_proposals,
+        s.held_proposals,
         s.read_index_requests,
         s.read_index_rounds,
     );

@@ -67,8 +67,13 @@ pub(crate) struct RunLoop<S: LogStore, F: AbstractStateMachine> {
     pub(crate) snapshot_task: Option<tokio::task::JoinHandle<()>>,
     /// A fatal error found while handling a command; the loop stops with it.
     pub(crate) fatal: Option<Error>,
-    /// Proposals accepted this turn, appended together by `propose_batch`.
+    /// Proposals accepted and not yet appended: this turn's, and any the append window holds
+    /// (`holds_proposals`). `propose_batch` appends them together.
     pub(crate) proposal_batch: Vec<(ProposalContext, Vec<u8>, super::proposals::ProposalReply)>,
+    /// The payload bytes in `proposal_batch`.
+    pub(crate) proposal_batch_bytes: usize,
+    /// How many of `proposal_batch` the `proposals_held` metric already counted.
+    pub(crate) proposals_marked_held: usize,
 }
 
 impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
@@ -137,6 +142,12 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
         self.waiters.fail_all(|| {
             Error::OutcomeUnknown("the node stopped before the entry was applied".into())
         });
+        // Proposals the append window held were never appended: definitely not applied.
+        for (_, _, reply) in self.proposal_batch.drain(..) {
+            let _ = reply.send(Err(Error::ProposalDropped(
+                "the node stopped before appending it".into(),
+            )));
+        }
         self.reads.fail_all();
         self.status_tx.send_modify(|s| s.role = Role::Stopped);
         slog::info!(self.logger, "run loop stopped"; "applied" => self.applied);
@@ -270,7 +281,26 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
             return;
         }
         let ctx = self.waiters.next_context(kind);
+        self.proposal_batch_bytes += data.len();
         self.proposal_batch.push((ctx, data, reply));
+    }
+
+    /// Whether the append window is full, so this turn's proposals wait for the commit index
+    /// to move (see `Config::append_window`). They do not wait once they fill an entry.
+    ///
+    /// Nothing can strand them: the leader's commit index moves only while a turn handles a
+    /// follower's ack (`handle`) or this node's own write (`on_persisted`), and every turn runs
+    /// `propose_batch` after both. A leader that steps down does so in a turn too, and
+    /// `propose_batch` then refuses what it held as not-leader (never appended: safe to retry).
+    fn holds_proposals(&self) -> bool {
+        let window = self.config.append_window;
+        if window == 0 || self.raw.raft.state != StateRole::Leader {
+            return false;
+        }
+        let log = &self.raw.raft.raft_log;
+        log.last_index().saturating_sub(log.committed) >= window
+            && self.proposal_batch.len() < self.config.max_commands_per_entry
+            && self.proposal_batch_bytes < self.config.raft.max_size_per_msg as usize
     }
 
     /// Append every proposal accepted this turn with one `MsgPropose`: raft appends them in one
@@ -281,7 +311,15 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
         if self.proposal_batch.is_empty() {
             return;
         }
+        if self.holds_proposals() {
+            let newly_held = self.proposal_batch.len() - self.proposals_marked_held;
+            self.metrics.proposals_held.inc_by(newly_held as u64);
+            self.proposals_marked_held = self.proposal_batch.len();
+            return;
+        }
         let batch = std::mem::take(&mut self.proposal_batch);
+        self.proposal_batch_bytes = 0;
+        self.proposals_marked_held = 0;
         if self.raw.raft.state != StateRole::Leader {
             // Leadership moved while the batch was gathered. raft-rs would forward the proposal
             // to the new leader, where it might commit after we answered: refuse it definitely.
@@ -615,6 +653,7 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
             snapshot_index: snap.index,
             snapshot_term: snap.term,
             pending_proposals: self.waiters.len(),
+            held_proposals: self.proposal_batch.len(),
             read_index_requests: self.reads.requests,
             read_index_rounds: self.reads.rounds,
             peers,

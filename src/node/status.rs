@@ -69,6 +69,9 @@ pub struct NodeStatus {
     pub snapshot_index: u64,
     pub snapshot_term: u64,
     pub pending_proposals: usize,
+    /// Proposals the leader holds until its commit index moves (`Config::append_window`).
+    #[serde(default)]
+    pub held_proposals: usize,
     /// Linearizable reads asked of this node, and the ReadIndex rounds that served them.
     pub read_index_requests: u64,
     pub read_index_rounds: u64,
