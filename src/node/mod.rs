@@ -7,7 +7,10 @@
 //!
 //! 1. Wait for the next command, the tick deadline or a write the writer thread finished, then
 //!    drain the mailbox without waiting, so everything that arrived together lands in one Ready
-//!    (group commit). Tick when it is time.
+//!    (group commit). Tick when it is time. Then propose what was gathered as one batch,
+//!    unless this is a leader whose append window is full (`Config::append_window`, off by
+//!    default): the batch then waits, still gathering, for a turn in which the commit index
+//!    moved.
 //! 2. If raft has a `Ready` (and fewer than 64 writes are in flight), take it.
 //! 3. Send `ready.messages()` at once: a leader replicates before its own write finishes.
 //! 4. If the Ready holds a snapshot, wait for the writes in flight, store it and restore the
@@ -33,6 +36,8 @@
 //!   follower's ack leaves only after its own step 7).
 //! - A proposal waiter is answered exactly once: with `apply`'s result, with a definite error
 //!   (dropped / overwritten), or with "outcome unknown" on shutdown or timeout.
+//! - A proposal the append window holds is not in the log: on a lost leadership or on shutdown
+//!   it is refused with a definite, retryable error.
 //! - The loop never awaits a network call; transports only enqueue.
 
 pub mod command_batch;
