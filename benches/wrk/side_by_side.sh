@@ -7,12 +7,13 @@
 #
 # Run from the repository root; SHARED points at the shared benchmark helpers (etcd-cluster.sh,
 # etcd-put.lua, store-put.lua). memstore starts on fresh data dirs with --local-cluster 3
-# (HTTP 8001-8003); the load goes to the leader.
+# (HTTP 8001-8003) plus MEMSTORE_ARGS (e.g. "--append-window 1"); the load goes to the leader.
 set -u
 MEMSTORE=$1
 NOOP=$2
 SHARED=${SHARED:-../shared/bench}
 ROUNDS=${ROUNDS:-2}
+MEMSTORE_ARGS=${MEMSTORE_ARGS:-}
 row() {
   awk -v n="$1" -v c="$2" '/^ +50%/{p50=$2} /^ +99%/{p99=$2} /Requests\/sec/{rps=$2} /Non-2xx/{err=$0}
     END{printf "%-10s c=%-4s %9s req/s p50 %8s p99 %8s %s\n", n, c, rps, p50, p99, err}'
@@ -21,7 +22,8 @@ threads() { if [ "$1" = 1 ]; then echo 1; else echo 2; fi; }
 memstore_run() {
   local c=$1 dir pid leader=""
   dir=$(mktemp -d)
-  "$MEMSTORE" --local-cluster 3 --data-dir "$dir" > "$dir/log" 2>&1 &
+  # shellcheck disable=SC2086 # MEMSTORE_ARGS is a list of flags
+  "$MEMSTORE" --local-cluster 3 --data-dir "$dir" $MEMSTORE_ARGS > "$dir/log" 2>&1 &
   pid=$!
   for _ in $(seq 1 100); do
     leader=$(curl -s http://127.0.0.1:8001/leader | sed -n 's/.*"leader_id":\([0-9]*\).*/\1/p')
