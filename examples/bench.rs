@@ -317,7 +317,7 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
         }
         let secs = t.elapsed().as_secs_f64();
         let entries = target - behind_from;
-        // The writes committed while it was away (and the leader's warm-up writes before them).
+        // The writes committed while it was away.
         let writes_behind = count;
         let result = serde_json::json!({
             "mode": "catchup",
