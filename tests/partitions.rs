@@ -125,11 +125,11 @@ async fn proposals_arriving_while_an_entry_is_uncommitted_wait_and_share_one_ent
     let node = cluster.node(leader).clone();
     let base = node.inspect().await.expect("inspect").last_index;
     let proposed = || support::metric(cluster.node(leader), "pontoon_proposals_total");
-    let held = || support::metric(cluster.node(leader), "pontoon_proposals_held_total");
     let proposed_before = proposed();
+    let held_before = support::metric(&node, "pontoon_proposals_held_total");
 
     for follower in cluster.followers_of(leader) {
-        let ack_delay = Duration::from_secs(2);
+        let ack_delay = Duration::from_secs(5);
         cluster
             .node(follower)
             .faults()
@@ -147,10 +147,7 @@ async fn proposals_arriving_while_an_entry_is_uncommitted_wait_and_share_one_ent
     )
     .await;
     let later: Vec<_> = (0..HELD).map(|i| propose(format!("later-{i}"))).collect();
-    eventually(Duration::from_secs(10), "the later writes are held", || {
-        held() == HELD as f64
-    })
-    .await;
+    wait_until_held(&node, HELD, held_before).await;
     let status = node.inspect().await.expect("inspect");
     assert_eq!(status.held_proposals, HELD);
     assert_eq!(
@@ -198,6 +195,7 @@ async fn held_proposals_of_a_leader_that_stops_are_refused_as_not_applied() {
     cluster.propose(leader, "warm-up").await;
     let node = cluster.node(leader).clone();
     let proposed_before = support::metric(&node, "pontoon_proposals_total");
+    let held_before = support::metric(&node, "pontoon_proposals_held_total");
     for follower in cluster.followers_of(leader) {
         let never = Duration::from_secs(3600);
         cluster.node(follower).faults().set_delay(never, never);
@@ -214,10 +212,7 @@ async fn held_proposals_of_a_leader_that_stops_are_refused_as_not_applied() {
     )
     .await;
     let held: Vec<_> = (0..HELD).map(|i| propose(&format!("held-{i}"))).collect();
-    eventually(Duration::from_secs(10), "the later writes are held", || {
-        support::metric(&node, "pontoon_proposals_held_total") == HELD as f64
-    })
-    .await;
+    wait_until_held(&node, HELD, held_before).await;
 
     cluster.stop_node(leader).await;
     match first.await.expect("task") {
@@ -232,4 +227,23 @@ async fn held_proposals_of_a_leader_that_stops_are_refused_as_not_applied() {
     }
     cluster.heal_all();
     cluster.shutdown().await;
+}
+
+/// Wait until the leader `node` has held `n` proposals since `pontoon_proposals_held_total` read
+/// `counted_before` (an earlier write, such as one made while the leader's first entry was still
+/// uncommitted, may have been held too). On timeout, fail with the node's view (role, term,
+/// indexes) to tell a lost leadership apart.
+async fn wait_until_held(node: &pontoon::RaftNode, n: usize, counted_before: f64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let held = support::metric(node, "pontoon_proposals_held_total") - counted_before;
+        if held == n as f64 {
+            return;
+        }
+        if std::time::Instant::now() >= deadline {
+            let status = node.inspect().await;
+            panic!("timed out waiting until {n} writes are held: {held} were; status {status:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
