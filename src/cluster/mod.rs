@@ -247,7 +247,6 @@ impl<F: AbstractStateMachine> Raft<F> {
             snapshot_task: None,
             fatal: None,
             proposal_batch: Vec::new(),
-            proposal_batch_bytes: 0,
             proposals_marked_held: 0,
         };
         let service = RaftGrpcService::new(node.clone());

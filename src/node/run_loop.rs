@@ -70,8 +70,6 @@ pub(crate) struct RunLoop<S: LogStore, F: AbstractStateMachine> {
     /// Proposals accepted and not yet appended: this turn's, and any the append window holds
     /// (`holds_proposals`). `propose_batch` appends them together.
     pub(crate) proposal_batch: Vec<(ProposalContext, Vec<u8>, super::proposals::ProposalReply)>,
-    /// The payload bytes in `proposal_batch`.
-    pub(crate) proposal_batch_bytes: usize,
     /// How many of `proposal_batch` the `proposals_held` metric already counted.
     pub(crate) proposals_marked_held: usize,
 }
@@ -281,12 +279,13 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
             return;
         }
         let ctx = self.waiters.next_context(kind);
-        self.proposal_batch_bytes += data.len();
         self.proposal_batch.push((ctx, data, reply));
     }
 
     /// Whether the append window is full, so this turn's proposals wait for the commit index
-    /// to move (see `Config::append_window`). They do not wait once they fill an entry.
+    /// to move (see `Config::append_window`). They do not wait once they fill an entry: the
+    /// packer's command limit, or its byte limit counted over payloads only (without the
+    /// packer's length prefixes; near enough to decide when to stop waiting).
     ///
     /// Nothing can strand them: the leader's commit index moves only while a turn handles a
     /// follower's ack (`handle`) or this node's own write (`on_persisted`), and every turn runs
@@ -298,9 +297,15 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
             return false;
         }
         let log = &self.raw.raft.raft_log;
+        let batch_bytes = || {
+            self.proposal_batch
+                .iter()
+                .map(|(_, data, _)| data.len())
+                .sum::<usize>()
+        };
         log.last_index().saturating_sub(log.committed) >= window
             && self.proposal_batch.len() < self.config.max_commands_per_entry
-            && self.proposal_batch_bytes < self.config.raft.max_size_per_msg as usize
+            && batch_bytes() < self.config.raft.max_size_per_msg as usize
     }
 
     /// Append every proposal accepted this turn with one `MsgPropose`: raft appends them in one
@@ -318,7 +323,6 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
             return;
         }
         let batch = std::mem::take(&mut self.proposal_batch);
-        self.proposal_batch_bytes = 0;
         self.proposals_marked_held = 0;
         if self.raw.raft.state != StateRole::Leader {
             // Leadership moved while the batch was gathered. raft-rs would forward the proposal
