@@ -4,7 +4,9 @@ mod support;
 
 use std::time::Duration;
 
-use support::{eventually, TestCluster};
+use pontoon::Raft;
+use support::{eventually, AppliedLog, TestCluster};
+use tokio::task::JoinHandle;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_isolated_leader_is_replaced_serves_no_stale_reads_and_catches_up_after_healing() {
@@ -112,42 +114,14 @@ async fn writes_commit_and_nodes_converge_under_loss_delay_and_reordering() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proposals_arriving_while_an_entry_is_uncommitted_wait_and_share_one_entry() {
     const HELD: usize = 5;
-    let cluster = TestCluster::start_with(3, |c| {
-        c.append_window = 1;
-        // The leader hears no ack for the delay below; without check_quorum it does not step
-        // down for that (its heartbeats still reach the followers, so they elect nobody).
-        c.raft.check_quorum = false;
-    })
-    .await;
-    let leader = cluster.wait_for_leader().await;
-    cluster.propose(leader, "warm-up").await;
-    cluster.wait_all_applied(1).await;
-    let node = cluster.node(leader).clone();
-    let base = node.inspect().await.expect("inspect").last_index;
-    let proposed = || support::metric(cluster.node(leader), "pontoon_proposals_total");
-    let proposed_before = proposed();
-    let held_before = support::metric(&node, "pontoon_proposals_held_total");
-
-    for follower in cluster.followers_of(leader) {
-        let ack_delay = Duration::from_secs(5);
-        cluster
-            .node(follower)
-            .faults()
-            .set_delay(ack_delay, ack_delay);
-    }
-    let propose = |data: String| {
-        let node = node.clone();
-        tokio::spawn(async move { (node.propose(data.clone().into_bytes()).await, data) })
-    };
-    let first = propose("first".into());
-    eventually(
-        Duration::from_secs(10),
-        "the first write is appended",
-        || proposed() == proposed_before + 1.0,
-    )
-    .await;
-    let later: Vec<_> = (0..HELD).map(|i| propose(format!("later-{i}"))).collect();
-    wait_until_held(&node, HELD, held_before).await;
+    let HeldWrites {
+        cluster,
+        node,
+        base,
+        first,
+        later,
+        ..
+    } = hold_writes(HELD, Duration::from_secs(5)).await;
     let status = node.inspect().await.expect("inspect");
     assert_eq!(status.held_proposals, HELD);
     assert_eq!(
@@ -186,47 +160,90 @@ async fn proposals_arriving_while_an_entry_is_uncommitted_wait_and_share_one_ent
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn held_proposals_of_a_leader_that_stops_are_refused_as_not_applied() {
     const HELD: usize = 3;
-    let mut cluster = TestCluster::start_with(3, |c| {
-        c.append_window = 1;
-        c.raft.check_quorum = false;
-    })
-    .await;
-    let leader = cluster.wait_for_leader().await;
-    cluster.propose(leader, "warm-up").await;
-    let node = cluster.node(leader).clone();
-    let proposed_before = support::metric(&node, "pontoon_proposals_total");
-    let held_before = support::metric(&node, "pontoon_proposals_held_total");
-    for follower in cluster.followers_of(leader) {
-        let never = Duration::from_secs(3600);
-        cluster.node(follower).faults().set_delay(never, never);
-    }
-    let propose = |data: &str| {
-        let (node, data) = (node.clone(), data.as_bytes().to_vec());
-        tokio::spawn(async move { node.propose(data).await })
-    };
-    let first = propose("first");
-    eventually(
-        Duration::from_secs(10),
-        "the first write is appended",
-        || support::metric(&node, "pontoon_proposals_total") == proposed_before + 1.0,
-    )
-    .await;
-    let held: Vec<_> = (0..HELD).map(|i| propose(&format!("held-{i}"))).collect();
-    wait_until_held(&node, HELD, held_before).await;
+    let HeldWrites {
+        mut cluster,
+        leader,
+        first,
+        later,
+        ..
+    } = hold_writes(HELD, Duration::from_secs(3600)).await;
 
     cluster.stop_node(leader).await;
-    match first.await.expect("task") {
+    match first.await.expect("task").0 {
         Err(pontoon::Error::OutcomeUnknown(_)) => {}
         other => panic!("the appended write must be reported unknown, got {other:?}"),
     }
-    for task in held {
-        match task.await.expect("task") {
+    for task in later {
+        match task.await.expect("task").0 {
             Err(e @ pontoon::Error::ProposalDropped(_)) => assert!(e.is_retryable()),
             other => panic!("a held write must be refused as not applied, got {other:?}"),
         }
     }
     cluster.heal_all();
     cluster.shutdown().await;
+}
+
+/// A write in flight through the test: its outcome and its data.
+type WriteTask = JoinHandle<(pontoon::Result<Vec<u8>>, String)>;
+
+/// What `hold_writes` leaves behind.
+struct HeldWrites {
+    cluster: TestCluster,
+    leader: u64,
+    node: Raft<AppliedLog>,
+    /// The leader's last index before the first write.
+    base: u64,
+    /// The write appended and left uncommitted.
+    first: WriteTask,
+    /// The writes the leader holds.
+    later: Vec<WriteTask>,
+}
+
+/// Start 3 nodes with `append_window = 1`, commit a warm-up write, delay the followers' acks by
+/// `ack_delay`, then have the leader append a first write (uncommitted until an ack arrives)
+/// and hold `n` later ones.
+async fn hold_writes(n: usize, ack_delay: Duration) -> HeldWrites {
+    let cluster = TestCluster::start_with(3, |c| {
+        c.append_window = 1;
+        // The leader hears no ack for the delay; without check_quorum it does not step down for
+        // that (its heartbeats still reach the followers, so they elect nobody).
+        c.raft.check_quorum = false;
+    })
+    .await;
+    let leader = cluster.wait_for_leader().await;
+    cluster.propose(leader, "warm-up").await;
+    cluster.wait_all_applied(1).await;
+    let node = cluster.node(leader).clone();
+    let base = node.inspect().await.expect("inspect").last_index;
+    let proposed_before = support::metric(&node, "pontoon_proposals_total");
+    let held_before = support::metric(&node, "pontoon_proposals_held_total");
+    for follower in cluster.followers_of(leader) {
+        cluster
+            .node(follower)
+            .faults()
+            .set_delay(ack_delay, ack_delay);
+    }
+    let propose = |data: String| {
+        let node = node.clone();
+        tokio::spawn(async move { (node.propose(data.clone().into_bytes()).await, data) })
+    };
+    let first = propose("first".into());
+    eventually(
+        Duration::from_secs(10),
+        "the first write is appended",
+        || support::metric(&node, "pontoon_proposals_total") == proposed_before + 1.0,
+    )
+    .await;
+    let later: Vec<_> = (0..n).map(|i| propose(format!("later-{i}"))).collect();
+    wait_until_held(&node, n, held_before).await;
+    HeldWrites {
+        cluster,
+        leader,
+        node,
+        base,
+        first,
+        later,
+    }
 }
 
 /// Wait until the leader `node` has held `n` proposals since `pontoon_proposals_held_total` read
