@@ -7,13 +7,12 @@
 //! Prints throughput, latency percentiles, fsyncs per write, writes per entry, bytes on disk and
 //! peak RSS.
 
+use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use std::io::Write;
-
 use pontoon::{
     async_trait, AbstractStateMachine, Config, FrozenState, Peers, Raft, Result, SnapshotSink,
 };
