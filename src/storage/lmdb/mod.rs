@@ -22,26 +22,34 @@
 //!
 //! Concurrency: the run loop is the only writer of entries. The small values raft asks for on
 //! every step are cached in memory and updated only after a write succeeded.
+//!
+//! Here: opening a data dir and the LMDB side. `identity` checks who a data dir belongs to;
+//! `log_store` and `raft_storage` implement the two traits the node and raft-rs call.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, RwLock};
 
 use heed::types::{Bytes, Str};
 use heed::{Database, Env, EnvOpenOptions, MdbError, RwTxn, WithoutTls};
 use protobuf::Message as PbMessage;
-use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
-use raft::{GetEntriesContext, RaftState};
+use raft::eraftpb::{ConfState, HardState, SnapshotMetadata};
 
 use super::records::{
-    decode_cluster_id, decode_conf_state, decode_format_version, decode_node_id, decode_peers,
-    decode_snapshot_meta, encode_conf_state, encode_pb, encode_peers, K_CLUSTER, K_CONF_STATE,
-    K_FORMAT, K_NODE, K_PEERS, K_SNAPSHOT_META,
+    decode_conf_state, decode_snapshot_meta, encode_conf_state, encode_pb, encode_peers, K_CLUSTER,
+    K_CONF_STATE, K_FORMAT, K_NODE, K_PEERS, K_SNAPSHOT_META,
 };
 use super::snapshot_files::SnapshotFiles;
 use super::wal::{Wal, DEFAULT_SEGMENT_BYTES};
-use super::{lock_read, lock_write, LogStore, PersistBatch, StorageError};
+use super::{lock_read, lock_write, StorageError};
 use crate::config::Peers;
+
+mod identity;
+mod log_store;
+mod raft_storage;
+
+pub use identity::StoredIdentity;
+use identity::{check_identity, read_identity};
 
 /// The on-disk format this build writes and reads.
 pub const FORMAT_VERSION: u32 = 2;
@@ -50,14 +58,6 @@ type MetaDb = Database<Str, Bytes>;
 
 /// The WAL's directory inside the data dir.
 const WAL_DIR: &str = "wal";
-
-/// Who a data dir belongs to, as recorded in it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StoredIdentity {
-    pub node_id: u64,
-    pub cluster_id: String,
-    pub format_version: u32,
-}
 
 /// An LMDB-backed raft log store. Cloning is cheap and shares the environment.
 #[derive(Clone)]
@@ -408,59 +408,6 @@ fn read_snapshot_meta(meta: &MetaDb, rtxn: &heed::RoTxn) -> Result<SnapshotMetad
     }
 }
 
-fn read_identity(
-    meta: &MetaDb,
-    rtxn: &heed::RoTxn,
-    path: &Path,
-) -> Result<StoredIdentity, StorageError> {
-    let missing = |key: &str| StorageError::NotADataDir {
-        path: path.to_path_buf(),
-        reason: format!("metadata has no {key}"),
-    };
-    let format = meta.get(rtxn, K_FORMAT)?.ok_or_else(|| missing(K_FORMAT))?;
-    let format_version = decode_format_version(format)?;
-    if format_version != FORMAT_VERSION {
-        return Err(StorageError::UnsupportedFormat {
-            path: path.to_path_buf(),
-            found: format_version,
-            supported: FORMAT_VERSION,
-        });
-    }
-    let node_id = decode_node_id(meta.get(rtxn, K_NODE)?.ok_or_else(|| missing(K_NODE))?)?;
-    let cluster = meta
-        .get(rtxn, K_CLUSTER)?
-        .ok_or_else(|| missing(K_CLUSTER))?;
-    let cluster_id = decode_cluster_id(cluster)?;
-    Ok(StoredIdentity {
-        node_id,
-        cluster_id,
-        format_version,
-    })
-}
-
-fn check_identity(
-    found: &StoredIdentity,
-    node_id: u64,
-    cluster_id: &str,
-    path: &Path,
-) -> Result<(), StorageError> {
-    if found.cluster_id != cluster_id {
-        return Err(StorageError::ForeignCluster {
-            path: path.to_path_buf(),
-            found: found.cluster_id.clone(),
-            expected: cluster_id.to_string(),
-        });
-    }
-    if found.node_id != node_id {
-        return Err(StorageError::WrongNode {
-            path: path.to_path_buf(),
-            found: found.node_id,
-            expected: node_id,
-        });
-    }
-    Ok(())
-}
-
 impl Inner {
     fn load_cache(&self) -> Result<Cache, StorageError> {
         let rtxn = self.env.read_txn()?;
@@ -511,209 +458,5 @@ impl Inner {
     }
 }
 
-impl LogStore for LmdbStorage {
-    fn persist(&self, batch: PersistBatch) -> Result<(), StorageError> {
-        if batch.is_empty() {
-            return Ok(());
-        }
-        // The log first: the conf state and address book describe entries already durable.
-        self.inner
-            .wal
-            .append(&batch.entries, batch.hard_state.as_ref())?;
-        if batch.conf_state.is_some() || batch.peers.is_some() {
-            self.write_txn(|inner, wtxn| {
-                if let Some((cs, index)) = &batch.conf_state {
-                    inner.put_conf_state(wtxn, cs, *index)?;
-                }
-                if let Some(peers) = &batch.peers {
-                    inner.put_peers(wtxn, peers)?;
-                }
-                Ok(())
-            })?;
-            if let Some((_, index)) = &batch.conf_state {
-                self.update_cache(|c| c.conf_state_index = *index);
-            }
-        }
-        Ok(())
-    }
-
-    fn install_snapshot(
-        &self,
-        meta: &SnapshotMetadata,
-        data: &[u8],
-        peers: &Peers,
-    ) -> Result<(), StorageError> {
-        self.install_snapshot_with(meta, peers, || {
-            self.inner.snapshots.write(meta.index, meta.term, data)
-        })
-    }
-
-    fn install_snapshot_file(
-        &self,
-        meta: &SnapshotMetadata,
-        path: &std::path::Path,
-        peers: &Peers,
-    ) -> Result<(), StorageError> {
-        self.install_snapshot_with(meta, peers, || {
-            self.inner.snapshots.adopt(meta.index, meta.term, path)
-        })
-    }
-
-    fn latest_snapshot_file(
-        &self,
-    ) -> Result<Option<(SnapshotMetadata, std::path::PathBuf)>, StorageError> {
-        let meta = (*self.cache().snapshot_meta).clone();
-        if meta.index == 0 {
-            return Ok(None);
-        }
-        let path = self.inner.snapshots.existing_path(meta.index, meta.term)?;
-        Ok(Some((meta, path)))
-    }
-
-    fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), StorageError> {
-        let data = snapshot.get_data();
-        self.save_snapshot_with(snapshot.get_metadata(), &mut |file| {
-            Ok(std::io::Write::write_all(file, data)?)
-        })
-    }
-
-    fn save_snapshot_with(
-        &self,
-        meta: &SnapshotMetadata,
-        fill: &mut dyn FnMut(&mut std::fs::File) -> Result<(), StorageError>,
-    ) -> Result<(), StorageError> {
-        let current = self.cache().snapshot_meta.index;
-        if meta.index < current {
-            return Err(StorageError::InvalidOperation(format!(
-                "snapshot at {} is older than the stored one at {current}",
-                meta.index
-            )));
-        }
-        self.inner
-            .snapshots
-            .write_with(meta.index, meta.term, fill)?;
-        self.write_txn(|inner, wtxn| inner.put_pb(wtxn, K_SNAPSHOT_META, meta))?;
-        self.update_cache(|c| c.snapshot_meta = Arc::new(meta.clone()));
-        self.inner
-            .snapshots
-            .keep_only(Some((meta.index, meta.term)))
-    }
-
-    fn compact(&self, compact_index: u64) -> Result<(), StorageError> {
-        self.inner.wal.compact(compact_index)
-    }
-
-    fn snapshot_metadata(&self) -> SnapshotMetadata {
-        (*self.cache().snapshot_meta).clone()
-    }
-
-    fn latest_snapshot(&self) -> Result<Option<Snapshot>, StorageError> {
-        let meta = (*self.cache().snapshot_meta).clone();
-        if meta.index == 0 {
-            return Ok(None);
-        }
-        let data = self.inner.snapshots.read(meta.index, meta.term)?;
-        let mut snap = Snapshot::default();
-        snap.set_data(bytes::Bytes::from(data));
-        snap.set_metadata(meta);
-        Ok(Some(snap))
-    }
-
-    fn peers(&self) -> Result<Peers, StorageError> {
-        let _gate = lock_read(&self.inner.txn_gate);
-        let rtxn = self.inner.env.read_txn()?;
-        match self.inner.meta.get(&rtxn, K_PEERS)? {
-            Some(b) => decode_peers(b),
-            None => Ok(Peers::new()),
-        }
-    }
-
-    fn conf_state_index(&self) -> u64 {
-        self.cache().conf_state_index
-    }
-
-    fn take_snapshot_request(&self) -> bool {
-        self.inner.snapshot_request.swap(false, Ordering::AcqRel)
-    }
-
-    fn is_initialized(&self) -> Result<bool, StorageError> {
-        let _gate = lock_read(&self.inner.txn_gate);
-        let rtxn = self.inner.env.read_txn()?;
-        let cs = self.inner.read_conf_state(&rtxn)?;
-        Ok(!cs.voters.is_empty() || !cs.learners.is_empty() || self.inner.wal.last_index() > 0)
-    }
-}
-
-impl raft::Storage for LmdbStorage {
-    fn initial_state(&self) -> raft::Result<RaftState> {
-        let _gate = lock_read(&self.inner.txn_gate);
-        let rtxn = self.inner.env.read_txn().map_err(StorageError::from)?;
-        let hard_state = self.inner.wal.hard_state();
-        let conf_state = self.inner.read_conf_state(&rtxn)?;
-        Ok(RaftState::new(hard_state, conf_state))
-    }
-
-    fn entries(
-        &self,
-        low: u64,
-        high: u64,
-        max_size: impl Into<Option<u64>>,
-        _context: GetEntriesContext,
-    ) -> raft::Result<Vec<Entry>> {
-        self.inner.wal.entries(low, high, max_size.into())
-    }
-
-    fn term(&self, idx: u64) -> raft::Result<u64> {
-        let wal = &self.inner.wal;
-        if let Some(term) = wal.term(idx) {
-            return Ok(term);
-        }
-        let snap = self.cache().snapshot_meta;
-        if idx == snap.index {
-            // The stored snapshot still knows its term, even below the compacted index.
-            return Ok(snap.term);
-        }
-        if idx < wal.truncated().0 {
-            return Err(raft::Error::Store(raft::StorageError::Compacted));
-        }
-        Err(raft::Error::Store(raft::StorageError::Unavailable))
-    }
-
-    fn first_index(&self) -> raft::Result<u64> {
-        Ok(self.inner.wal.truncated().0 + 1)
-    }
-
-    fn last_index(&self) -> raft::Result<u64> {
-        Ok(self.inner.wal.last_index())
-    }
-
-    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
-        // The data is a reference to the snapshot file, not its bytes: the run loop calls this
-        // and must not read a large file, and the transport streams the file in chunks (see
-        // `transport::snapshot_sender`).
-        if let Some((meta, path)) = self.latest_snapshot_file()? {
-            let cs = meta.get_conf_state();
-            // A node refuses a snapshot whose membership does not include it (a new learner
-            // would, given the snapshot from before it was added).
-            let includes_receiver = cs.voters.contains(&to)
-                || cs.learners.contains(&to)
-                || cs.voters_outgoing.contains(&to)
-                || cs.learners_next.contains(&to);
-            if meta.index >= request_index && includes_receiver {
-                let mut snap = Snapshot::default();
-                snap.set_data(crate::transport::snapshot_file_data(&path));
-                snap.set_metadata(meta);
-                return Ok(snap);
-            }
-        }
-        // Ask the run loop for a fresh snapshot; raft asks again on its next probe.
-        self.inner.snapshot_request.store(true, Ordering::Release);
-        Err(raft::Error::Store(
-            raft::StorageError::SnapshotTemporarilyUnavailable,
-        ))
-    }
-}
-
 #[cfg(test)]
-#[path = "lmdb_tests.rs"]
 mod tests;

@@ -6,6 +6,7 @@ use raft::storage::MemStorage;
 use raft::{GetEntriesContext, Storage};
 
 use super::*;
+use crate::storage::{LogStore, PersistBatch};
 
 fn entry(index: u64, term: u64) -> Entry {
     let mut e = Entry {
