@@ -1,4 +1,4 @@
-//! The encodings of the values `LmdbStorage` keeps in LMDB (see the layout in `lmdb.rs`; the
+//! The encodings of the values `LmdbStorage` keeps in LMDB (see the layout in `lmdb/mod.rs`; the
 //! log's records are in `wal/record.rs`). Every decoder answers a typed `Corrupt` error for bytes it cannot read, never a panic: a data dir is input
 //! like any other.
 

@@ -3,11 +3,12 @@
 //! Why not LMDB for the log: an LMDB commit writes the touched B-tree pages, syncs, then writes
 //! and syncs the meta page. For a log that only ever grows at its end (and is cut at its start)
 //! an append-only file needs one sync, and no page rewrites. LMDB still holds everything else
-//! (identity, membership, snapshots); see `lmdb.rs`.
+//! (identity, membership, snapshot metadata); see `lmdb/`.
 //!
 //! Layout: `<data dir>/wal/<seq as 16 hex digits>.seg`. Records are in `record.rs`. In memory the
-//! log is an index, one `EntryLoc` (term and file position, 24 bytes) per entry; entries are read
-//! back with `pread` (the page cache holds recent ones).
+//! log is an index (`log_index.rs`), one `EntryLoc` (term and file position, 24 bytes) per
+//! entry; entries are read back with `pread` (the page cache holds recent ones). `replay.rs`
+//! rebuilds the index from the segments on open.
 //!
 //! Invariants:
 //! - A record is acknowledged (`append`/`compact`/`reset` return `Ok`) only after `fdatasync`
@@ -23,7 +24,9 @@
 //!   entries may begin after a gap; a later `Compact` (the one that allowed the deletion) always
 //!   covers that gap, and open checks it did.
 
+mod log_index;
 pub(crate) mod record;
+mod replay;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{File, OpenOptions};
@@ -33,7 +36,8 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use raft::eraftpb::{Entry, HardState};
 
-use self::record::{Frame, Record};
+use self::log_index::{EntryLoc, LogIndex, Segment};
+use self::replay::{list_segments, replay_segment};
 use super::records::corrupt;
 use super::{lock_read, lock_write, sync_dir, SizeBudget, StorageError};
 
@@ -45,129 +49,6 @@ pub(crate) const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
 /// three logs syncing at once). One extension costs one journal commit per chunk.
 const PREALLOCATE_BYTES: u64 = 4 << 20;
 static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
-
-/// A newest segment this short without a complete `Start` is an interrupted creation.
-const MAX_UNSTARTED_LEN: usize = 512;
-
-/// Where one entry lives.
-#[derive(Clone, Copy, Debug)]
-struct EntryLoc {
-    term: u64,
-    seq: u64,
-    offset: u64,
-    len: u32,
-}
-
-struct Segment {
-    file: Arc<File>,
-    path: PathBuf,
-    /// The highest entry index ever written to this segment (0: none live). A segment whose
-    /// entries are all compacted can go.
-    max_index: u64,
-}
-
-/// The log as the index sees it. `entries[i]` is entry `truncated.0 + 1 + i`.
-struct LogIndex {
-    truncated: (u64, u64),
-    entries: VecDeque<EntryLoc>,
-    hard_state: HardState,
-    segments: BTreeMap<u64, Segment>,
-    /// Replay only: entries began after a gap (deleted segments); a later compaction must cover
-    /// it, so the term of `truncated.0` is not known yet.
-    gap_open: bool,
-}
-
-impl LogIndex {
-    fn last(&self) -> u64 {
-        self.truncated.0 + self.entries.len() as u64
-    }
-
-    fn term(&self, index: u64) -> Option<u64> {
-        if index == self.truncated.0 && !self.gap_open {
-            return Some(self.truncated.1);
-        }
-        let pos = index.checked_sub(self.truncated.0 + 1)?;
-        self.entries.get(pos as usize).map(|l| l.term)
-    }
-
-    /// Why entries starting at `first` do not fit the log (below the compacted index, or after
-    /// a gap); `None` when they do.
-    fn append_misfit(&self, first: u64) -> Option<String> {
-        if first <= self.truncated.0 {
-            Some(format!(
-                "append at {first} overwrites compacted log (compacted up to {})",
-                self.truncated.0
-            ))
-        } else if first > self.last() + 1 {
-            Some(format!(
-                "append at {first} leaves a gap after last index {}",
-                self.last()
-            ))
-        } else {
-            None
-        }
-    }
-
-    /// Apply an append whose entries are at `locs` (consecutive indexes). `replaying` accepts a
-    /// gap before them (see the module invariants).
-    fn apply_append(
-        &mut self,
-        seq: u64,
-        locs: impl ExactSizeIterator<Item = (u64, EntryLoc)>,
-        hard_state: Option<HardState>,
-        replaying: bool,
-    ) -> Result<(), StorageError> {
-        let mut locs = locs.peekable();
-        if let Some(&(first, _)) = locs.peek() {
-            if replaying && first > self.last() + 1 {
-                self.entries.clear();
-                self.truncated = (first - 1, 0);
-                self.gap_open = true;
-            } else if let Some(why) = self.append_misfit(first) {
-                return Err(corrupt("WAL", why));
-            }
-            let keep = (first - self.truncated.0 - 1) as usize;
-            self.entries.truncate(keep);
-            let mut max = 0;
-            for (index, loc) in locs {
-                self.entries.push_back(loc);
-                max = index;
-            }
-            if let Some(seg) = self.segments.get_mut(&seq) {
-                seg.max_index = seg.max_index.max(max);
-            }
-        }
-        if let Some(hs) = hard_state {
-            self.hard_state = hs;
-        }
-        Ok(())
-    }
-
-    /// Every entry up to `truncated.0` is gone.
-    fn apply_compact(&mut self, truncated: (u64, u64)) {
-        if truncated.0 < self.truncated.0 || (truncated.0 == self.truncated.0 && !self.gap_open) {
-            return;
-        }
-        if truncated.0 >= self.last() {
-            self.entries.clear();
-        } else {
-            self.entries
-                .drain(..(truncated.0 - self.truncated.0) as usize);
-        }
-        self.truncated = truncated;
-        self.gap_open = false;
-    }
-
-    fn apply_reset(&mut self, truncated: (u64, u64), hard_state: HardState) {
-        self.entries.clear();
-        self.truncated = truncated;
-        self.hard_state = hard_state;
-        self.gap_open = false;
-        for seg in self.segments.values_mut() {
-            seg.max_index = 0;
-        }
-    }
-}
 
 /// The segment being appended to.
 struct Tail {
@@ -192,28 +73,6 @@ pub(crate) struct Wal {
 
 fn segment_path(dir: &Path, seq: u64) -> PathBuf {
     dir.join(format!("{seq:016x}.seg"))
-}
-
-/// The segment files in `dir`, oldest first. Other files are ignored.
-fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StorageError> {
-    let mut out = Vec::new();
-    for item in std::fs::read_dir(dir)? {
-        let path = item?.path();
-        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
-            continue;
-        };
-        let Some(hex) = name.strip_suffix(".seg") else {
-            continue;
-        };
-        if hex.len() != 16 {
-            continue;
-        }
-        if let Ok(seq) = u64::from_str_radix(hex, 16) {
-            out.push((seq, path));
-        }
-    }
-    out.sort_unstable_by_key(|(seq, _)| *seq);
-    Ok(out)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -620,105 +479,5 @@ fn fill_zeros(file: &File, mut from: u64, to: u64) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Replay one segment into `index`; answers the length of its valid prefix.
-/// `None` when it is the newest segment and holds no complete `Start` (see `open`).
-fn replay_segment(
-    index: &mut LogIndex,
-    seq: u64,
-    file: Arc<File>,
-    path: &Path,
-    is_last: bool,
-) -> Result<Option<u64>, StorageError> {
-    let len = file.metadata()?.len();
-    let mut bytes = vec![0u8; len as usize];
-    file.read_exact_at(&mut bytes, 0)?;
-    index.segments.insert(
-        seq,
-        Segment {
-            file,
-            path: path.to_path_buf(),
-            max_index: 0,
-        },
-    );
-    let mut pos = 0usize;
-    let mut first = true;
-    loop {
-        match record::next_frame(&bytes[pos..]) {
-            Frame::End => break,
-            Frame::Torn(why) => {
-                if is_last {
-                    break;
-                }
-                return Err(corrupt(
-                    "WAL segment",
-                    format!("{}: {why} at byte {pos}", path.display()),
-                ));
-            }
-            Frame::Record(body, size) => {
-                let body_at = (pos + record::FRAME_HEADER) as u64;
-                match record::decode(body)? {
-                    Record::Start {
-                        seq: found,
-                        truncated,
-                        hard_state,
-                    } => {
-                        if !first || found != seq {
-                            return Err(corrupt(
-                                "WAL segment",
-                                format!("{}: misplaced segment start", path.display()),
-                            ));
-                        }
-                        index.apply_compact(truncated);
-                        index.hard_state = hard_state;
-                    }
-                    _ if first => {
-                        return Err(corrupt(
-                            "WAL segment",
-                            format!("{}: does not begin with a segment start", path.display()),
-                        ));
-                    }
-                    Record::Append {
-                        hard_state,
-                        entries,
-                    } => {
-                        let locs = entries.into_iter().map(|l| {
-                            (
-                                l.index,
-                                EntryLoc {
-                                    term: l.term,
-                                    seq,
-                                    offset: body_at + l.offset as u64,
-                                    len: l.len,
-                                },
-                            )
-                        });
-                        index.apply_append(seq, locs, hard_state, true)?;
-                    }
-                    Record::Compact { truncated } => index.apply_compact(truncated),
-                    Record::Reset {
-                        truncated,
-                        hard_state,
-                    } => index.apply_reset(truncated, hard_state),
-                }
-                first = false;
-                pos += size;
-            }
-        }
-    }
-    if first {
-        // Only a file too short to hold anything but a start may be an interrupted creation;
-        // anything longer without a readable start is damage, not a crash.
-        if is_last && bytes.len() <= MAX_UNSTARTED_LEN {
-            return Ok(None);
-        }
-        return Err(corrupt(
-            "WAL segment",
-            format!("{}: no segment start", path.display()),
-        ));
-    }
-    Ok(Some(pos as u64))
-}
-
 #[cfg(test)]
-#[path = "wal_tests.rs"]
 mod tests;
