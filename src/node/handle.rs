@@ -2,7 +2,8 @@
 //!
 //! Every call goes through the run loop's mailbox or reads the status it publishes; none holds a
 //! lock on raft state. Calls that need the leader are forwarded to it over gRPC by the handle
-//! itself, so the run loop never waits on the network. Every call is bounded by a deadline.
+//! itself (`submit`), so the run loop never waits on the network. Every call is bounded by a
+//! deadline.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,16 +14,15 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use super::mailbox::Command;
-use super::proposals::{EntryKind, FrameworkEntry};
 use super::status::{NodeStatus, Role, SoftStatus};
+use super::submit::Submission;
 use crate::client::ClientPool;
 use crate::cluster::AddressBook;
 use crate::config::{Config, Peers};
 use crate::error::{Error, Result};
-use crate::transport::pb;
 
 /// How long to wait for a leader to appear before asking again, at most.
-const LEADER_POLL_CAP: Duration = Duration::from_millis(200);
+pub(super) const LEADER_POLL_CAP: Duration = Duration::from_millis(200);
 
 pub(crate) struct Shared {
     pub(crate) id: u64,
@@ -184,125 +184,6 @@ impl RaftNode {
         }
         self.remove_node(self.id()).await?;
         self.quit().await
-    }
-
-    async fn submit(&self, submission: Submission) -> Result<Vec<u8>> {
-        let deadline = Instant::now() + self.shared.config.propose_timeout;
-        let mut backoff = Duration::from_millis(10);
-        loop {
-            let outcome = match self.submit_local(submission.clone(), deadline).await {
-                Err(Error::NotLeader {
-                    leader_id: Some(leader),
-                    ..
-                }) if leader != self.id() => self.forward(leader, &submission, deadline).await,
-                other => other,
-            };
-            match outcome {
-                Err(e @ (Error::NotLeader { .. } | Error::NoLeader | Error::NotReady(_))) => {
-                    let now = Instant::now();
-                    if now >= deadline {
-                        return Err(match e {
-                            Error::NotReady(_) => e,
-                            _ => Error::NoLeader,
-                        });
-                    }
-                    // Wait for the leader to change (or a short while) and try again.
-                    let pause = backoff.min(deadline - now);
-                    let mut rx = self.shared.status.clone();
-                    let _ = tokio::time::timeout(pause, rx.changed()).await;
-                    backoff = (backoff * 2).min(LEADER_POLL_CAP);
-                }
-                other => return other,
-            }
-        }
-    }
-
-    async fn submit_local(&self, submission: Submission, deadline: Instant) -> Result<Vec<u8>> {
-        let (reply, rx) = oneshot::channel();
-        let cmd = match submission {
-            Submission::Entry(data) => Command::Propose {
-                data,
-                kind: EntryKind::User,
-                reply,
-            },
-            Submission::ConfChange { cc, addrs } => Command::ChangeConfig { cc, addrs, reply },
-            Submission::ReserveId(raft_addr) => Command::Propose {
-                data: FrameworkEntry::ReserveId { raft_addr }.encode()?,
-                kind: EntryKind::Framework,
-                reply,
-            },
-        };
-        self.send_until(cmd, deadline).await?;
-        match tokio::time::timeout_at(deadline, rx).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(Error::OutcomeUnknown("the node stopped".into())),
-            Err(_) => Err(Error::Timeout("proposal".into())),
-        }
-    }
-
-    async fn forward(
-        &self,
-        leader: u64,
-        submission: &Submission,
-        deadline: Instant,
-    ) -> Result<Vec<u8>> {
-        let addr = self.shared.peers.get(leader).ok_or(Error::NotLeader {
-            leader_id: None,
-            leader_addr: None,
-        })?;
-        let mut client = self.shared.clients.get(&addr, &self.shared.config)?;
-        let cluster_id = self.shared.config.cluster_id.clone();
-        // A follower passes on membership calls with its own token: the leader checks it again.
-        let join_token = self.shared.config.join_token.clone().unwrap_or_default();
-        let call = async {
-            match submission {
-                Submission::Entry(data) => {
-                    client
-                        .propose(pb::ProposeRequest {
-                            cluster_id,
-                            data: data.clone(),
-                        })
-                        .await
-                }
-                Submission::ReserveId(raft_addr) => {
-                    client
-                        .request_id(pb::RequestIdRequest {
-                            cluster_id,
-                            raft_addr: raft_addr.clone(),
-                            join_token,
-                        })
-                        .await
-                }
-                Submission::ConfChange { cc, addrs } => {
-                    let conf_change = cc
-                        .write_to_bytes()
-                        .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
-                    client
-                        .change_config(pb::ChangeConfigRequest {
-                            cluster_id,
-                            conf_change,
-                            addrs: addrs.clone().into_iter().collect(),
-                            join_token,
-                        })
-                        .await
-                }
-            }
-        };
-        let response = match tokio::time::timeout_at(deadline, call).await {
-            Err(_) => return Err(Error::Timeout("forwarded proposal".into())),
-            Ok(Err(status))
-                if status.code() == tonic::Code::Unavailable && is_connect_error(&status) =>
-            {
-                // The leader could not be reached at all: nothing was handed over.
-                return Err(Error::NotLeader {
-                    leader_id: None,
-                    leader_addr: None,
-                });
-            }
-            Ok(Err(status)) => return Err(status_to_error(status)),
-            Ok(Ok(r)) => r.into_inner(),
-        };
-        response_to_result(response)
     }
 
     /// A linearizable read barrier: returns a read index once this node (leader or follower) has
@@ -479,7 +360,7 @@ impl RaftNode {
             .map_err(|_| Error::ShuttingDown)
     }
 
-    async fn send_until(&self, cmd: Command, deadline: Instant) -> Result<()> {
+    pub(super) async fn send_until(&self, cmd: Command, deadline: Instant) -> Result<()> {
         match tokio::time::timeout_at(deadline, self.shared.mailbox.send(cmd)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(Error::ShuttingDown),
@@ -507,14 +388,6 @@ impl RaftNode {
     }
 }
 
-/// What a caller asks the leader to append.
-#[derive(Clone)]
-enum Submission {
-    Entry(Vec<u8>),
-    ConfChange { cc: ConfChangeV2, addrs: Peers },
-    ReserveId(String),
-}
-
 pub(crate) fn single_change(change_type: ConfChangeType, node_id: u64) -> ConfChangeV2 {
     let mut single = ConfChangeSingle::default();
     single.set_change_type(change_type);
@@ -522,106 +395,4 @@ pub(crate) fn single_change(change_type: ConfChangeType, node_id: u64) -> ConfCh
     let mut cc = ConfChangeV2::default();
     cc.mut_changes().push(single);
     cc
-}
-
-/// Turn a leader's answer into the caller's result (the inverse of `error_to_response`).
-pub(crate) fn response_to_result(response: pb::ProposeResponse) -> Result<Vec<u8>> {
-    use pb::ProposeStatus as S;
-    let msg = response.error;
-    match S::try_from(response.status) {
-        Ok(S::Ok) => Ok(response.result),
-        Ok(S::NotLeader) => Err(Error::NotLeader {
-            leader_id: (response.leader_id != 0).then_some(response.leader_id),
-            leader_addr: (!response.leader_addr.is_empty()).then_some(response.leader_addr),
-        }),
-        Ok(S::Dropped) => Err(Error::ProposalDropped(msg)),
-        Ok(S::ApplyFailed) => Err(Error::StateMachine(msg)),
-        Ok(S::UnknownOutcome) => Err(Error::OutcomeUnknown(msg)),
-        Ok(S::Rejected) => Err(Error::InvalidRequest(msg)),
-        Ok(S::ChangeInProgress) => Err(Error::ChangeInProgress(msg)),
-        Ok(S::UnknownNode) => Err(Error::UnknownNode(response.node_id)),
-        Ok(S::WouldLoseQuorum) => Err(Error::WouldLoseQuorum(msg)),
-        Ok(S::NotReady) => Err(Error::NotReady(msg)),
-        Ok(S::Unauthorized) => Err(Error::Unauthorized(msg)),
-        Ok(S::ShuttingDown) => Err(Error::NotLeader {
-            leader_id: None,
-            leader_addr: None,
-        }),
-        Err(_) => Err(Error::OutcomeUnknown(format!(
-            "leader answered an unknown status {}",
-            response.status
-        ))),
-    }
-}
-
-/// Encode a local result as the answer of the Propose / ChangeConfig RPCs.
-pub(crate) fn result_to_response(result: Result<Vec<u8>>) -> pb::ProposeResponse {
-    use pb::ProposeStatus as S;
-    let mut resp = pb::ProposeResponse::default();
-    let e = match result {
-        Ok(bytes) => {
-            resp.set_status(S::Ok);
-            resp.result = bytes;
-            return resp;
-        }
-        Err(e) => e,
-    };
-    let status = match &e {
-        Error::NotLeader {
-            leader_id,
-            leader_addr,
-        } => {
-            resp.leader_id = leader_id.unwrap_or(0);
-            resp.leader_addr = leader_addr.clone().unwrap_or_default();
-            S::NotLeader
-        }
-        Error::NoLeader => S::NotLeader,
-        Error::ProposalDropped(_) => S::Dropped,
-        Error::StateMachine(_) => S::ApplyFailed,
-        Error::InvalidRequest(_) => S::Rejected,
-        Error::ChangeInProgress(_) => S::ChangeInProgress,
-        Error::UnknownNode(id) => {
-            resp.node_id = *id;
-            S::UnknownNode
-        }
-        Error::WouldLoseQuorum(_) => S::WouldLoseQuorum,
-        Error::NotReady(_) | Error::Busy(_) => S::NotReady,
-        Error::ShuttingDown => S::ShuttingDown,
-        Error::Unauthorized(_) => S::Unauthorized,
-        _ => S::UnknownOutcome,
-    };
-    resp.set_status(status);
-    // The typed variants carry their own detail; send just that, not the Display prefix.
-    resp.error = match e {
-        Error::ProposalDropped(m)
-        | Error::StateMachine(m)
-        | Error::InvalidRequest(m)
-        | Error::ChangeInProgress(m)
-        | Error::WouldLoseQuorum(m)
-        | Error::NotReady(m)
-        | Error::Busy(m)
-        | Error::Unauthorized(m)
-        | Error::OutcomeUnknown(m) => m,
-        other => other.to_string(),
-    };
-    resp
-}
-
-pub(crate) fn is_connect_error(status: &tonic::Status) -> bool {
-    // tonic reports a failed connection attempt as Unavailable with a transport error source.
-    let msg = status.message().to_ascii_lowercase();
-    msg.contains("connect") || msg.contains("refused") || msg.contains("dns")
-}
-
-/// Map a gRPC status from a peer to pontoon's error.
-pub(crate) fn status_to_error(status: tonic::Status) -> Error {
-    match status.code() {
-        tonic::Code::PermissionDenied => Error::ClusterMismatch {
-            local: String::new(),
-            remote: status.message().to_string(),
-        },
-        tonic::Code::InvalidArgument => Error::InvalidRequest(status.message().to_string()),
-        tonic::Code::Unauthenticated => Error::Unauthorized(status.message().to_string()),
-        _ => Error::OutcomeUnknown(format!("transport: {status}")),
-    }
 }

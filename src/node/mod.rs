@@ -40,15 +40,19 @@
 //!   it is refused with a definite, retryable error.
 //! - The loop never awaits a network call; transports only enqueue.
 
+mod applying;
 pub mod command_batch;
 mod handle;
 mod mailbox;
 mod membership;
 mod proposals;
+mod proposing;
 mod reads;
+mod rpc_results;
 mod run_loop;
 mod snapshotting;
 mod status;
+mod submit;
 mod writer;
 
 pub use handle::RaftNode;
@@ -57,10 +61,9 @@ pub use membership::{decode_conf_change, ConfChangeContext};
 pub use proposals::{EntryKind, FrameworkEntry, ProposalContext};
 pub use status::{NodeStatus, PeerStatus, Role, SoftStatus};
 
-pub(crate) use handle::{
-    is_connect_error, response_to_result, result_to_response, single_change, Shared,
-};
+pub(crate) use handle::{single_change, Shared};
 pub(crate) use proposals::Waiters;
 pub(crate) use reads::ReadBatcher;
+pub(crate) use rpc_results::{is_connect_error, response_to_result, result_to_response};
 pub(crate) use run_loop::RunLoop;
 pub(crate) use writer::Writer;

@@ -3,21 +3,19 @@
 //! See the module docs of `node` for the order of a turn. The loop never awaits the network; it
 //! awaits only its mailbox, its tick, the user's state machine and the storage thread.
 //!
-//! The loop's state and its turn are here; what it does for membership changes is in
-//! `membership`, and taking or installing snapshots (with the policy of when) in `snapshotting`.
+//! The loop's state and its turn are here. What a turn does with proposals is in `proposing`,
+//! with committed entries in `applying`, for membership changes in `membership`, and for taking
+//! or installing snapshots (with the policy of when) in `snapshotting`.
 
 use std::sync::Arc;
 
-use protobuf::Message as PbMessage;
-use raft::eraftpb::{Entry, EntryType};
 use raft::{RawNode, StateRole};
 use slog::Logger;
 use tokio::sync::{mpsc, watch};
 use tokio::time::MissedTickBehavior;
 
-use super::command_batch::{self, EntryPacker};
 use super::mailbox::Command;
-use super::proposals::{EntryKind, FrameworkEntry, ProposalContext, Waiters};
+use super::proposals::{ProposalContext, Waiters};
 use super::reads::ReadBatcher;
 use super::snapshotting::SnapshotPolicy;
 use super::status::{NodeStatus, PeerStatus, Role, SoftStatus};
@@ -258,129 +256,6 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
         Ok(target)
     }
 
-    fn propose(&mut self, data: Vec<u8>, kind: EntryKind, reply: super::proposals::ProposalReply) {
-        if self.raw.raft.state != StateRole::Leader {
-            let _ = reply.send(Err(self.not_leader()));
-            return;
-        }
-        if data.len() > self.config.max_proposal_bytes {
-            let _ = reply.send(Err(Error::InvalidRequest(format!(
-                "proposal of {} bytes exceeds the limit of {} bytes",
-                data.len(),
-                self.config.max_proposal_bytes
-            ))));
-            return;
-        }
-        let pending = self.waiters.len() + self.proposal_batch.len();
-        if pending >= self.config.max_pending_proposals {
-            let _ = reply.send(Err(Error::Busy(format!(
-                "{pending} proposals already wait for their commit"
-            ))));
-            return;
-        }
-        let ctx = self.waiters.next_context(kind);
-        self.proposal_batch.push((ctx, data, reply));
-    }
-
-    /// Whether the append window is full, so this turn's proposals wait for the commit index
-    /// to move (see `Config::append_window`). They do not wait once they fill an entry: the
-    /// packer's command limit, or its byte limit counted over payloads only (without the
-    /// packer's length prefixes; near enough to decide when to stop waiting).
-    ///
-    /// Nothing can strand them: the leader's commit index moves only while a turn handles a
-    /// follower's ack (`handle`) or this node's own write (`on_persisted`), and every turn runs
-    /// `propose_batch` after both. A leader that steps down does so in a turn too, and
-    /// `propose_batch` then refuses what it held as not-leader (never appended: safe to retry).
-    fn holds_proposals(&self) -> bool {
-        let window = self.config.append_window;
-        if window == 0 || self.raw.raft.state != StateRole::Leader {
-            return false;
-        }
-        let log = &self.raw.raft.raft_log;
-        let batch_bytes = || {
-            self.proposal_batch
-                .iter()
-                .map(|(_, data, _)| data.len())
-                .sum::<usize>()
-        };
-        log.last_index().saturating_sub(log.committed) >= window
-            && self.proposal_batch.len() < self.config.max_commands_per_entry
-            && batch_bytes() < self.config.raft.max_size_per_msg as usize
-    }
-
-    /// Append every proposal accepted this turn with one `MsgPropose`: raft appends them in one
-    /// go and sends each follower one append for all of them, instead of one per proposal.
-    /// Consecutive user proposals share entries (`command_batch`), up to
-    /// `max_commands_per_entry` commands and `raft.max_size_per_msg` bytes each.
-    fn propose_batch(&mut self) {
-        if self.proposal_batch.is_empty() {
-            return;
-        }
-        if self.holds_proposals() {
-            let newly_held = self.proposal_batch.len() - self.proposals_marked_held;
-            self.metrics.proposals_held.inc_by(newly_held as u64);
-            self.proposals_marked_held = self.proposal_batch.len();
-            return;
-        }
-        let batch = std::mem::take(&mut self.proposal_batch);
-        self.proposals_marked_held = 0;
-        if self.raw.raft.state != StateRole::Leader {
-            // Leadership moved while the batch was gathered. raft-rs would forward the proposal
-            // to the new leader, where it might commit after we answered: refuse it definitely.
-            for (_, _, reply) in batch {
-                let _ = reply.send(Err(self.not_leader()));
-            }
-            return;
-        }
-        let commands = batch.len() as u64;
-        let mut msg = raft::eraftpb::Message::default();
-        msg.set_msg_type(raft::eraftpb::MessageType::MsgPropose);
-        msg.from = self.raw.raft.id;
-        let mut packer = EntryPacker::new(
-            self.config.max_commands_per_entry,
-            self.config.raft.max_size_per_msg as usize,
-        );
-        // Each reply with the offset (in `msg.entries`) of the entry its command rides in.
-        let mut replies = Vec::with_capacity(batch.len());
-        let mut entries = Vec::new();
-        for (ctx, data, reply) in batch {
-            let offset = packer.add(ctx, data, &mut entries);
-            replies.push((offset, ctx, reply));
-        }
-        packer.finish(&mut entries);
-        let count = entries.len() as u64;
-        msg.entries = entries.into();
-        let before = self.raw.raft.raft_log.last_index();
-        let dropped = |why: &str| Error::ProposalDropped(why.to_string());
-        match self.raw.raft.step(msg) {
-            Ok(()) if self.raw.raft.raft_log.last_index() == before + count => {
-                self.metrics.proposals.inc_by(commands);
-                for (offset, ctx, reply) in replies {
-                    self.waiters
-                        .register(ctx, before + 1 + offset as u64, reply);
-                }
-            }
-            Ok(()) => {
-                for (_, _, reply) in replies {
-                    let _ = reply.send(Err(dropped("raft did not append it")));
-                }
-            }
-            Err(raft::Error::ProposalDropped) => {
-                for (_, _, reply) in replies {
-                    let _ = reply.send(Err(dropped(
-                        "raft dropped it (leader transfer in progress or too much uncommitted log)",
-                    )));
-                }
-            }
-            Err(e) => {
-                let msg = e.to_string();
-                for (_, _, reply) in replies {
-                    let _ = reply.send(Err(Error::Other(format!("raft: {msg}"))));
-                }
-            }
-        }
-    }
-
     /// Steps 2-8 of a turn (see the `node` module docs).
     async fn on_ready(&mut self) -> Result<()> {
         if self.writer.inflight() >= MAX_WRITES_IN_FLIGHT || !self.raw.has_ready() {
@@ -493,82 +368,6 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
         tokio::task::spawn_blocking(move || write_batch(&store, &metrics, batch))
             .await
             .map_err(|e| Error::Other(format!("storage thread failed: {e}")))?
-    }
-
-    async fn apply_committed(&mut self, entries: Vec<Entry>) -> Result<()> {
-        for mut entry in entries {
-            let index = entry.index;
-            if index <= self.applied {
-                continue;
-            }
-            match entry.get_entry_type() {
-                EntryType::EntryNormal => {
-                    self.snapshot_policy.on_applied(entry.data.len());
-                    let ctx = ProposalContext::decode(entry.get_context());
-                    let data = entry.take_data();
-                    if let Some(batch) = ctx.filter(|c| c.kind == EntryKind::UserBatch) {
-                        self.apply_batch(index, batch, &data).await;
-                    } else {
-                        let result = match ctx {
-                            Some(c) if c.kind == EntryKind::Framework => {
-                                self.apply_framework(&data)
-                            }
-                            // The empty entry a new leader appends: nothing to apply.
-                            None if data.is_empty() => Ok(Vec::new()),
-                            _ => {
-                                self.metrics.applied_commands.inc();
-                                self.fsm.apply(Vec::from(data)).await
-                            }
-                        };
-                        self.waiters.on_applied(index, ctx, result);
-                    }
-                }
-                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
-                    let (ctx, cs) = self.apply_conf_change(&entry)?;
-                    let answer = cs
-                        .write_to_bytes()
-                        .map_err(|e| Error::Encoding(e.to_string()));
-                    self.waiters.on_applied(index, ctx, answer);
-                }
-            }
-            self.applied = index;
-            self.metrics.committed_entries.inc();
-        }
-        Ok(())
-    }
-
-    /// Apply the commands of a batch entry one by one, in order, and answer this node's waiters
-    /// each with its own result. A batch that cannot be decoded (only a proposer bug could
-    /// commit one: the log is checksummed) is skipped the same way on every node, and its
-    /// waiters get the decoding error.
-    async fn apply_batch(&mut self, index: u64, ctx: ProposalContext, data: &[u8]) {
-        match command_batch::decode(data) {
-            Ok(commands) => {
-                let mut results = Vec::with_capacity(commands.len());
-                for command in commands {
-                    results.push(self.fsm.apply(command.to_vec()).await);
-                }
-                self.metrics.applied_commands.inc_by(results.len() as u64);
-                self.waiters.on_applied_batch(index, Some(ctx), results);
-            }
-            Err(e) => {
-                slog::error!(self.logger, "skipping a batch entry that cannot be decoded"; "index" => index, "error" => %e);
-                let why = e.to_string();
-                self.waiters
-                    .on_applied_unreadable(index, || Error::Encoding(why.clone()));
-            }
-        }
-    }
-
-    /// Apply one of pontoon's own entries. Deterministic: every node derives the same answer.
-    fn apply_framework(&mut self, data: &[u8]) -> Result<Vec<u8>> {
-        match FrameworkEntry::decode(data)? {
-            FrameworkEntry::ReserveId { raft_addr } => {
-                self.max_node_id += 1;
-                slog::info!(self.logger, "node id reserved"; "id" => self.max_node_id, "for" => raft_addr);
-                Ok(self.max_node_id.to_be_bytes().to_vec())
-            }
-        }
     }
 
     /// Let every queued write land, then write what is still only in memory (the latest commit

@@ -1,0 +1,91 @@
+//! Applying committed entries, inside the run loop: user commands (alone or in a batch entry) to
+//! the state machine, pontoon's own entries, and membership changes, answering this node's
+//! waiters as each is applied.
+
+use protobuf::Message as PbMessage;
+use raft::eraftpb::{Entry, EntryType};
+
+use super::command_batch;
+use super::proposals::{EntryKind, FrameworkEntry, ProposalContext};
+use super::run_loop::RunLoop;
+use crate::error::{Error, Result};
+use crate::state_machine::AbstractStateMachine;
+use crate::storage::LogStore;
+
+impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
+    pub(super) async fn apply_committed(&mut self, entries: Vec<Entry>) -> Result<()> {
+        for mut entry in entries {
+            let index = entry.index;
+            if index <= self.applied {
+                continue;
+            }
+            match entry.get_entry_type() {
+                EntryType::EntryNormal => {
+                    self.snapshot_policy.on_applied(entry.data.len());
+                    let ctx = ProposalContext::decode(entry.get_context());
+                    let data = entry.take_data();
+                    if let Some(batch) = ctx.filter(|c| c.kind == EntryKind::UserBatch) {
+                        self.apply_batch(index, batch, &data).await;
+                    } else {
+                        let result = match ctx {
+                            Some(c) if c.kind == EntryKind::Framework => {
+                                self.apply_framework(&data)
+                            }
+                            // The empty entry a new leader appends: nothing to apply.
+                            None if data.is_empty() => Ok(Vec::new()),
+                            _ => {
+                                self.metrics.applied_commands.inc();
+                                self.fsm.apply(Vec::from(data)).await
+                            }
+                        };
+                        self.waiters.on_applied(index, ctx, result);
+                    }
+                }
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                    let (ctx, cs) = self.apply_conf_change(&entry)?;
+                    let answer = cs
+                        .write_to_bytes()
+                        .map_err(|e| Error::Encoding(e.to_string()));
+                    self.waiters.on_applied(index, ctx, answer);
+                }
+            }
+            self.applied = index;
+            self.metrics.committed_entries.inc();
+        }
+        Ok(())
+    }
+
+    /// Apply the commands of a batch entry one by one, in order, and answer this node's waiters
+    /// each with its own result. A batch that cannot be decoded (only a proposer bug could
+    /// commit one: the log is checksummed) is skipped the same way on every node, and its
+    /// waiters get the decoding error.
+    pub(super) async fn apply_batch(&mut self, index: u64, ctx: ProposalContext, data: &[u8]) {
+        match command_batch::decode(data) {
+            Ok(commands) => {
+                let mut results = Vec::with_capacity(commands.len());
+                for command in commands {
+                    results.push(self.fsm.apply(command.to_vec()).await);
+                }
+                self.metrics.applied_commands.inc_by(results.len() as u64);
+                self.waiters.on_applied_batch(index, Some(ctx), results);
+            }
+            Err(e) => {
+                slog::error!(self.logger, "skipping a batch entry that cannot be decoded"; "index" => index, "error" => %e);
+                let why = e.to_string();
+                self.waiters
+                    .on_applied_unreadable(index, || Error::Encoding(why.clone()));
+            }
+        }
+    }
+
+    /// Apply one of pontoon's own entries. Deterministic: every node derives the same answer.
+    pub(super) fn apply_framework(&mut self, data: &[u8]) -> Result<Vec<u8>> {
+        match FrameworkEntry::decode(data)? {
+            FrameworkEntry::ReserveId { raft_addr } => {
+                self.max_node_id += 1;
+                slog::info!(self.logger, "node id reserved"; "id" => self.max_node_id, "for" => raft_addr);
+                Ok(self.max_node_id.to_be_bytes().to_vec())
+            }
+        }
+    }
+}

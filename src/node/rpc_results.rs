@@ -1,0 +1,108 @@
+//! Answers on the wire: a node's result as the `ProposeResponse` of the Propose / ChangeConfig
+//! RPCs and back, and a peer's gRPC status as pontoon's error. The server, the forwarding path,
+//! the join client and the CLI all convert through here, so a typed error survives the hop.
+
+use crate::error::{Error, Result};
+use crate::transport::pb;
+
+/// Turn a leader's answer into the caller's result (the inverse of `error_to_response`).
+pub(crate) fn response_to_result(response: pb::ProposeResponse) -> Result<Vec<u8>> {
+    use pb::ProposeStatus as S;
+    let msg = response.error;
+    match S::try_from(response.status) {
+        Ok(S::Ok) => Ok(response.result),
+        Ok(S::NotLeader) => Err(Error::NotLeader {
+            leader_id: (response.leader_id != 0).then_some(response.leader_id),
+            leader_addr: (!response.leader_addr.is_empty()).then_some(response.leader_addr),
+        }),
+        Ok(S::Dropped) => Err(Error::ProposalDropped(msg)),
+        Ok(S::ApplyFailed) => Err(Error::StateMachine(msg)),
+        Ok(S::UnknownOutcome) => Err(Error::OutcomeUnknown(msg)),
+        Ok(S::Rejected) => Err(Error::InvalidRequest(msg)),
+        Ok(S::ChangeInProgress) => Err(Error::ChangeInProgress(msg)),
+        Ok(S::UnknownNode) => Err(Error::UnknownNode(response.node_id)),
+        Ok(S::WouldLoseQuorum) => Err(Error::WouldLoseQuorum(msg)),
+        Ok(S::NotReady) => Err(Error::NotReady(msg)),
+        Ok(S::Unauthorized) => Err(Error::Unauthorized(msg)),
+        Ok(S::ShuttingDown) => Err(Error::NotLeader {
+            leader_id: None,
+            leader_addr: None,
+        }),
+        Err(_) => Err(Error::OutcomeUnknown(format!(
+            "leader answered an unknown status {}",
+            response.status
+        ))),
+    }
+}
+
+/// Encode a local result as the answer of the Propose / ChangeConfig RPCs.
+pub(crate) fn result_to_response(result: Result<Vec<u8>>) -> pb::ProposeResponse {
+    use pb::ProposeStatus as S;
+    let mut resp = pb::ProposeResponse::default();
+    let e = match result {
+        Ok(bytes) => {
+            resp.set_status(S::Ok);
+            resp.result = bytes;
+            return resp;
+        }
+        Err(e) => e,
+    };
+    let status = match &e {
+        Error::NotLeader {
+            leader_id,
+            leader_addr,
+        } => {
+            resp.leader_id = leader_id.unwrap_or(0);
+            resp.leader_addr = leader_addr.clone().unwrap_or_default();
+            S::NotLeader
+        }
+        Error::NoLeader => S::NotLeader,
+        Error::ProposalDropped(_) => S::Dropped,
+        Error::StateMachine(_) => S::ApplyFailed,
+        Error::InvalidRequest(_) => S::Rejected,
+        Error::ChangeInProgress(_) => S::ChangeInProgress,
+        Error::UnknownNode(id) => {
+            resp.node_id = *id;
+            S::UnknownNode
+        }
+        Error::WouldLoseQuorum(_) => S::WouldLoseQuorum,
+        Error::NotReady(_) | Error::Busy(_) => S::NotReady,
+        Error::ShuttingDown => S::ShuttingDown,
+        Error::Unauthorized(_) => S::Unauthorized,
+        _ => S::UnknownOutcome,
+    };
+    resp.set_status(status);
+    // The typed variants carry their own detail; send just that, not the Display prefix.
+    resp.error = match e {
+        Error::ProposalDropped(m)
+        | Error::StateMachine(m)
+        | Error::InvalidRequest(m)
+        | Error::ChangeInProgress(m)
+        | Error::WouldLoseQuorum(m)
+        | Error::NotReady(m)
+        | Error::Busy(m)
+        | Error::Unauthorized(m)
+        | Error::OutcomeUnknown(m) => m,
+        other => other.to_string(),
+    };
+    resp
+}
+
+pub(crate) fn is_connect_error(status: &tonic::Status) -> bool {
+    // tonic reports a failed connection attempt as Unavailable with a transport error source.
+    let msg = status.message().to_ascii_lowercase();
+    msg.contains("connect") || msg.contains("refused") || msg.contains("dns")
+}
+
+/// Map a gRPC status from a peer to pontoon's error.
+pub(crate) fn status_to_error(status: tonic::Status) -> Error {
+    match status.code() {
+        tonic::Code::PermissionDenied => Error::ClusterMismatch {
+            local: String::new(),
+            remote: status.message().to_string(),
+        },
+        tonic::Code::InvalidArgument => Error::InvalidRequest(status.message().to_string()),
+        tonic::Code::Unauthenticated => Error::Unauthorized(status.message().to_string()),
+        _ => Error::OutcomeUnknown(format!("transport: {status}")),
+    }
+}

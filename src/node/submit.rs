@@ -1,0 +1,151 @@
+//! How a write reaches the leader: tried on this node's run loop first and, when another node
+//! leads, forwarded to it over gRPC, retrying (bounded by the propose timeout, with backoff)
+//! while no leader is known.
+
+use std::time::Duration;
+
+use protobuf::Message as PbMessage;
+use raft::eraftpb::ConfChangeV2;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use super::handle::{RaftNode, LEADER_POLL_CAP};
+use super::mailbox::Command;
+use super::proposals::{EntryKind, FrameworkEntry};
+use super::rpc_results::{is_connect_error, response_to_result, status_to_error};
+use crate::config::Peers;
+use crate::error::{Error, Result};
+use crate::transport::pb;
+
+/// What a caller asks the leader to append.
+#[derive(Clone)]
+pub(super) enum Submission {
+    Entry(Vec<u8>),
+    ConfChange { cc: ConfChangeV2, addrs: Peers },
+    ReserveId(String),
+}
+
+impl RaftNode {
+    pub(super) async fn submit(&self, submission: Submission) -> Result<Vec<u8>> {
+        let deadline = Instant::now() + self.shared.config.propose_timeout;
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            let outcome = match self.submit_local(submission.clone(), deadline).await {
+                Err(Error::NotLeader {
+                    leader_id: Some(leader),
+                    ..
+                }) if leader != self.id() => self.forward(leader, &submission, deadline).await,
+                other => other,
+            };
+            match outcome {
+                Err(e @ (Error::NotLeader { .. } | Error::NoLeader | Error::NotReady(_))) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return Err(match e {
+                            Error::NotReady(_) => e,
+                            _ => Error::NoLeader,
+                        });
+                    }
+                    // Wait for the leader to change (or a short while) and try again.
+                    let pause = backoff.min(deadline - now);
+                    let mut rx = self.shared.status.clone();
+                    let _ = tokio::time::timeout(pause, rx.changed()).await;
+                    backoff = (backoff * 2).min(LEADER_POLL_CAP);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    pub(super) async fn submit_local(
+        &self,
+        submission: Submission,
+        deadline: Instant,
+    ) -> Result<Vec<u8>> {
+        let (reply, rx) = oneshot::channel();
+        let cmd = match submission {
+            Submission::Entry(data) => Command::Propose {
+                data,
+                kind: EntryKind::User,
+                reply,
+            },
+            Submission::ConfChange { cc, addrs } => Command::ChangeConfig { cc, addrs, reply },
+            Submission::ReserveId(raft_addr) => Command::Propose {
+                data: FrameworkEntry::ReserveId { raft_addr }.encode()?,
+                kind: EntryKind::Framework,
+                reply,
+            },
+        };
+        self.send_until(cmd, deadline).await?;
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(Error::OutcomeUnknown("the node stopped".into())),
+            Err(_) => Err(Error::Timeout("proposal".into())),
+        }
+    }
+
+    async fn forward(
+        &self,
+        leader: u64,
+        submission: &Submission,
+        deadline: Instant,
+    ) -> Result<Vec<u8>> {
+        let addr = self.shared.peers.get(leader).ok_or(Error::NotLeader {
+            leader_id: None,
+            leader_addr: None,
+        })?;
+        let mut client = self.shared.clients.get(&addr, &self.shared.config)?;
+        let cluster_id = self.shared.config.cluster_id.clone();
+        // A follower passes on membership calls with its own token: the leader checks it again.
+        let join_token = self.shared.config.join_token.clone().unwrap_or_default();
+        let call = async {
+            match submission {
+                Submission::Entry(data) => {
+                    client
+                        .propose(pb::ProposeRequest {
+                            cluster_id,
+                            data: data.clone(),
+                        })
+                        .await
+                }
+                Submission::ReserveId(raft_addr) => {
+                    client
+                        .request_id(pb::RequestIdRequest {
+                            cluster_id,
+                            raft_addr: raft_addr.clone(),
+                            join_token,
+                        })
+                        .await
+                }
+                Submission::ConfChange { cc, addrs } => {
+                    let conf_change = cc
+                        .write_to_bytes()
+                        .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+                    client
+                        .change_config(pb::ChangeConfigRequest {
+                            cluster_id,
+                            conf_change,
+                            addrs: addrs.clone().into_iter().collect(),
+                            join_token,
+                        })
+                        .await
+                }
+            }
+        };
+        let response = match tokio::time::timeout_at(deadline, call).await {
+            Err(_) => return Err(Error::Timeout("forwarded proposal".into())),
+            Ok(Err(status))
+                if status.code() == tonic::Code::Unavailable && is_connect_error(&status) =>
+            {
+                // The leader could not be reached at all: nothing was handed over.
+                return Err(Error::NotLeader {
+                    leader_id: None,
+                    leader_addr: None,
+                });
+            }
+            Ok(Err(status)) => return Err(status_to_error(status)),
+            Ok(Ok(r)) => r.into_inner(),
+        };
+        response_to_result(response)
+    }
+}
