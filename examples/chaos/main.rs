@@ -23,7 +23,7 @@
 //!    writes it as JSON; exits non-zero on a violation, a lost write or a cluster that does not
 //!    converge.
 
-#[path = "../../tests/support/linearizability.rs"]
+#[path = "../../tests/support/linearizability/mod.rs"]
 mod linearizability;
 mod nemesis;
 mod procs;
