@@ -19,7 +19,7 @@
 //! 4. heals everything, waits until every node has applied a final barrier write and holds the
 //!    same values, reads every hot key through every node, and checks that every acknowledged
 //!    ledger write is on every node;
-//! 5. checks the history per key against a register model (tests/support/linearizability.rs) and
+//! 5. checks the history per key against a register model (tests/support/linearizability/) and
 //!    writes it as JSON; exits non-zero on a violation, a lost write or a cluster that does not
 //!    converge.
 
