@@ -31,6 +31,10 @@ pub enum StorageError {
         found: u32,
         supported: u32,
     },
+    /// Another node (in this process or another one) has the data dir open. Two writers would
+    /// interleave their logs and lose acknowledged writes, so the second one is refused.
+    #[error("data dir {path} is in use by another node ({holder}); stop that node first, or give this one its own data dir")]
+    InUse { path: PathBuf, holder: String },
     /// The path exists but is not a pontoon data dir (a file, or an LMDB env of something else).
     #[error("{path} is not a pontoon data dir: {reason}")]
     NotADataDir { path: PathBuf, reason: String },

@@ -44,10 +44,12 @@ use super::wal::{Wal, DEFAULT_SEGMENT_BYTES};
 use super::{lock_read, lock_write, StorageError};
 use crate::config::Peers;
 
+mod dir_lock;
 mod identity;
 mod log_store;
 mod raft_storage;
 
+use dir_lock::{DataDirLock, LOCK_FILE};
 pub use identity::StoredIdentity;
 use identity::{check_identity, read_identity};
 
@@ -77,6 +79,8 @@ struct Inner {
     /// Set when raft asked for a snapshot this store could not serve.
     snapshot_request: AtomicBool,
     path: PathBuf,
+    /// Held while a writable store is open (see `dir_lock`); `None` when opened read-only.
+    _dir_lock: Option<DataDirLock>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -159,6 +163,41 @@ impl LmdbStorage {
             });
         }
         std::fs::create_dir_all(&path)?;
+        // Before LMDB is opened, so a second open (another process, or this one) is refused
+        // with a clear error and touches nothing.
+        let lock_was_there = path.join(LOCK_FILE).exists();
+        let lock = DataDirLock::acquire(&path)?;
+        let opened = Self::open_locked(
+            &path,
+            lock,
+            node_id,
+            cluster_id,
+            initial_map_size,
+            segment_bytes,
+        );
+        match opened {
+            Ok(store) => Ok(store),
+            Err(e) => {
+                // The lock went with the failed open.
+                if !lock_was_there {
+                    // A refused dir (another cluster's, not pontoon's) is left as it was found.
+                    let _ = std::fs::remove_file(path.join(LOCK_FILE));
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// `open_with_segment_bytes` once the data dir's lock is held.
+    fn open_locked(
+        path: &Path,
+        lock: DataDirLock,
+        node_id: u64,
+        cluster_id: &str,
+        initial_map_size: usize,
+        segment_bytes: u64,
+    ) -> Result<Self, StorageError> {
+        let path = path.to_path_buf();
         let env = open_env(&path, initial_map_size, false)?;
 
         // Check identity first in a read transaction, so a foreign dir is never written to.
@@ -207,7 +246,7 @@ impl LmdbStorage {
         }
         let wal = Wal::open(&path.join(WAL_DIR), false, segment_bytes)?;
         snapshots.keep_only(current)?;
-        let store = Self::from_parts(env, wal, meta, snapshots, path)?;
+        let store = Self::from_parts(env, wal, meta, snapshots, path, Some(lock))?;
         store.reconcile_log_with_snapshot()?;
         Ok(store)
     }
@@ -235,6 +274,7 @@ impl LmdbStorage {
         meta: MetaDb,
         snapshots: SnapshotFiles,
         path: PathBuf,
+        dir_lock: Option<DataDirLock>,
     ) -> Result<Self, StorageError> {
         let inner = Inner {
             env,
@@ -245,6 +285,7 @@ impl LmdbStorage {
             cache: RwLock::new(Cache::default()),
             snapshot_request: AtomicBool::new(false),
             path,
+            _dir_lock: dir_lock,
         };
         let cache = inner.load_cache()?;
         *lock_write(&inner.cache) = cache;
@@ -296,7 +337,7 @@ impl LmdbStorage {
         rtxn.commit()?;
         let wal = Wal::open(&path.join(WAL_DIR), true, DEFAULT_SEGMENT_BYTES)?;
         let snapshots = SnapshotFiles::open(&path, true)?;
-        Self::from_parts(env, wal, meta, snapshots, path)
+        Self::from_parts(env, wal, meta, snapshots, path, None)
     }
 
     /// The stored conf state and the log index of the change it reflects.

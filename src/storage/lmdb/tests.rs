@@ -467,3 +467,43 @@ fn a_received_snapshot_file_is_moved_into_the_store_not_copied_and_survives_reop
         .is_err());
     assert_eq!(snapshot_file_names(&dir).len(), 1);
 }
+
+#[test]
+fn a_data_dir_open_for_writing_refuses_a_second_writer_until_it_is_closed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = open(&dir);
+    first
+        .persist(PersistBatch {
+            entries: vec![entry(1, 1)],
+            ..Default::default()
+        })
+        .expect("persist");
+
+    // A second writer (another node started on the same dir) is refused before LMDB is opened,
+    // with who holds the dir, and the first store's log is untouched.
+    let second = LmdbStorage::open(dir.path(), 1, "test", 1 << 20);
+    match &second {
+        Err(StorageError::InUse { holder, .. }) => {
+            assert!(holder.contains(&std::process::id().to_string()), "{holder}");
+        }
+        other => panic!("expected InUse, got {:?}", other.as_ref().err()),
+    }
+    let msg = second.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(msg.contains("is in use by another node"), "{msg}");
+    assert_eq!(first.last_index().expect("last"), 1);
+
+    // Closing the store releases the lock: the node can be restarted on its dir.
+    drop(first);
+    let again = open(&dir);
+    assert_eq!(again.last_index().expect("last"), 1);
+}
+
+#[test]
+fn a_refused_foreign_dir_is_left_without_a_lock_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    drop(open(&dir));
+    std::fs::remove_file(dir.path().join("LOCK")).expect("remove the lock file");
+    let foreign = LmdbStorage::open(dir.path(), 1, "other", 1 << 20);
+    assert!(matches!(foreign, Err(StorageError::ForeignCluster { .. })));
+    assert!(!dir.path().join("LOCK").exists());
+}
