@@ -61,6 +61,46 @@ async fn proposals_on_every_node_apply_identically_and_return_apply_result() {
     cluster.shutdown().await;
 }
 
+/// Whatever error `apply` returns, the proposer gets `StateMachine`: the one variant that says
+/// "committed, apply failed". Here `apply` answers `InvalidRequest`, which passed through as is
+/// would tell a client its write was refused and never logged; yet every node applied it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apply_error_of_any_kind_reaches_the_proposer_as_a_committed_state_machine_error() {
+    let cluster = TestCluster::start(3).await;
+    cluster.propose(1, "before").await;
+    let leader = cluster.node(1).get_leader_id();
+    let follower = (1..=3).find(|id| *id != leader).expect("a follower");
+    for id in [leader, follower] {
+        let refused = cluster
+            .node(id)
+            .propose(b"refuse:no such account".to_vec())
+            .await;
+        match refused {
+            Err(Error::StateMachine(why)) => assert!(why.contains("no such account"), "{why}"),
+            other => panic!("node {id}: expected StateMachine, got {other:?}"),
+        }
+    }
+    let after = String::from_utf8(cluster.propose(1, "after").await).expect("utf8");
+    assert_eq!(after, "2:after", "the refused commands changed no state");
+    cluster.wait_all_applied(2).await;
+    // Committed and applied everywhere: four commands reached every node's `apply`.
+    for (id, node) in &cluster.nodes {
+        let calls = || {
+            node.fsm
+                .apply_calls
+                .load(std::sync::atomic::Ordering::Relaxed)
+        };
+        eventually(
+            Duration::from_secs(10),
+            &format!("node {id} applied 4"),
+            || calls() >= 4,
+        )
+        .await;
+        assert_eq!(calls(), 4, "node {id}");
+    }
+    cluster.shutdown().await;
+}
+
 /// Proposals that reach the leader in the same turn share log entries (command batches), yet
 /// every caller gets `apply`'s answer for its own command, every node applies the same commands
 /// in the same order, and a restarted node replays the batches from its log.

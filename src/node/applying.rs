@@ -35,7 +35,10 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
                             None if data.is_empty() => Ok(Vec::new()),
                             _ => {
                                 self.metrics.applied_commands.inc();
-                                self.fsm.apply(Vec::from(data)).await
+                                self.fsm
+                                    .apply(Vec::from(data))
+                                    .await
+                                    .map_err(applied_with_error)
                             }
                         };
                         self.waiters.on_applied(index, ctx, result);
@@ -64,7 +67,8 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
             Ok(commands) => {
                 let mut results = Vec::with_capacity(commands.len());
                 for command in commands {
-                    results.push(self.fsm.apply(command.to_vec()).await);
+                    let result = self.fsm.apply(command.to_vec()).await;
+                    results.push(result.map_err(applied_with_error));
                 }
                 self.metrics.applied_commands.inc_by(results.len() as u64);
                 self.waiters.on_applied_batch(index, Some(ctx), results);
@@ -87,5 +91,15 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
                 Ok(self.max_node_id.to_be_bytes().to_vec())
             }
         }
+    }
+}
+
+/// What the proposer hears when `apply` fails: always `StateMachine`, whatever variant `apply`
+/// returned. The entry is committed either way, and only `StateMachine` says so; an `Encoding`
+/// or `InvalidRequest` from inside `apply` would tell a client its write is not in the log.
+fn applied_with_error(e: Error) -> Error {
+    match e {
+        Error::StateMachine(_) => e,
+        other => Error::StateMachine(other.to_string()),
     }
 }

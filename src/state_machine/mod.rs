@@ -45,6 +45,10 @@ pub trait FrozenState: Send + 'static {
 #[async_trait]
 pub trait AbstractStateMachine: Clone + Send + Sync + 'static {
     /// Apply one committed entry and return the response for the proposer.
+    ///
+    /// An error goes to the proposer as `Error::StateMachine` (whatever variant is returned
+    /// here): the entry is committed, and every node applies it and gets the same error, so
+    /// `apply` must be deterministic in failing too.
     async fn apply(&mut self, log_entry: Vec<u8>) -> Result<Vec<u8>>;
     /// Serialise the whole state (used for log compaction and catching up slow nodes).
     async fn snapshot(&self) -> Result<Vec<u8>>;

@@ -86,6 +86,11 @@ impl AbstractStateMachine for AppliedLog {
         self.apply_calls
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let entry = String::from_utf8(log_entry).map_err(|e| Error::StateMachine(e.to_string()))?;
+        if let Some(why) = entry.strip_prefix("refuse:") {
+            // An application error that is not `StateMachine`: pontoon must still answer it as
+            // one, since the entry is committed.
+            return Err(Error::InvalidRequest(why.to_string()));
+        }
         let mut entries = self.entries.lock().expect("lock");
         entries.push(entry.clone());
         Ok(format!("{}:{}", entries.len(), entry).into_bytes())
