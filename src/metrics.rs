@@ -15,6 +15,7 @@ pub struct Metrics {
     registry: Registry,
     pub proposals: IntCounter,
     pub proposals_held: IntCounter,
+    pub votes_withheld: IntCounter,
     pub committed_entries: IntCounter,
     pub applied_commands: IntCounter,
     pub applied_index: IntGauge,
@@ -84,6 +85,11 @@ impl Metrics {
                 r,
                 "proposals_held_total",
                 "Proposals the leader held back until its commit index moved (Config::append_window)",
+            ),
+            votes_withheld: counter(
+                r,
+                "votes_withheld_total",
+                "Vote requests ignored because this node holds only the bootstrap configuration and the candidate's log is longer (a lost data dir must not vote)",
             ),
             committed_entries: counter(
                 r,

@@ -470,3 +470,45 @@ async fn a_voter_restarted_on_a_lost_data_dir_stops_with_log_lost_and_the_cluste
     support::propose_retrying(cluster.node(leader), "after").await;
     cluster.shutdown().await;
 }
+
+/// A voter whose data dir is lost and that starts again empty from the same initial peers must
+/// not vote. Here the old leader comes back empty while the only other running node lacks an
+/// acknowledged write: with the empty node's vote that node would lead and erase the write.
+/// The leader's `LogLost` check cannot catch this one, because the leader itself was lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voter_restarted_empty_withholds_its_vote_so_an_acknowledged_write_survives() {
+    let mut cluster = TestCluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    support::propose_retrying(cluster.node(leader), "before").await;
+    cluster.wait_all_applied(1).await;
+    let behind = cluster.follower_of(leader);
+    let other = (1..=3)
+        .find(|id| *id != leader && *id != behind)
+        .expect("third node");
+    cluster.stop_node(behind).await;
+    // Acknowledged by the leader and `other` only.
+    support::propose_retrying(cluster.node(leader), "acknowledged").await;
+    cluster.stop_node(leader).await;
+    std::fs::remove_dir_all(cluster.config(leader).data_dir).expect("wipe the leader's dir");
+    cluster.stop_node(other).await;
+
+    cluster.start_node(leader).await; // empty, from the same initial peers
+    cluster.start_node(behind).await;
+    eventually(
+        Duration::from_secs(20),
+        "the empty node refused to vote for the node that lacks the write",
+        || support::metric(cluster.node(leader), "pontoon_votes_withheld_total") >= 1.0,
+    )
+    .await;
+    assert!(
+        !cluster.node(behind).is_leader(),
+        "elected without the write"
+    );
+
+    cluster.start_node(other).await;
+    let leader_now = cluster.wait_for_leader().await;
+    support::propose_retrying(cluster.node(leader_now), "after").await;
+    let log = cluster.wait_all_applied(3).await;
+    assert_eq!(log, ["before", "acknowledged", "after"]);
+    cluster.shutdown().await;
+}

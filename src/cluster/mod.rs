@@ -29,7 +29,7 @@ use crate::storage::{LmdbStorage, LogStore, SnapshotEnvelope, StagedLog};
 use crate::transport::{FaultInjector, GrpcTransport, RaftGrpcService, Transport};
 
 /// Index and term of the snapshot a new static cluster starts from.
-const INITIAL_INDEX: u64 = 1;
+pub(crate) const INITIAL_INDEX: u64 = 1;
 const INITIAL_TERM: u64 = 1;
 
 /// How long a stopping node waits for in-flight RPCs before closing its server anyway.
@@ -248,6 +248,7 @@ impl<F: AbstractStateMachine> Raft<F> {
             fatal: None,
             proposal_batch: Vec::new(),
             proposals_marked_held: 0,
+            vote_withheld_warned_term: 0,
         };
         let service = RaftGrpcService::new(node.clone());
         Ok(Raft {

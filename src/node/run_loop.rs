@@ -70,6 +70,8 @@ pub(crate) struct RunLoop<S: LogStore, F: AbstractStateMachine> {
     pub(crate) proposal_batch: Vec<(ProposalContext, Vec<u8>, super::proposals::ProposalReply)>,
     /// How many of `proposal_batch` the `proposals_held` metric already counted.
     pub(crate) proposals_marked_held: usize,
+    /// The highest term whose vote request `withholds_vote` logged (one warning per term).
+    pub(crate) vote_withheld_warned_term: u64,
 }
 
 impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
@@ -167,6 +169,9 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
                     self.fatal = Some(lost);
                     return true;
                 }
+                if self.withholds_vote(&msg) {
+                    return false;
+                }
                 if let Err(e) = self.raw.step(*msg) {
                     slog::debug!(self.logger, "raft refused a message"; "error" => %e);
                 }
@@ -194,6 +199,36 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
             Command::Quit => return true,
         }
         false
+    }
+
+    /// Whether to ignore a vote request: this node holds nothing but the bootstrap
+    /// configuration (its log ends at the initial snapshot) while the candidate's log is longer.
+    ///
+    /// Why: such a node is either new or a voter whose data dir was lost and started again
+    /// empty from the same `initial_peers`. In the second case it may have acknowledged entries
+    /// that the quorum now counts on; its vote could elect a candidate that lacks them and lose
+    /// acknowledged writes. (The leader's `LogLost` check only catches a lost follower the
+    /// current leader already tracked.) A genuinely new node loses nothing by abstaining: in a
+    /// new cluster every log ends at the bootstrap index, and once a leader has appended to it,
+    /// it votes normally. The cost is liveness in one corner: a cluster whose other voters are
+    /// down waits for them rather than take this node's vote.
+    fn withholds_vote(&mut self, msg: &raft::eraftpb::Message) -> bool {
+        use raft::eraftpb::MessageType::{MsgRequestPreVote, MsgRequestVote};
+        let kind = msg.get_msg_type();
+        let last = self.raw.raft.raft_log.last_index();
+        if !(kind == MsgRequestVote || kind == MsgRequestPreVote)
+            || last > crate::cluster::INITIAL_INDEX
+            || msg.index <= last
+        {
+            return false;
+        }
+        self.metrics.votes_withheld.inc();
+        if self.vote_withheld_warned_term < msg.term {
+            self.vote_withheld_warned_term = msg.term;
+            slog::warn!(self.logger, "not voting: this node holds only the bootstrap configuration and the candidate's log is longer; if this node's data dir was lost, remove it from the cluster and join it again with a new id";
+                "candidate" => msg.from, "candidate_last_index" => msg.index, "term" => msg.term);
+        }
+        true
     }
 
     /// A heartbeat of the current leader names a commit index beyond the end of our log. The
