@@ -306,7 +306,43 @@ async fn real_main(
                 .collect()
         }
         None => {
+            if args.peer_addr.is_some() && args.initial_peers.is_some() {
+                return Err(
+                    "--peer-addr and --initial-peers exclude each other: a static member \
+                            lists its peers, a joining node asks a member for a ticket"
+                        .into(),
+                );
+            }
             let stored = LmdbStorage::peek_identity(&args.data_dir)?;
+            let member = match &stored {
+                Some(_) => {
+                    use pontoon::storage::LogStore;
+                    LmdbStorage::open_read_only(&args.data_dir)?.is_initialized()?
+                }
+                None => false,
+            };
+            if let Some(identity) = &stored {
+                if !member && args.initial_peers.is_none() {
+                    // Made by a join (or a start) that did not finish: turning it into a
+                    // one-node cluster now would split the cluster it meant to join.
+                    return Err(format!(
+                        "data dir {} holds node {} of cluster {:?}, which never became a member \
+                         (an earlier join or first start did not finish); remove the data dir and \
+                         start again (with --peer-addr to join)",
+                        args.data_dir.display(),
+                        identity.node_id,
+                        identity.cluster_id
+                    )
+                    .into());
+                }
+                if member && (args.peer_addr.is_some() || args.initial_peers.is_some()) {
+                    println!(
+                        "data dir {} resumes node {}: --peer-addr / --initial-peers are ignored",
+                        args.data_dir.display(),
+                        identity.node_id
+                    );
+                }
+            }
             // A fresh node given --peer-addr asks the cluster for an id (a join ticket); a restart
             // on an existing data dir resumes and ignores --peer-addr.
             let ticket = match (&args.peer_addr, &stored) {
@@ -316,6 +352,12 @@ async fn real_main(
                             "--id cannot be combined with --peer-addr: the cluster reserves the id"
                                 .into(),
                         );
+                    }
+                    // Check both addresses before an id is reserved: a join that fails after
+                    // the ticket burns that id for good.
+                    for (what, addr) in [("raft", &args.raft_addr), ("HTTP", &args.web_server)] {
+                        std::net::TcpListener::bind(addr)
+                            .map_err(|e| format!("cannot listen on {what} address {addr}: {e}"))?;
                     }
                     let config = security.apply(Config {
                         cluster_id: args.cluster_id.clone(),
