@@ -465,9 +465,19 @@ async fn real_main(
         }
     }
     println!("stopping...");
-    for node in &nodes {
-        if let Err(e) = node.quit().await {
-            eprintln!("node {} did not stop cleanly: {e}", node.id());
+    // All at once: one by one, the last nodes would hold elections while the first stop.
+    let quits: Vec<_> = nodes
+        .iter()
+        .map(|node| {
+            let node = node.clone();
+            tokio::spawn(async move { (node.id(), node.quit().await) })
+        })
+        .collect();
+    for quit in quits {
+        match quit.await {
+            Ok((_, Ok(()))) => {}
+            Ok((id, Err(e))) => eprintln!("node {id} did not stop cleanly: {e}"),
+            Err(e) => eprintln!("a node's stop task failed: {e}"),
         }
     }
     println!("stopped");

@@ -189,7 +189,13 @@ impl RaftService for RaftGrpcService {
         let node = self.node.clone();
         tokio::spawn(async move {
             loop {
-                let batch = match inbound.message().await {
+                let next = tokio::select! {
+                    next = inbound.message() => next,
+                    // The run loop ended (its mailbox is gone): end the stream, so the server's
+                    // graceful shutdown is not held up by a peer's stream that never ends.
+                    () = node.shared.mailbox.closed() => return,
+                };
+                let batch = match next {
                     Ok(Some(batch)) => batch,
                     // The sender closed the stream, or it broke: nothing to answer.
                     Ok(None) | Err(_) => return,
