@@ -161,3 +161,43 @@ async fn lease_based_reads_serve_fresh_values_when_selected() {
     }
     cluster.shutdown().await;
 }
+
+/// raft-rs drops a ReadIndex while no leader is known, and a new leader drops it until it has
+/// committed in its term. A read asked right after a full restart (before any election) must
+/// still be served by its first round, sent again once the leader can answer, instead of
+/// waiting for that round to expire and starting another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_asked_before_the_first_election_is_served_by_its_first_round() {
+    let mut cluster = TestCluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    cluster.propose(leader, "last").await;
+    for id in 1..=3 {
+        cluster.stop_node(id).await;
+    }
+    for id in 1..=3 {
+        cluster.start_node(id).await;
+    }
+    let reads: Vec<_> = (1..=3)
+        .map(|id| {
+            let raft = cluster.node(id).clone();
+            tokio::spawn(async move {
+                let seen = raft
+                    .linearizable_read(|log| log.snapshot_entries().last().cloned())
+                    .await
+                    .expect("read");
+                (id, seen)
+            })
+        })
+        .collect();
+    for read in reads {
+        let (id, seen) = read.await.expect("read task");
+        assert_eq!(seen.as_deref(), Some("last"), "node {id}");
+        let status = cluster.node(id).inspect().await.expect("inspect");
+        assert_eq!(
+            (status.read_index_requests, status.read_index_rounds),
+            (1, 1),
+            "node {id}: the read needed more than its first round"
+        );
+    }
+    cluster.shutdown().await;
+}

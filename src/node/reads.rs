@@ -2,8 +2,16 @@
 //!
 //! At most one ReadIndex round is in flight per node. Reads that arrive while it is in flight
 //! wait for the next round, so any number of concurrent reads costs one round trip to a quorum
-//! per round, not one each. A round that gets no answer (no leader, leader changed) within two
-//! election timeouts is failed with a retryable error; `RaftNode::read_index` retries it.
+//! per round, not one each. A round that gets no answer within two election timeouts while a
+//! leader is known (the leader changed, a message was lost) is failed with a retryable error;
+//! `RaftNode::read_index` retries it. While no leader is known the round waits, bounded by the
+//! caller's deadline.
+//!
+//! raft-rs drops a ReadIndex without a word when no leader is known, and a leader drops it
+//! until it has committed an entry of its own term. So a round started in either state is sent
+//! again as soon as the state allows (`resend_blocked`), and any unanswered round is sent again
+//! every few ticks (`on_tick`): the first read after an election or a restart waits for the
+//! leader, not for the round to expire. A second answer to one round is ignored.
 //!
 //! A read is answered only once the node has applied up to the round's read index, so whatever
 //! the caller then reads from its state machine includes every write acknowledged before the
@@ -21,8 +29,14 @@ pub type ReadReply = oneshot::Sender<Result<u64>>;
 struct Round {
     ctx: u64,
     ticks: usize,
+    /// Sent while raft would drop it (no leader known, or a leader without a commit in its
+    /// term): send again once that has changed.
+    blocked: bool,
     replies: Vec<ReadReply>,
 }
+
+/// Every this many ticks an unanswered round is sent again.
+pub const RESEND_TICKS: usize = 3;
 
 /// Read requests of this node, from queued to answered.
 #[derive(Default)]
@@ -44,7 +58,8 @@ impl ReadBatcher {
     }
 
     /// Start a round for everything queued, if none is in flight; returns its context.
-    pub fn start_round(&mut self) -> Option<Vec<u8>> {
+    /// `answerable`: whether raft would handle a ReadIndex now (see the module docs).
+    pub fn start_round(&mut self, answerable: bool) -> Option<Vec<u8>> {
         if self.inflight.is_some() || self.queued.is_empty() {
             return None;
         }
@@ -53,9 +68,18 @@ impl ReadBatcher {
         self.inflight = Some(Round {
             ctx: self.next_ctx,
             ticks: 0,
+            blocked: !answerable,
             replies: std::mem::take(&mut self.queued),
         });
         Some(self.next_ctx.to_be_bytes().to_vec())
+    }
+
+    /// The context of the round in flight, to send again, if it was sent while raft would have
+    /// dropped it and raft would now handle it.
+    pub fn resend_blocked(&mut self, answerable: bool) -> Option<Vec<u8>> {
+        let round = self.inflight.as_mut().filter(|r| r.blocked && answerable)?;
+        round.blocked = false;
+        Some(round.ctx.to_be_bytes().to_vec())
     }
 
     /// Raft answered a round: its reads may be served once `index` is applied.
@@ -84,24 +108,28 @@ impl ReadBatcher {
         }
     }
 
-    /// One tick passed; fail a round that has waited longer than `limit` ticks.
-    pub fn on_tick(&mut self, limit: usize) {
-        let expired = match &mut self.inflight {
-            Some(round) => {
-                round.ticks += 1;
-                round.ticks > limit
-            }
-            None => false,
-        };
-        if expired {
-            if let Some(round) = self.inflight.take() {
-                for reply in round.replies {
-                    let _ = reply.send(Err(Error::NotReady(
-                        "the read index round got no answer (no leader or leader changed)".into(),
-                    )));
-                }
+    /// One tick passed; fail a round that raft could have answered for longer than `limit`
+    /// ticks. Ticks without a leader (`answerable` false) do not count: a read asked during an
+    /// election waits for it (bounded by the caller's deadline) instead of failing and being
+    /// asked again. Answers the context of a round to send again (every `RESEND_TICKS` while
+    /// unanswered).
+    pub fn on_tick(&mut self, limit: usize, answerable: bool) -> Option<Vec<u8>> {
+        let round = self.inflight.as_mut()?;
+        if !answerable {
+            return None;
+        }
+        round.ticks += 1;
+        if round.ticks <= limit {
+            return (round.ticks % RESEND_TICKS == 0).then(|| round.ctx.to_be_bytes().to_vec());
+        }
+        if let Some(round) = self.inflight.take() {
+            for reply in round.replies {
+                let _ = reply.send(Err(Error::NotReady(
+                    "the read index round got no answer (no leader or leader changed)".into(),
+                )));
             }
         }
+        None
     }
 
     /// Fail everything (shutdown).
@@ -127,12 +155,15 @@ mod tests {
         let mut b = ReadBatcher::default();
         let (tx1, mut rx1) = oneshot::channel();
         b.push(tx1);
-        let ctx = b.start_round().expect("round");
+        let ctx = b.start_round(true).expect("round");
         let (tx2, mut rx2) = oneshot::channel();
         let (tx3, mut rx3) = oneshot::channel();
         b.push(tx2);
         b.push(tx3);
-        assert!(b.start_round().is_none(), "one round in flight at a time");
+        assert!(
+            b.start_round(true).is_none(),
+            "one round in flight at a time"
+        );
         b.on_read_state(&ctx, 10);
         b.on_applied(9);
         assert!(
@@ -141,7 +172,7 @@ mod tests {
         );
         b.on_applied(10);
         assert_eq!(rx1.try_recv().expect("answered").expect("ok"), 10);
-        let ctx2 = b.start_round().expect("second round");
+        let ctx2 = b.start_round(true).expect("second round");
         b.on_read_state(&ctx2, 12);
         b.on_applied(12);
         assert_eq!(rx2.try_recv().expect("answered").expect("ok"), 12);
@@ -154,11 +185,55 @@ mod tests {
         let mut b = ReadBatcher::default();
         let (tx, mut rx) = oneshot::channel();
         b.push(tx);
-        b.start_round().expect("round");
+        b.start_round(true).expect("round");
+        for _ in 0..5 {
+            b.on_tick(2, false);
+        }
+        assert!(
+            rx.try_recv().is_err(),
+            "ticks without a leader do not count"
+        );
         for _ in 0..3 {
-            b.on_tick(2);
+            b.on_tick(2, true);
         }
         let err = rx.try_recv().expect("answered").expect_err("failed");
         assert!(err.is_retryable());
+    }
+
+    #[test]
+    fn a_round_sent_while_raft_would_drop_it_is_sent_again_once_it_would_not() {
+        let mut b = ReadBatcher::default();
+        let (tx, mut rx) = oneshot::channel();
+        b.push(tx);
+        let ctx = b.start_round(false).expect("round");
+        assert!(
+            b.resend_blocked(false).is_none(),
+            "still no leader: nothing to send"
+        );
+        assert_eq!(
+            b.resend_blocked(true),
+            Some(ctx.clone()),
+            "leader known: send again"
+        );
+        assert!(
+            b.resend_blocked(true).is_none(),
+            "sent again once, not every turn"
+        );
+        b.on_read_state(&ctx, 7);
+        b.on_read_state(&ctx, 8); // a second answer to the same round is ignored
+        b.on_applied(7);
+        assert_eq!(rx.try_recv().expect("answered").expect("ok"), 7);
+    }
+
+    #[test]
+    fn an_unanswered_round_is_sent_again_every_few_ticks_until_it_expires() {
+        let mut b = ReadBatcher::default();
+        let (tx, _rx) = oneshot::channel();
+        b.push(tx);
+        let ctx = b.start_round(true).expect("round");
+        let resent: Vec<usize> = (1..=7)
+            .filter(|_| b.on_tick(100, true).is_some_and(|c| c == ctx))
+            .collect();
+        assert_eq!(resent.len(), 7 / RESEND_TICKS);
     }
 }

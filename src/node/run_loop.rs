@@ -99,7 +99,10 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
                 },
                 _ = ticker.tick() => {
                     self.raw.tick();
-                    self.reads.on_tick(2 * self.config.raft.election_tick);
+                    let answerable = self.reads_answerable();
+                    if let Some(ctx) = self.reads.on_tick(2 * self.config.raft.election_tick, answerable) {
+                        self.raw.read_index(ctx);
+                    }
                 }
                 cmd = self.mailbox.recv() => match cmd {
                     Some(cmd) => quit |= self.handle(cmd).await,
@@ -117,8 +120,11 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
                 break Err(e);
             }
             self.propose_batch();
-            if let Some(ctx) = self.reads.start_round() {
+            let answerable = self.reads_answerable();
+            if let Some(ctx) = self.reads.start_round(answerable) {
                 self.metrics.read_index_rounds.inc();
+                self.raw.read_index(ctx);
+            } else if let Some(ctx) = self.reads.resend_blocked(answerable) {
                 self.raw.read_index(ctx);
             }
             // 2-9. Handle the Ready this produced.
@@ -229,6 +235,14 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
                 "candidate" => msg.from, "candidate_last_index" => msg.index, "term" => msg.term);
         }
         true
+    }
+
+    /// Whether raft would handle a ReadIndex now instead of dropping it: a leader is known and,
+    /// on the leader itself, it has committed an entry of its term.
+    fn reads_answerable(&self) -> bool {
+        let raft = &self.raw.raft;
+        raft.leader_id != raft::INVALID_ID
+            && (raft.state != StateRole::Leader || raft.commit_to_current_term())
     }
 
     /// A heartbeat of the current leader names a commit index beyond the end of our log. The
