@@ -83,7 +83,7 @@ enum Debug {
     /// book and log entries. Opens LMDB read-only, so it works while the node runs.
     Persisted {
         /// The node's data dir.
-        dir: String,
+        dir: std::path::PathBuf,
         /// First entry index to show (default: the first in the log).
         #[arg(long)]
         from: Option<u64>,
@@ -231,12 +231,21 @@ async fn run(cli: Cli) -> Result<String, String> {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli).await {
-        Ok(out) => {
-            print!("{out}");
+        Ok(mut out) => {
             if !out.ends_with('\n') {
-                println!();
+                out.push('\n');
             }
-            ExitCode::SUCCESS
+            // A reader that stops early (`| head`) is not an error: stop writing quietly.
+            use std::io::Write;
+            let mut stdout = std::io::stdout().lock();
+            match stdout.write_all(out.as_bytes()).and_then(|()| stdout.flush()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("pontoon-cli: cannot write the output: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Err(e) => {
             eprintln!("pontoon-cli: {}", e.lines().next().unwrap_or("failed"));

@@ -281,8 +281,13 @@ async fn real_main(
             })
         };
         let state = pontoon::debug::read_persisted(dir, None, None, Some(&formatter))?;
-        print!("{}", pontoon::debug::render_persisted(&state));
-        return Ok(());
+        let text = pontoon::debug::render_persisted(&state);
+        // A reader that stops early (`| head`) is not an error.
+        use std::io::Write;
+        return match std::io::stdout().lock().write_all(text.as_bytes()) {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+            _ => Ok(()),
+        };
     }
     let security = Security::from_args(&args)?;
     let logger = pontoon::default_logger();
