@@ -100,6 +100,10 @@ pub enum Error {
     /// The node is shutting down or has stopped; the call was not carried out.
     #[error("node is shutting down")]
     ShuttingDown,
+    /// The node's run loop was never started: nothing reads its mailbox, so the call cannot be
+    /// carried out (and nothing was proposed).
+    #[error("the node is not running: spawn `raft.clone().run()` after `Raft::bootstrap`")]
+    NotRunning,
     /// `Raft::run` was called a second time on the same instance.
     #[error("this Raft instance is already running or has run")]
     AlreadyRunning,

@@ -512,3 +512,33 @@ async fn a_voter_restarted_empty_withholds_its_vote_so_an_acknowledged_write_sur
     assert_eq!(log, ["before", "acknowledged", "after"]);
     cluster.shutdown().await;
 }
+
+/// A call on a node whose `run()` was never spawned says so (`NotRunning`: nothing was
+/// proposed) instead of waiting out the propose timeout and answering "outcome unknown".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proposal_to_a_node_that_is_not_running_fails_with_not_running() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let addr = free_addrs(1).remove(0);
+    let peers = pontoon::Peers::from([(1, addr.clone())]);
+    let raft = Raft::bootstrap(
+        1,
+        addr,
+        AppliedLog::default(),
+        test_config(dir.path(), 1, &peers, "not-running"),
+        test_logger(),
+    )
+    .await
+    .expect("bootstrap");
+    match raft.propose(b"early".to_vec()).await {
+        Err(Error::NotRunning) => {}
+        other => panic!("expected NotRunning, got {other:?}"),
+    }
+    let task = tokio::spawn(raft.clone().run());
+    raft.wait_for_leader(Duration::from_secs(10))
+        .await
+        .expect("leader");
+    let answer = raft.propose(b"later".to_vec()).await.expect("propose");
+    assert_eq!(answer, b"1:later", "the refused proposal was never applied");
+    raft.quit().await.expect("quit");
+    task.await.expect("join").expect("run");
+}

@@ -42,6 +42,7 @@ struct Parts<F: AbstractStateMachine> {
     server: tonic::transport::Server,
     service: RaftGrpcService,
     stopped_tx: watch::Sender<bool>,
+    started_tx: watch::Sender<bool>,
 }
 
 /// A pontoon node: bootstrap it, spawn `run()`, use it through its `RaftNode` (`Deref`).
@@ -193,6 +194,7 @@ impl<F: AbstractStateMachine> Raft<F> {
         };
         let (status_tx, status_rx) = watch::channel(initial);
         let (stopped_tx, stopped_rx) = watch::channel(false);
+        let (started_tx, started_rx) = watch::channel(false);
         let book = AddressBook::new(peers.clone());
         let metrics = Metrics::new(node_id);
         let faults = Arc::new(FaultInjector::default());
@@ -214,6 +216,7 @@ impl<F: AbstractStateMachine> Raft<F> {
                 mailbox: mailbox_tx,
                 status: status_rx,
                 stopped: stopped_rx,
+                started: started_rx,
                 peers: book.clone(),
                 clients: ClientPool::default(),
                 query_handler: std::sync::RwLock::new(None),
@@ -259,6 +262,7 @@ impl<F: AbstractStateMachine> Raft<F> {
                 server,
                 service,
                 stopped_tx,
+                started_tx,
             }))),
             local_addr,
         })
@@ -321,7 +325,9 @@ impl<F: AbstractStateMachine> Raft<F> {
             mut server,
             service,
             stopped_tx,
+            started_tx,
         } = parts;
+        let _ = started_tx.send(true);
         let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         let mut server = tokio::spawn(

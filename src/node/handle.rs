@@ -22,6 +22,9 @@ use crate::config::{Config, Peers};
 use crate::error::{Error, Result};
 
 /// How long to wait for a leader to appear before asking again, at most.
+/// How long a call waits for a just-spawned `run()` to take over before failing `NotRunning`.
+const START_GRACE: Duration = Duration::from_secs(1);
+
 pub(super) const LEADER_POLL_CAP: Duration = Duration::from_millis(200);
 
 pub(crate) struct Shared {
@@ -32,6 +35,8 @@ pub(crate) struct Shared {
     pub(crate) status: watch::Receiver<SoftStatus>,
     /// True once the node has fully stopped (loop ended, storage closed, server down).
     pub(crate) stopped: watch::Receiver<bool>,
+    /// True once `Raft::run` took over the node (its run loop reads the mailbox).
+    pub(crate) started: watch::Receiver<bool>,
     pub(crate) peers: AddressBook,
     pub(crate) clients: ClientPool,
     pub(crate) query_handler: std::sync::RwLock<Option<QueryHandler>>,
@@ -361,6 +366,16 @@ impl RaftNode {
     }
 
     pub(super) async fn send_until(&self, cmd: Command, deadline: Instant) -> Result<()> {
+        if !*self.shared.started.borrow() {
+            // `run()` may have just been spawned; it takes over within moments. A node whose
+            // `run()` was never spawned would leave the caller waiting out its whole timeout
+            // for an answer nobody will give.
+            let mut started = self.shared.started.clone();
+            let wait = tokio::time::timeout(START_GRACE, started.wait_for(|s| *s)).await;
+            if !matches!(wait, Ok(Ok(_))) {
+                return Err(Error::NotRunning);
+            }
+        }
         match tokio::time::timeout_at(deadline, self.shared.mailbox.send(cmd)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(Error::ShuttingDown),
