@@ -107,6 +107,11 @@ pub struct Config {
     /// the same token or are refused with `Error::Unauthorized`. This node also sends it on its
     /// own such calls (forwarding, joining). Without TLS it travels in clear.
     pub join_token: Option<String>,
+    /// The lowest level of raft-rs' own log lines that reach the logger. Default `Warning`:
+    /// raft-rs reports every vote, election step and configuration switch at `Info`, and
+    /// pontoon already logs what matters of those once (`role changed`, membership changes).
+    /// `Info` or `Debug` show raft-rs' reasoning when debugging an election.
+    pub raft_log_level: slog::Level,
 }
 
 impl Default for Config {
@@ -146,6 +151,7 @@ impl Default for Config {
             max_proposal_bytes: 8 * 1024 * 1024,
             max_commands_per_entry: 1024,
             append_window: 0,
+            raft_log_level: slog::Level::Warning,
             max_pending_proposals: 64 * 1024,
             initial_map_size: 1 << 30,
             join_timeout: Duration::from_secs(60),

@@ -182,7 +182,12 @@ impl<F: AbstractStateMachine> Raft<F> {
         let mut raft_config = config.raft.clone();
         raft_config.id = node_id;
         raft_config.applied = applied;
-        let raw = RawNode::new(&raft_config, StagedLog::new(store.clone()), &logger)?;
+        let raft_logger = {
+            use slog::Drain;
+            let filtered = slog::LevelFilter::new(logger.clone(), config.raft_log_level);
+            Logger::root(filtered.fuse(), slog::o!())
+        };
+        let raw = RawNode::new(&raft_config, StagedLog::new(store.clone()), &raft_logger)?;
 
         let (mailbox_tx, mailbox_rx) = mpsc::channel(config.mailbox_capacity);
         let initial = SoftStatus {
