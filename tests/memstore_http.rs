@@ -53,6 +53,14 @@ struct HttpNode {
 }
 
 /// An HTTP client whose every request gives up after `timeout`, so no test hangs on a node.
+/// The `pontoon-outcome` header of an answer.
+fn outcome(response: &reqwest::Response) -> Option<&str> {
+    response
+        .headers()
+        .get(web::OUTCOME_HEADER)
+        .and_then(|v| v.to_str().ok())
+}
+
 fn http_client(timeout: Duration) -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(timeout)
@@ -345,6 +353,23 @@ async fn memstore_routes_answer_with_values_and_clear_status_codes() {
         404,
         "removing a node that is not a member"
     );
+    for refused in [&unknown_id, &remove_unknown] {
+        assert_eq!(
+            outcome(refused),
+            Some("not-applied"),
+            "nothing was proposed"
+        );
+    }
+    let campaign_on_leader = http
+        .post(format!("{}/campaign", nodes[(leader - 1) as usize].url))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(
+        campaign_on_leader.status(),
+        409,
+        "the leader cannot campaign"
+    );
 
     let snap = http
         .post(format!("{}/snapshot", nodes[1].url))
@@ -459,6 +484,25 @@ async fn memstore_body_put_enforces_the_value_limit_with_413_and_keeps_serving()
         .await
         .expect("put");
     assert_eq!(too_big.status(), 413);
+    assert_eq!(
+        outcome(&too_big),
+        Some("not-applied"),
+        "the router's own refusal"
+    );
+    // No key: no such route (not the "missing key" 404), marked as not applied.
+    let no_key = http
+        .put(format!("{url}/store/"))
+        .body("x")
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(no_key.status(), 404);
+    assert_eq!(outcome(&no_key), Some("not-applied"));
+    assert!(no_key
+        .text()
+        .await
+        .expect("body")
+        .starts_with("no route PUT /store/"));
     // Not UTF-8: 400, marked as not applied.
     let binary = http
         .put(format!("{url}/store/bin"))

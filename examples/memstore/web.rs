@@ -92,14 +92,40 @@ pub fn router(state: AppState) -> Router {
         .route("/members/{id}/remove", post(remove_member))
         .route("/transfer_leader/{id}", post(transfer_leader))
         .route("/campaign", post(campaign))
-        .route("/metrics", get(metrics));
+        .route("/metrics", get(metrics))
+        .fallback(no_such_route);
     #[cfg(feature = "fault-injection")]
     let router = router
         .route("/fault/partition/{peers}", post(fault_partition))
         .route("/fault/drop/{fraction}", post(fault_drop))
         .route("/fault/delay/{min_ms}/{max_ms}", post(fault_delay))
         .route("/fault/heal", post(fault_heal));
-    router.with_state(state)
+    router
+        .layer(axum::middleware::map_response(mark_refusal))
+        .with_state(state)
+}
+
+/// Every refusal the router itself answers (a body over the limit, a path that is not UTF-8, an
+/// unknown route) carries the outcome header too: nothing was proposed.
+async fn mark_refusal(mut response: Response) -> Response {
+    if response.status().is_client_error() && !response.headers().contains_key(OUTCOME_HEADER) {
+        response.headers_mut().insert(
+            OUTCOME_HEADER,
+            axum::http::HeaderValue::from_static("not-applied"),
+        );
+    }
+    response
+}
+
+async fn no_such_route(method: Method, uri: axum::http::Uri) -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        format!(
+            "no route {method} {}; see the README's \"Trying the cluster\"\n",
+            uri.path()
+        ),
+    )
+        .into_response()
 }
 
 /// `POST /fault/partition/2,3`: lose all raft traffic between this node and nodes 2 and 3.
@@ -164,7 +190,12 @@ fn error_response(e: Error) -> Response {
         Error::StateMachine(_) => StatusCode::UNPROCESSABLE_ENTITY,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
-    let outcome = if e.is_retryable() || status == StatusCode::BAD_REQUEST {
+    // Refused before anything was proposed: safe to retry once the cause is fixed.
+    let refused = matches!(
+        e,
+        Error::UnknownNode(_) | Error::InvalidRequest(_) | Error::Encoding(_) | Error::NotRunning
+    );
+    let outcome = if e.is_retryable() || refused || status == StatusCode::BAD_REQUEST {
         "not-applied"
     } else {
         "unknown"
@@ -348,8 +379,17 @@ async fn metrics(State(s): State<AppState>) -> Response {
 }
 
 async fn campaign(State(s): State<AppState>) -> Response {
+    if s.raft.is_leader() {
+        return (StatusCode::CONFLICT, "this node is already the leader\n").into_response();
+    }
     match s.raft.campaign().await {
-        Ok(()) => (StatusCode::OK, "campaign started\n").into_response(),
+        // A hint, not a guarantee: with pre-vote and check-quorum, followers that still hear a
+        // leader ignore it.
+        Ok(()) => (
+            StatusCode::OK,
+            "campaign started (followers that still hear a leader ignore it)\n",
+        )
+            .into_response(),
         Err(e) => error_response(e),
     }
 }
