@@ -300,7 +300,12 @@ impl RaftServiceClient {
                 }
             };
             let reply = match reply {
-                Err(_) => return Err(Error::Timeout("call to the cluster".into())),
+                Err(_) => {
+                    return Err(Error::Timeout(match call {
+                        Call::Propose(_) => "proposal through the client".into(),
+                        Call::Read(_) => "read through the client".into(),
+                    }))
+                }
                 Ok(Err(status)) if status.code() == tonic::Code::PermissionDenied => {
                     return Err(Error::ClusterMismatch {
                         local: self.cluster_id.clone(),

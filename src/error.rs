@@ -29,7 +29,7 @@ pub enum Error {
     ProposalDropped(String),
     /// The call did not finish in time. For a proposal this means the outcome is UNKNOWN: the
     /// entry may still be committed and applied later. Do not assume it failed.
-    #[error("{0} timed out; for a proposal the outcome is unknown (it may still be applied)")]
+    #[error("{0} timed out{note}", note = timeout_note(.0))]
     Timeout(String),
     /// The node stopped or the connection broke after the proposal was handed over: the entry may
     /// or may not be committed. Check before retrying a non-idempotent command.
@@ -123,6 +123,17 @@ fn leader_hint(id: Option<u64>, addr: &Option<String>) -> String {
     }
 }
 
+/// What a timeout of `what` leaves behind: only calls that may have appended something to the
+/// log (proposals, local, forwarded or through the client, and membership changes) leave an unknown outcome.
+fn timeout_note(what: &str) -> &'static str {
+    let wrote = ["proposal", "membership change"];
+    if wrote.iter().any(|w| what.contains(w)) {
+        "; the outcome is unknown (it may still be applied)"
+    } else {
+        ""
+    }
+}
+
 impl Error {
     /// True when retrying the same call later can succeed without risking a duplicate apply.
     pub fn is_retryable(&self) -> bool {
@@ -147,5 +158,18 @@ impl From<Box<bincode::ErrorKind>> for Error {
 impl From<serde_json::Error> for Error {
     fn from(e: serde_json::Error) -> Self {
         Error::Encoding(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_timeout_of_a_write_says_its_outcome_is_unknown() {
+        let read = Error::Timeout("linearizable read".into()).to_string();
+        assert_eq!(read, "linearizable read timed out");
+        let write = Error::Timeout("forwarded proposal".into()).to_string();
+        assert!(write.contains("outcome is unknown"), "{write}");
     }
 }
