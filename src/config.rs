@@ -28,7 +28,8 @@ pub struct Config {
     /// Name of the cluster. Every RPC carries it and the data dir records it: a node of another
     /// cluster, or a data dir written by one, is refused.
     pub cluster_id: String,
-    /// Directory of this node's LMDB environment. Created when missing.
+    /// This node's data dir: the log (`wal/`), LMDB (identity, membership, snapshot metadata)
+    /// and snapshot files. Created when missing; one node at a time (it is locked while open).
     pub data_dir: PathBuf,
     /// Members of a static cluster (including this node). Used only when the data dir is new.
     pub initial_peers: Option<Peers>,

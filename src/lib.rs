@@ -2,7 +2,8 @@
 //!
 //! Turn a state machine into a replicated, fault-tolerant service. You write an
 //! `AbstractStateMachine` (`apply` / `snapshot` / `restore`) and an `AbstractLogEntry`
-//! (`encode` / `decode`); pontoon drives raft-rs, persists to LMDB, and talks to peers over gRPC.
+//! (`encode` / `decode`); pontoon drives raft-rs, persists the log to its own append-only WAL and
+//! everything else to LMDB, and talks to peers over gRPC.
 //!
 //! ```no_run
 //! # use pontoon::{Raft, Config, AbstractStateMachine};
@@ -33,7 +34,7 @@ pub mod transport;
 pub use cluster::{default_logger, JoinTicket, Raft};
 pub use config::{parse_peers, Config, Peers};
 pub use error::{Error, Result};
-pub use node::{NodeStatus, RaftNode, Role};
+pub use node::{NodeStatus, RaftNode, Role, SoftStatus};
 pub use state_machine::{
     AbstractLogEntry, AbstractStateMachine, FrozenState, SnapshotSink, SnapshotSource,
 };

@@ -121,6 +121,12 @@ impl RaftNode {
         self.submit(Submission::Entry(data)).await
     }
 
+    /// `propose(entry.encode()?)`: the typed form, for entries that implement
+    /// `AbstractLogEntry`. Answers what `apply` returned for it.
+    pub async fn propose_entry<E: crate::AbstractLogEntry>(&self, entry: &E) -> Result<Vec<u8>> {
+        self.propose(entry.encode()?).await
+    }
+
     /// Propose on this node only; `NotLeader` when it is not the leader.
     pub async fn propose_local(&self, data: Vec<u8>) -> Result<Vec<u8>> {
         let deadline = Instant::now() + self.shared.config.propose_timeout;
@@ -289,7 +295,8 @@ impl RaftNode {
         self.request(Command::Inspect { reply }, rx).await
     }
 
-    /// Take a snapshot now and compact the log below it; returns the snapshot's index.
+    /// Take a snapshot now and compact the log below it, keeping `Config::compaction_margin`
+    /// entries for followers slightly behind; returns the snapshot's index.
     pub async fn make_snapshot(&self) -> Result<u64> {
         let deadline = Instant::now() + self.shared.config.snapshot_timeout;
         let mut backoff = Duration::from_millis(10);

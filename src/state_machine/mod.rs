@@ -22,6 +22,9 @@ pub use snapshot_sink::SnapshotSink;
 pub use snapshot_source::SnapshotSource;
 
 /// A command in the replicated log. pontoon never looks inside: it stores and replicates the bytes.
+///
+/// The convention: propose `entry.encode()?` (or `RaftNode::propose_entry(&entry)`), and decode
+/// the bytes `apply` receives with `decode`. pontoon itself only moves bytes, so any encoding works.
 pub trait AbstractLogEntry: Clone + Send + Sync + 'static {
     /// Serialise the entry for proposal.
     fn encode(&self) -> Result<Vec<u8>>;
@@ -92,10 +95,21 @@ pub trait AbstractStateMachine: Clone + Send + Sync + 'static {
             .map_err(|e| Error::StateMachine(format!("reading the snapshot: {e}")))?;
         self.restore(bytes).await
     }
-    /// Serialise the state machine value itself (raftify compatibility).
-    fn encode(&self) -> Result<Vec<u8>>;
-    /// Inverse of `encode` (raftify compatibility).
-    fn decode(bytes: &[u8]) -> Result<Self>
+    /// Serialise the state machine value itself. pontoon never calls it (snapshots go through
+    /// `snapshot` / `snapshot_to`); it exists so a raftify state machine ports unchanged. The
+    /// default refuses.
+    fn encode(&self) -> Result<Vec<u8>> {
+        Err(Error::StateMachine(
+            "encode is not implemented (pontoon does not need it)".into(),
+        ))
+    }
+    /// Inverse of `encode`; never called by pontoon either. The default refuses.
+    fn decode(_bytes: &[u8]) -> Result<Self>
     where
-        Self: Sized;
+        Self: Sized,
+    {
+        Err(Error::StateMachine(
+            "decode is not implemented (pontoon does not need it)".into(),
+        ))
+    }
 }
