@@ -431,9 +431,16 @@ async fn real_main(
     }
     tokio::select! {
         elected = nodes[0].wait_for_leader(Duration::from_secs(15)) => {
-            if let Ok(leader) = elected {
-                println!("leader elected: node {leader}");
-                println!("try: curl -XPUT http://{first_web}/store/hello/world && curl http://{first_web}/store/hello");
+            match elected {
+                Ok(leader) => {
+                    println!("leader elected: node {leader}");
+                    println!("try: curl -XPUT http://{first_web}/store/hello/world && curl http://{first_web}/store/hello");
+                }
+                Err(_) => println!(
+                    "no leader after 15 s: a quorum of the members may be down, or this node is not \
+                     a member (removed, or another cluster's peers); GET http://{first_web}/debug shows \
+                     what it knows"
+                ),
             }
             println!("Ctrl-C to stop");
         }
