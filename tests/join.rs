@@ -242,3 +242,42 @@ async fn a_node_of_another_cluster_cannot_get_an_id_or_change_membership() {
     assert_eq!(ids, vec![1, 2, 3]);
     cluster.shutdown().await;
 }
+
+/// A node stopped after it was added as a learner and before its promotion comes back as a
+/// learner. `finish_join` catches it up and makes it a voter, through the members it knows (no
+/// ticket needed); on a voter it does nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_learner_restarted_before_its_promotion_finishes_joining_as_a_voter() {
+    let mut cluster = TestCluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    cluster.propose(leader, "before").await;
+    let id = cluster.join_new_node(leader, true).await;
+    cluster.stop_node(id).await;
+    cluster.propose(leader, "while-down").await;
+    cluster.start_node(id).await;
+    let role_of = |status: pontoon::NodeStatus| {
+        status
+            .peers
+            .into_iter()
+            .find(|p| p.id == id)
+            .map(|p| p.role)
+    };
+    let before = role_of(cluster.node(id).inspect().await.expect("inspect"));
+    assert_eq!(before.as_deref(), Some("learner"));
+    cluster
+        .node(id)
+        .finish_join()
+        .await
+        .expect("finish the join");
+    let leader = cluster.wait_for_leader().await;
+    let seen_by_leader = role_of(cluster.node(leader).inspect().await.expect("inspect"));
+    assert_eq!(seen_by_leader.as_deref(), Some("voter"));
+    cluster
+        .node(id)
+        .finish_join()
+        .await
+        .expect("a voter has nothing to finish");
+    let log = cluster.wait_all_applied(2).await;
+    assert_eq!(log, ["before", "while-down"]);
+    cluster.shutdown().await;
+}

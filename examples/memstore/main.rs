@@ -248,6 +248,46 @@ fn main() {
     }
 }
 
+/// A node resumed on its data dir that stopped half-way through a join: once the leader's
+/// snapshot made it a member (a learner), promote it; if no leader adds it within 15 s, say what
+/// to do. A voter has nothing to finish.
+async fn finish_interrupted_join(node: &Raft<HashStore>) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let role = node.inspect().await.ok().and_then(|s| {
+            s.peers
+                .into_iter()
+                .find(|p| p.id == node.id())
+                .map(|p| p.role)
+        });
+        match role.as_deref() {
+            Some("voter") => return,
+            Some(_) => {
+                println!("node {} is still a learner: finishing its join", node.id());
+                match node.finish_join().await {
+                    Ok(()) => println!("node {} joined and is a voter", node.id()),
+                    Err(e) => eprintln!(
+                        "node {} could not finish its join (it stays a learner): {e}",
+                        node.id()
+                    ),
+                }
+                return;
+            }
+            None if tokio::time::Instant::now() >= deadline => {
+                eprintln!(
+                    "node {} is not a member of any cluster (its join did not finish, or it was removed). \
+                     Stop it, remove its data dir and join again with --peer-addr; if a member \
+                     still lists it (GET /peers), remove it there first (POST /members/{}/remove)",
+                    node.id(),
+                    node.id()
+                );
+                return;
+            }
+            None => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
 /// The runtime of the raft nodes and, with `http_threads` above 0, a separate one for HTTP.
 fn build_runtimes(
     http_threads: usize,
@@ -292,6 +332,9 @@ async fn real_main(
     let security = Security::from_args(&args)?;
     let logger = pontoon::default_logger();
     let mut join_ticket = None;
+    // A member's data dir resumed: if the node stopped half-way through its join (a learner
+    // not yet promoted), it finishes the join once it is up.
+    let mut resumed_member = false;
     let specs = match args.local_cluster {
         Some(n) => {
             if n == 0 || n > 9 {
@@ -326,20 +369,12 @@ async fn real_main(
                 }
                 None => false,
             };
+            // A data dir with an identity but no membership was left by a join that stopped
+            // before the leader's snapshot arrived. It starts as a node waiting to be added
+            // (never as a one-node cluster of its own, which would split the cluster it meant to
+            // join), and finishes the join if the leader had added it.
+            resumed_member = stored.is_some();
             if let Some(identity) = &stored {
-                if !member && args.initial_peers.is_none() {
-                    // Made by a join (or a start) that did not finish: turning it into a
-                    // one-node cluster now would split the cluster it meant to join.
-                    return Err(format!(
-                        "data dir {} holds node {} of cluster {:?}, which never became a member \
-                         (an earlier join or first start did not finish); remove the data dir and \
-                         start again (with --peer-addr to join)",
-                        args.data_dir.display(),
-                        identity.node_id,
-                        identity.cluster_id
-                    )
-                    .into());
-                }
                 if member && (args.peer_addr.is_some() || args.initial_peers.is_some()) {
                     println!(
                         "data dir {} resumes node {}: --peer-addr / --initial-peers are ignored",
@@ -391,8 +426,9 @@ async fn real_main(
             };
             let initial_peers = match args.initial_peers.as_deref() {
                 Some(spec) => Some(pontoon::parse_peers(spec)?),
-                // Neither a peer list nor a cluster to join: a single-node cluster of this node.
-                None if ticket.is_none() => {
+                // Neither a peer list nor a cluster to join, on a new data dir: a single-node
+                // cluster of this node.
+                None if ticket.is_none() && stored.is_none() => {
                     Some(pontoon::Peers::from([(id, args.raft_addr.clone())]))
                 }
                 None => None,
@@ -428,6 +464,8 @@ async fn real_main(
     if let Some(ticket) = join_ticket {
         nodes[0].join_cluster(vec![ticket]).await?;
         println!("node {} joined and is a voter", nodes[0].id());
+    } else if resumed_member {
+        finish_interrupted_join(&nodes[0]).await;
     }
     tokio::select! {
         elected = nodes[0].wait_for_leader(Duration::from_secs(15)) => {

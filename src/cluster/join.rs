@@ -145,9 +145,38 @@ impl RaftNode {
             return Ok(());
         }
         self.become_learner(&candidates, deadline).await?;
-        // Catch up, then ask for promotion.
+        self.promote_when_caught_up(&candidates, deadline).await
+    }
+
+    /// Finish a join that stopped half-way: a node restarted as a learner (it was added, then
+    /// stopped before its promotion) catches up and becomes a voter, asking the members it knows.
+    /// A voter returns at once; a node that is not a member is `InvalidRequest` (it needs a
+    /// ticket: `join_cluster`). Bounded by `Config::join_timeout`.
+    pub async fn finish_join(&self) -> Result<()> {
+        let deadline = Instant::now() + self.shared.config.join_timeout;
+        match self.own_role().await?.as_deref() {
+            Some("voter") => Ok(()),
+            Some("learner") => {
+                let me = self.id();
+                let candidates: Vec<String> = self
+                    .get_peers()
+                    .into_iter()
+                    .filter(|(id, _)| *id != me)
+                    .map(|(_, addr)| addr)
+                    .collect();
+                self.promote_when_caught_up(&candidates, deadline).await
+            }
+            _ => Err(Error::InvalidRequest(
+                "this node is not a member: join with a ticket (join_cluster)".into(),
+            )),
+        }
+    }
+
+    /// Wait until this learner is within `promotion_lag` entries of the leader, then ask to be
+    /// made a voter and wait until that is applied here.
+    async fn promote_when_caught_up(&self, candidates: &[String], deadline: Instant) -> Result<()> {
         loop {
-            let leader = self.leader_status(&candidates, deadline).await?;
+            let leader = self.leader_status(candidates, deadline).await?;
             let me = leader.peers.iter().find(|p| p.id == self.id());
             let matched = me.and_then(|p| p.matched).unwrap_or(0);
             if leader.last_index.saturating_sub(matched) <= self.shared.config.promotion_lag {
@@ -156,7 +185,7 @@ impl RaftNode {
             wait_or_timeout(deadline, "catching up before promotion").await?;
         }
         let cc = single_change(ConfChangeType::AddNode, self.id());
-        remote_change(self, &candidates, cc, Peers::new(), deadline).await?;
+        remote_change(self, candidates, cc, Peers::new(), deadline).await?;
         self.wait_for_own_role("voter", deadline).await
     }
 
