@@ -188,12 +188,16 @@ impl RaftService for RaftGrpcService {
         let (refusal, response) = tokio::sync::mpsc::channel(1);
         let node = self.node.clone();
         tokio::spawn(async move {
+            // The run loop ended (its mailbox is gone): end the stream, so the server's graceful
+            // shutdown is not held up by a peer's stream that never ends.
+            let mailbox = node.shared.mailbox.clone();
+            let stopped = mailbox.closed();
+            tokio::pin!(stopped);
             loop {
                 let next = tokio::select! {
+                    biased;
                     next = inbound.message() => next,
-                    // The run loop ended (its mailbox is gone): end the stream, so the server's
-                    // graceful shutdown is not held up by a peer's stream that never ends.
-                    () = node.shared.mailbox.closed() => return,
+                    () = &mut stopped => return,
                 };
                 let batch = match next {
                     Ok(Some(batch)) => batch,
