@@ -134,6 +134,34 @@ pub(crate) fn ticket_from(
     })
 }
 
+impl<F: crate::AbstractStateMachine> crate::Raft<F> {
+    /// `bootstrap` for a node joining with `ticket`: its id, raft address and cluster id come
+    /// from the ticket, so they cannot disagree with what the cluster reserved. Then spawn
+    /// `run()` and call `join_cluster(vec![ticket])`. `config.initial_peers` must be `None` (a
+    /// joining node is not a member until the leader adds it).
+    pub async fn bootstrap_to_join(
+        ticket: &JoinTicket,
+        fsm: F,
+        mut config: crate::Config,
+        logger: slog::Logger,
+    ) -> Result<Self> {
+        if config.initial_peers.is_some() {
+            return Err(Error::Config(
+                "a node that joins with a ticket has no initial_peers: the leader adds it".into(),
+            ));
+        }
+        config.cluster_id = ticket.cluster_id.clone();
+        Self::bootstrap(
+            ticket.reserved_id,
+            ticket.raft_addr.clone(),
+            fsm,
+            config,
+            logger,
+        )
+        .await
+    }
+}
+
 impl RaftNode {
     /// Join the cluster a ticket came from: become a learner, catch up, become a voter. Returns
     /// once this node is a voter, or with a typed error / `Timeout` after `Config::join_timeout`.

@@ -234,7 +234,7 @@ impl TestCluster {
         let mut config = self.config(id);
         config.initial_peers = None;
         let fsm = AppliedLog::default();
-        let raft = Raft::bootstrap(id, addr, fsm.clone(), config, test_logger())
+        let raft = Raft::bootstrap_to_join(&ticket, fsm.clone(), config, test_logger())
             .await
             .expect("bootstrap joiner");
         let task = tokio::spawn(raft.clone().run());
