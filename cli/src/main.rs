@@ -72,7 +72,7 @@ enum Command {
     /// Take a snapshot on one node now (and compact its log).
     Snapshot {
         /// The node's raft address (host:port).
-        #[arg(long)]
+        #[arg(long, value_parser = raft_addr)]
         addr: String,
     },
 }
@@ -97,6 +97,7 @@ enum Debug {
     /// The live status of the node at ADDR: role, term, indexes, peers' progress.
     Node {
         /// The node's raft address (host:port).
+        #[arg(value_parser = raft_addr)]
         addr: String,
         #[arg(long)]
         json: bool,
@@ -107,6 +108,7 @@ enum Debug {
     /// The status of every member found through the node at ADDR, unreachable ones marked.
     Cluster {
         /// Any member's raft address (host:port).
+        #[arg(value_parser = raft_addr)]
         addr: String,
         #[arg(long)]
         json: bool,
@@ -120,7 +122,7 @@ enum Member {
     /// Members with address, role and progress.
     List {
         /// Any member's raft address.
-        #[arg(long)]
+        #[arg(long, value_parser = raft_addr)]
         addr: String,
         #[arg(long)]
         json: bool,
@@ -128,13 +130,13 @@ enum Member {
     /// Remove a member (sent to the leader).
     Remove {
         id: u64,
-        #[arg(long)]
+        #[arg(long, value_parser = raft_addr)]
         addr: String,
     },
     /// Move leadership to a member (sent to the leader).
     TransferLeader {
         id: u64,
-        #[arg(long)]
+        #[arg(long, value_parser = raft_addr)]
         addr: String,
     },
 }
@@ -254,5 +256,18 @@ async fn main() -> ExitCode {
             eprintln!("pontoon-cli: {}", e.lines().next().unwrap_or("failed"));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// A node's raft (gRPC) address as `HOST:PORT`, checked before anything is dialled: a missing
+/// port or a bare port would otherwise surface as a confusing transport error.
+fn raft_addr(value: &str) -> Result<String, String> {
+    let hint = "expected HOST:PORT of a node's raft (gRPC) address, e.g. 127.0.0.1:60061 \
+                (not its HTTP port)";
+    match value.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {
+            Ok(value.to_string())
+        }
+        _ => Err(hint.to_string()),
     }
 }
