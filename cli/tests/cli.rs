@@ -191,3 +191,13 @@ async fn debug_persisted_refuses_what_is_not_a_data_dir_with_one_line() {
         "nothing was written"
     );
 }
+
+#[tokio::test]
+async fn an_address_without_a_port_is_refused_before_dialling_with_a_hint() {
+    for bad in ["127.0.0.1", "60091", "nonsense", ":60061"] {
+        let out = cli(&["debug", "node", bad]).await;
+        assert!(!out.status.success(), "{bad}: accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("HOST:PORT"), "{bad}: {err}");
+    }
+}
