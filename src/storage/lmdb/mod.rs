@@ -327,6 +327,10 @@ impl LmdbStorage {
         if !path.join("data.mdb").exists() {
             return Err(not_a_dir("it holds no data.mdb"));
         }
+        if std::fs::metadata(path.join("data.mdb"))?.len() == 0 {
+            // LMDB would answer "Bad file descriptor" for an empty file opened read-only.
+            return Err(not_a_dir("its data.mdb is empty"));
+        }
         let env = open_env(&path, 1 << 20, true)?;
         let rtxn = env.read_txn()?;
         let meta: MetaDb = env

@@ -507,3 +507,15 @@ fn a_refused_foreign_dir_is_left_without_a_lock_file() {
     assert!(matches!(foreign, Err(StorageError::ForeignCluster { .. })));
     assert!(!dir.path().join("LOCK").exists());
 }
+
+#[test]
+fn an_empty_data_mdb_is_not_a_data_dir_for_a_reader() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("data.mdb"), b"").expect("write");
+    match LmdbStorage::open_read_only(dir.path()) {
+        Err(StorageError::NotADataDir { reason, .. }) => {
+            assert!(reason.contains("empty"), "{reason}")
+        }
+        other => panic!("expected NotADataDir, got {:?}", other.err()),
+    }
+}
