@@ -205,6 +205,7 @@ impl<F: AbstractStateMachine> Raft<F> {
         let faults = Arc::new(FaultInjector::default());
         let transport = GrpcTransport::new(
             node_id,
+            &raft_addr,
             &config,
             mailbox_tx.clone(),
             metrics.clone(),

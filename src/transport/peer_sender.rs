@@ -33,7 +33,9 @@ use crate::config::{Config, Peers};
 use crate::metrics::Metrics;
 use crate::node::Command;
 use crate::transport::pb::raft_service_client::RaftServiceClient as GrpcClient;
-use crate::transport::server::{STREAM_CLUSTER_HEADER, STREAM_FROM_HEADER};
+use crate::transport::server::{
+    STREAM_CLUSTER_HEADER, STREAM_FROM_ADDR_HEADER, STREAM_FROM_HEADER,
+};
 
 const BACKOFF_START: Duration = Duration::from_millis(20);
 const BACKOFF_CAP: Duration = Duration::from_secs(1);
@@ -75,12 +77,16 @@ pub struct GrpcTransport {
     metrics: Metrics,
     faults: Arc<FaultInjector>,
     logger: Logger,
+    raft_addr: String,
 }
 
 impl GrpcTransport {
-    /// `feedback` is the run loop's mailbox, for unreachable / snapshot reports.
+    /// `feedback` is the run loop's mailbox, for unreachable / snapshot reports. `raft_addr` is
+    /// this node's own address, announced on every stream so that a peer that does not know it
+    /// yet (a node restarted half-way through its join) can answer.
     pub fn new(
         node_id: u64,
+        raft_addr: &str,
         config: &Config,
         feedback: mpsc::Sender<Command>,
         metrics: Metrics,
@@ -89,6 +95,7 @@ impl GrpcTransport {
     ) -> Arc<Self> {
         Arc::new(GrpcTransport {
             node_id,
+            raft_addr: raft_addr.to_string(),
             cluster_id: config.cluster_id.clone(),
             config: config.clone(),
             feedback,
@@ -103,6 +110,7 @@ impl GrpcTransport {
         let (tx, rx) = mpsc::channel(self.config.peer_queue_capacity);
         let worker = SenderWorker {
             from: self.node_id,
+            from_addr: self.raft_addr.clone(),
             to: peer_id,
             addr: addr.clone(),
             cluster_id: self.cluster_id.clone(),
@@ -208,6 +216,7 @@ impl Transport for GrpcTransport {
 
 struct SenderWorker {
     from: u64,
+    from_addr: String,
     to: u64,
     addr: String,
     cluster_id: String,
@@ -375,6 +384,9 @@ impl SenderWorker {
             tonic::metadata::BinaryMetadataValue::from_bytes(self.cluster_id.as_bytes()),
         );
         meta.insert(STREAM_FROM_HEADER, self.from.into());
+        if let Ok(addr) = self.from_addr.parse() {
+            meta.insert(STREAM_FROM_ADDR_HEADER, addr);
+        }
         let response =
             match tokio::time::timeout(self.config.rpc_timeout, client.stream_messages(request))
                 .await

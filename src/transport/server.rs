@@ -71,6 +71,9 @@ pub(crate) fn check_cluster(local: &str, cluster_id: &str) -> Result<(), Status>
 pub(crate) const STREAM_CLUSTER_HEADER: &str = "pontoon-cluster-bin";
 /// Metadata naming the sender of a `StreamMessages` stream.
 pub(crate) const STREAM_FROM_HEADER: &str = "pontoon-from";
+/// Header of a `StreamMessages` call: the sender's raft address, learned by a receiver that has
+/// no address for the sender (so it can answer).
+pub(crate) const STREAM_FROM_ADDR_HEADER: &str = "pontoon-from-addr";
 
 /// Check one batch (cluster, injected partition, every message) and hand its messages to the
 /// run loop, in order. Shared by `SendMessages` and `StreamMessages`.
@@ -183,6 +186,22 @@ impl RaftService for RaftGrpcService {
             return Err(Status::unavailable(
                 "partitioned from the sender (injected fault)",
             ));
+        }
+        // A sender this node has no address for (it restarted half-way through its join, and
+        // only the ticket had taught it the members): learn it, never overwrite a known one.
+        if self.node.shared.peers.get(from).is_none() {
+            let addr = meta
+                .get(STREAM_FROM_ADDR_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .filter(|a| a.parse::<std::net::SocketAddr>().is_ok() || a.contains(':'));
+            if let Some(addr) = addr {
+                let book = crate::config::Peers::from([(from, addr.to_string())]);
+                let _ = self
+                    .node
+                    .shared
+                    .mailbox
+                    .try_send(crate::node::Command::LearnPeers(book));
+            }
         }
         let mut inbound = request.into_inner();
         let (refusal, response) = tokio::sync::mpsc::channel(1);
