@@ -281,3 +281,47 @@ async fn a_learner_restarted_before_its_promotion_finishes_joining_as_a_voter() 
     assert_eq!(log, ["before", "while-down"]);
     cluster.shutdown().await;
 }
+
+/// A node that knows no member's address (restarted half-way through a join: only its ticket had
+/// taught it the addresses) learns the leader's from the leader's own stream, so the leader's
+/// snapshot and appends get answers and the node becomes a member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_knows_no_address_learns_the_leaders_from_its_stream_and_catches_up() {
+    let cluster = TestCluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    cluster.propose(leader, "before").await;
+    let addr = support::free_addrs(1).remove(0);
+    let ticket = Raft::<AppliedLog>::request_id(addr.clone(), cluster.peers[&leader].clone())
+        .await
+        .expect("request_id");
+    let id = ticket.reserved_id;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = cluster.config(id);
+    config.data_dir = dir.path().join("joiner");
+    config.initial_peers = None;
+    let fsm = AppliedLog::default();
+    let joiner = Raft::bootstrap_to_join(&ticket, fsm.clone(), config, support::test_logger())
+        .await
+        .expect("bootstrap");
+    assert_eq!(joiner.get_peers().len(), 1, "it knows only itself");
+    let task = tokio::spawn(joiner.clone().run());
+    // Added by the leader directly: the joiner never hears the members' addresses from a ticket.
+    cluster
+        .node(leader)
+        .add_learner(id, addr)
+        .await
+        .expect("add learner");
+    support::eventually(
+        std::time::Duration::from_secs(20),
+        "the joiner caught up from the leader's snapshot",
+        || fsm.snapshot_entries() == ["before"],
+    )
+    .await;
+    assert!(
+        joiner.get_peers().contains_key(&leader),
+        "learned the leader's address"
+    );
+    joiner.quit().await.expect("quit");
+    task.await.expect("join").expect("run");
+    cluster.shutdown().await;
+}
