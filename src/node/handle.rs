@@ -316,8 +316,10 @@ impl RaftNode {
         }
     }
 
-    /// Stop this node gracefully: the loop flushes and closes storage, the server stops.
-    /// Returns once everything is down (or after the propose timeout).
+    /// Stop this node gracefully: the loop flushes and closes storage, the server stops (peers'
+    /// message streams end with the loop; an in-flight RPC gets up to 2 s). Usually takes
+    /// milliseconds. Returns once everything is down (or after the propose timeout). Stopping
+    /// the leader makes the others elect a new one: `transfer_leader` first avoids the gap.
     pub async fn quit(&self) -> Result<()> {
         let deadline = Instant::now() + self.shared.config.propose_timeout;
         // If the mailbox is closed the loop is already gone; just wait for the full stop.
