@@ -503,6 +503,17 @@ async fn memstore_body_put_enforces_the_value_limit_with_413_and_keeps_serving()
         .await
         .expect("body")
         .starts_with("no route PUT /store/"));
+    // A key over the limit: 400, not applied.
+    let long_key = http
+        .put(format!(
+            "{url}/store/{}/v",
+            "k".repeat(web::MAX_KEY_BYTES + 1)
+        ))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(long_key.status(), 400);
+    assert_eq!(outcome(&long_key), Some("not-applied"));
     // Not UTF-8: 400, marked as not applied.
     let binary = http
         .put(format!("{url}/store/bin"))

@@ -22,6 +22,9 @@ use crate::write_route::put_path;
 /// body is refused with 413 before it is read in full.
 pub const MAX_VALUE_BYTES: usize = 4 * 1024;
 
+/// Longest key accepted by the write routes: keys live in every node's map and every snapshot.
+pub const MAX_KEY_BYTES: usize = 1024;
+
 /// Response header on every error answer of a write: `not-applied` when the write is definitely
 /// not in the log (safe to retry), `unknown` when it may still be committed and applied later
 /// (a timeout, the node stopping, the leader changing mid-flight). Clients that must not apply a
@@ -224,11 +227,13 @@ async fn put_body(State(s): State<AppState>, Path(key): Path<String>, body: Byte
 }
 
 async fn insert(s: AppState, key: String, value: String) -> Response {
-    if key.is_empty() || value.len() > MAX_VALUE_BYTES {
+    if key.is_empty() || key.len() > MAX_KEY_BYTES || value.len() > MAX_VALUE_BYTES {
         return (
             StatusCode::BAD_REQUEST,
             [(OUTCOME_HEADER, "not-applied")],
-            format!("key must be non-empty and value at most {MAX_VALUE_BYTES} bytes\n"),
+            format!(
+                "key must be 1 to {MAX_KEY_BYTES} bytes and value at most {MAX_VALUE_BYTES} bytes\n"
+            ),
         )
             .into_response();
     }
