@@ -94,6 +94,16 @@ pub enum Error {
          new id and an empty data dir"
     )]
     LogLost(String),
+    /// This node is no longer a member: a committed membership change removed it. Either it
+    /// applied that change itself, or a member refused its messages because it had (a node cut
+    /// off while it was removed never sees the entry). Removal is final: ids are never reused.
+    /// The data dir is of no further use; to bring the machine back, delete the dir and join
+    /// again with a new id.
+    #[error(
+        "node {id} was removed from the cluster ({how}); a removed id is never reused: delete \
+         this node's data dir and join the cluster again with a new id"
+    )]
+    Removed { id: u64, how: String },
     /// An error from raft-rs itself.
     #[error("raft: {0}")]
     Raft(#[from] raft::Error),

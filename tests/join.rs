@@ -161,8 +161,9 @@ async fn joint_consensus_replaces_two_of_three_voters() {
     assert!(done.voters_outgoing.is_empty());
     let voters: BTreeSet<u64> = done.voters.iter().copied().collect();
     assert_eq!(voters, BTreeSet::from([leader, a, b]));
+    // Both replaced voters learn they were removed and stop.
     for id in old {
-        cluster.stop_node(id).await;
+        cluster.expect_removed(id).await;
     }
     cluster.propose(a, "after").await;
     let log = cluster.wait_all_applied(3).await;

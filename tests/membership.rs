@@ -63,7 +63,7 @@ async fn removed_node_comes_back_with_the_membership_it_had_after_restart() {
         .copied()
         .filter(|id| *id != victim)
         .collect();
-    cluster.stop_node(victim).await;
+    cluster.expect_removed(victim).await;
     for id in &remaining {
         cluster.stop_node(*id).await;
     }
@@ -133,10 +133,10 @@ async fn membership_changes_are_refused_with_typed_errors() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_removed_node_that_keeps_running_cannot_disturb_the_cluster() {
+async fn a_removed_node_cannot_disturb_the_cluster_and_stops_with_removed() {
     // Long election timeouts, so a loaded CI machine does not cause an unrelated election while
     // the term is being compared.
-    let cluster = TestCluster::start_with(3, |c| c.raft.election_tick = 40).await;
+    let mut cluster = TestCluster::start_with(3, |c| c.raft.election_tick = 40).await;
     let leader = cluster.wait_for_leader().await;
     let victim = cluster.follower_of(leader);
     cluster
@@ -159,5 +159,75 @@ async fn a_removed_node_that_keeps_running_cannot_disturb_the_cluster() {
         status.term, term_before,
         "the removed node's campaign raised no term"
     );
+    cluster.expect_removed(victim).await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_while_it_was_removed_is_told_by_a_member_and_stops_with_removed() {
+    let mut cluster = TestCluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    let victim = cluster.follower_of(leader);
+    cluster.propose(leader, "before").await;
+    // Cut off, the victim cannot see the entry that removes it.
+    cluster.isolate(victim);
+    cluster
+        .node(leader)
+        .remove_node(victim)
+        .await
+        .expect("remove the cut-off node");
+    cluster.propose(leader, "after-remove").await;
+    assert!(
+        !cluster.node(victim).is_stopped(),
+        "still running: it cannot know yet"
+    );
+    cluster.heal_all();
+    // Its next message to a member is refused as coming from a removed node.
+    let how = cluster.expect_removed(victim).await;
+    assert!(how.contains("refused its messages"), "{how}");
+    assert!(how.contains("was removed"), "{how}");
+    // The members carry on undisturbed.
+    let survivor = cluster.follower_of(leader);
+    cluster.propose(survivor, "after-heal").await;
+    let log = cluster.wait_all_applied(3).await;
+    assert_eq!(log, vec!["before", "after-remove", "after-heal"]);
+
+    // Started again on its data dir, it stops at once: its log or a member says it is removed.
+    cluster.start_node(victim).await;
+    cluster.expect_removed(victim).await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_remember_a_removal_through_their_snapshots_and_tell_the_removed_node() {
+    // No margin: a snapshot compacts the removal entry away, so after a restart the members
+    // know of the removal only from their snapshot's envelope.
+    let mut cluster = TestCluster::start_with(3, |c| c.compaction_margin = 0).await;
+    let leader = cluster.wait_for_leader().await;
+    let victim = cluster.follower_of(leader);
+    cluster.isolate(victim);
+    cluster
+        .node(leader)
+        .remove_node(victim)
+        .await
+        .expect("remove the cut-off node");
+    // The victim stops without ever having heard of its removal.
+    cluster.stop_node(victim).await;
+    cluster.propose(leader, "after-remove").await;
+    let members = cluster.followers_of(victim);
+    cluster.wait_all_applied(1).await;
+    for &id in &members {
+        cluster.node(id).make_snapshot().await.expect("snapshot");
+    }
+    for &id in &members {
+        cluster.stop_node(id).await;
+    }
+    for &id in &members {
+        cluster.start_node(id).await;
+    }
+    cluster.wait_for_leader().await;
+    cluster.start_node(victim).await;
+    let how = cluster.expect_removed(victim).await;
+    assert!(how.contains("refused its messages"), "{how}");
     cluster.shutdown().await;
 }

@@ -1,6 +1,12 @@
 //! The address book: node id -> raft address, shared by the run loop (which updates it when
 //! membership changes are applied or a snapshot is installed), the transport and `RaftNode`.
+//!
+//! It also remembers which ids were removed from the cluster by a membership change this node
+//! applied (or learned from a snapshot). Ids are never reused, so a removal is final: the
+//! transport's server refuses such a node's messages with a "removed" status, which is how a
+//! node that was cut off while it was removed learns of it.
 
+use std::collections::BTreeSet;
 use std::sync::{Arc, RwLock};
 
 use crate::config::Peers;
@@ -9,13 +15,49 @@ use crate::config::Peers;
 #[derive(Clone, Default)]
 pub struct AddressBook {
     inner: Arc<RwLock<Peers>>,
+    removed: Arc<RwLock<BTreeSet<u64>>>,
 }
 
 impl AddressBook {
     pub fn new(peers: Peers) -> Self {
         AddressBook {
             inner: Arc::new(RwLock::new(peers)),
+            removed: Arc::default(),
         }
+    }
+
+    /// Record that `id` was removed from the cluster by a committed membership change.
+    pub fn mark_removed(&self, id: u64) {
+        self.removed
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id);
+    }
+
+    /// Whether `id` is known to have been removed from the cluster.
+    pub fn is_removed(&self, id: u64) -> bool {
+        self.removed
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&id)
+    }
+
+    /// Every id known to have been removed, ascending (what a snapshot carries).
+    pub fn removed(&self) -> Vec<u64> {
+        self.removed
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .copied()
+            .collect()
+    }
+
+    /// Add the removals a snapshot carried (never forgets one: removal is final).
+    pub fn extend_removed(&self, ids: &[u64]) {
+        self.removed
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(ids.iter().copied());
     }
 
     /// The address of `id`, if known.

@@ -128,10 +128,12 @@ impl<F: AbstractStateMachine> Raft<F> {
         };
         let mut applied = 0;
         let mut max_node_id = 0;
+        let mut removed = Vec::new();
         let peers = if resumed {
             if let Some((index, envelope)) = restore_latest_snapshot(&store, &mut fsm).await? {
                 applied = index;
                 max_node_id = envelope.max_node_id;
+                removed = envelope.removed;
                 raise_commit_to(&store, applied, &logger).await?;
             }
             store.peers()?
@@ -201,6 +203,7 @@ impl<F: AbstractStateMachine> Raft<F> {
         let (stopped_tx, stopped_rx) = watch::channel(false);
         let (started_tx, started_rx) = watch::channel(false);
         let book = AddressBook::new(peers.clone());
+        book.extend_removed(&removed);
         let metrics = Metrics::new(node_id);
         let faults = Arc::new(FaultInjector::default());
         let transport = GrpcTransport::new(
@@ -258,6 +261,8 @@ impl<F: AbstractStateMachine> Raft<F> {
             proposal_batch: Vec::new(),
             proposals_marked_held: 0,
             vote_withheld_warned_term: 0,
+            leaving: false,
+            left: false,
         };
         let service = RaftGrpcService::new(node.clone());
         Ok(Raft {
@@ -318,6 +323,10 @@ impl<F: AbstractStateMachine> Raft<F> {
 
     /// Serve RPCs and drive the run loop until `quit()` (or a fatal error). Spawn it:
     /// `tokio::spawn(raft.clone().run())`. When it returns, storage is closed and the port freed.
+    ///
+    /// Returns `Ok` when the node stopped because it was asked to (`quit`, `leave`), and an
+    /// error when it stopped on its own: `Error::Removed` once it learns a membership change
+    /// removed it, `Error::LogLost`, a storage or state machine failure.
     pub async fn run(self) -> Result<()> {
         let parts = self
             .parts

@@ -193,7 +193,16 @@ impl RaftNode {
         if self.is_leader() {
             self.transfer_leader_to(None).await?;
         }
-        self.remove_node(self.id()).await?;
+        // Tell the loop first, so the removal stops it cleanly (not with `Error::Removed`).
+        let deadline = Instant::now() + self.shared.config.propose_timeout;
+        self.send_until(Command::Leaving(true), deadline).await?;
+        if let Err(e) = self.remove_node(self.id()).await {
+            // Definitely not removed: a removal someone else makes later is not one it asked for.
+            if !matches!(e, Error::Timeout(_) | Error::OutcomeUnknown(_)) {
+                let _ = self.send_until(Command::Leaving(false), deadline).await;
+            }
+            return Err(e);
+        }
         self.quit().await
     }
 

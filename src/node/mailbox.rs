@@ -57,6 +57,13 @@ pub enum Command {
     ReportUnreachable(u64),
     /// Transport feedback: a snapshot to this peer was delivered or failed.
     ReportSnapshot(u64, SnapshotStatus),
+    /// Transport feedback: peer `by` refused this node's messages because it applied this
+    /// node's removal (`reason` is its message). The loop stops with `Error::Removed`.
+    RemovedBy { by: u64, reason: String },
+    /// `RaftNode::leave` is about to remove this node (true; false when that definitely
+    /// failed): when the removal arrives (applied here or reported by a peer) the loop stops
+    /// cleanly instead of with `Error::Removed`.
+    Leaving(bool),
     /// Flush and stop. `RaftNode::quit` waits for the whole node to stop, not for a reply.
     Quit,
 }

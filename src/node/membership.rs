@@ -204,6 +204,18 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
         self.leader_since.is_none_or(|t| t.elapsed() < window)
     }
 
+    /// Remember the ids a conf change at `index` removed from the cluster for good; if this
+    /// node is one of them, it stops (see `on_removed`).
+    fn note_removed(&mut self, removed: &[u64], index: u64) {
+        let me = self.raw.raft.id;
+        for &id in removed {
+            self.peers.mark_removed(id);
+        }
+        if removed.contains(&me) {
+            self.on_removed(format!("it applied its removal at index {index}"));
+        }
+    }
+
     /// Apply a conf-change entry; returns the proposer's context (if any) and the conf state.
     pub(crate) fn apply_conf_change(
         &mut self,
@@ -220,10 +232,24 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
             self.max_node_id = self.max_node_id.max(change.node_id);
         }
         if index <= self.store.conf_state_index() {
-            // Replayed after a restart: the stored conf state already includes it.
-            return Ok((proposal, self.raw.raft.prs().conf().to_conf_state()));
+            // Replayed after a restart: the stored conf state already includes it (and is the
+            // latest), so a node this entry removes and that state lacks is gone for good.
+            let cs = self.raw.raft.prs().conf().to_conf_state();
+            let removed: Vec<u64> = cc
+                .get_changes()
+                .iter()
+                .filter(|c| c.get_change_type() == ConfChangeType::RemoveNode)
+                .map(|c| c.node_id)
+                .filter(|id| !conf_members(&cs).contains(id))
+                .collect();
+            self.note_removed(&removed, index);
+            return Ok((proposal, cs));
         }
+        let before = conf_members(&self.raw.raft.prs().conf().to_conf_state());
         let cs = self.raw.apply_conf_change(&cc)?;
+        let after = conf_members(&cs);
+        let removed: Vec<u64> = before.difference(&after).copied().collect();
+        self.note_removed(&removed, index);
         for (id, addr) in ctx.addrs {
             self.peers.insert(id, addr);
         }
@@ -248,4 +274,15 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
         self.peers_dirty = true;
         Ok((proposal, cs))
     }
+}
+
+/// Every node in a configuration: voters (incoming and outgoing) and learners (current and next).
+fn conf_members(cs: &raft::eraftpb::ConfState) -> std::collections::BTreeSet<u64> {
+    cs.voters
+        .iter()
+        .chain(&cs.voters_outgoing)
+        .chain(&cs.learners)
+        .chain(&cs.learners_next)
+        .copied()
+        .collect()
 }

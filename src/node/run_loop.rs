@@ -72,6 +72,10 @@ pub(crate) struct RunLoop<S: LogStore, F: AbstractStateMachine> {
     pub(crate) proposals_marked_held: usize,
     /// The highest term whose vote request `withholds_vote` logged (one warning per term).
     pub(crate) vote_withheld_warned_term: u64,
+    /// `leave()` asked for this node's removal: once removed, stop cleanly (see `on_removed`).
+    pub(crate) leaving: bool,
+    /// This node was removed and asked for it (`leaving`): stop at the end of this turn.
+    pub(crate) left: bool,
 }
 
 impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
@@ -79,6 +83,10 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
     pub(crate) async fn run(mut self) -> Result<()> {
         self.writer
             .start(self.store.clone(), self.metrics.clone(), self.raw.raft.id)?;
+        if self.peers.is_removed(self.raw.raft.id) {
+            // Its own snapshot says so: restarted after its removal.
+            self.on_removed("its data dir records its removal".into());
+        }
         let mut ticker = tokio::time::interval(self.config.tick_interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let drain_limit = self.config.mailbox_capacity;
@@ -119,6 +127,9 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
                 slog::crit!(self.logger, "run loop stopped by a fatal error"; "error" => %e);
                 break Err(e);
             }
+            if self.left {
+                break Ok(());
+            }
             self.propose_batch();
             let answerable = self.reads_answerable();
             if let Some(ctx) = self.reads.start_round(answerable) {
@@ -133,7 +144,12 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
                 break Err(e);
             }
             self.publish_status();
-            if quit {
+            // Applying this turn's entries may have removed this node.
+            if let Some(e) = self.fatal.take() {
+                slog::crit!(self.logger, "run loop stopped by a fatal error"; "error" => %e);
+                break Err(e);
+            }
+            if quit || self.left {
                 break Ok(());
             }
         };
@@ -202,9 +218,31 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
             }
             Command::ReportUnreachable(id) => self.raw.report_unreachable(id),
             Command::ReportSnapshot(id, status) => self.raw.report_snapshot(id, status),
+            Command::RemovedBy { by, reason } => {
+                self.on_removed(format!("node {by} refused its messages: {reason}"));
+                return self.left || self.fatal.is_some();
+            }
+            Command::Leaving(leaving) => self.leaving = leaving,
             Command::Quit => return true,
         }
         false
+    }
+
+    /// This node is no longer a member (`how` says how it learned so). It stops at the end of
+    /// the turn: cleanly when `leave()` asked for it, otherwise with `Error::Removed`, so the
+    /// caller of `run()` learns why the node stopped instead of watching it idle (a removed
+    /// node is never asked for anything again, and one that missed its removal would campaign
+    /// without effect forever).
+    pub(crate) fn on_removed(&mut self, how: String) {
+        let id = self.raw.raft.id;
+        self.peers.mark_removed(id);
+        if self.leaving {
+            slog::info!(self.logger, "this node left the cluster; stopping"; "how" => &how);
+            self.left = true;
+        } else if self.fatal.is_none() {
+            slog::warn!(self.logger, "this node was removed from the cluster; stopping"; "how" => &how);
+            self.fatal = Some(Error::Removed { id, how });
+        }
     }
 
     /// Whether to ignore a vote request: this node holds nothing but the bootstrap

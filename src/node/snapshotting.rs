@@ -138,6 +138,7 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
         self.fsm.restore_from(&mut source).await?;
         self.snapshot_policy.on_taken(user_data_len);
         self.max_node_id = envelope.max_node_id;
+        self.peers.extend_removed(&envelope.removed);
         self.peers.replace(envelope.peers);
         self.transport.set_peers(&self.peers.to_peers());
         self.applied = index;
@@ -193,6 +194,7 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
             term,
             peers: self.peers.to_peers(),
             max_node_id: self.max_node_id,
+            removed: self.peers.removed(),
             ..Default::default()
         }
         .with_conf_state(&conf_state);

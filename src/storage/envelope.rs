@@ -35,6 +35,11 @@ pub struct SnapshotEnvelope {
     pub voters: Vec<u64>,
     pub learners: Vec<u64>,
     pub voters_outgoing: Vec<u64>,
+    /// Ids removed from the cluster by membership changes up to the snapshot index, so a node
+    /// that installs the snapshot can still tell a removed node so (see `AddressBook`).
+    /// Encoded after the header's other fields, inside its length: an envelope written before
+    /// this field existed reads as "none removed", and an older reader ignores it.
+    pub removed: Vec<u64>,
     /// What the user's `AbstractStateMachine::snapshot` returned.
     pub user_data: Vec<u8>,
 }
@@ -97,11 +102,16 @@ impl SnapshotEnvelope {
             learners: self.learners.clone(),
             voters_outgoing: self.voters_outgoing.clone(),
             peers: self.peers.clone(),
+            removed: Vec::new(),
         };
-        let header = bincode::serialize(&header).map_err(|e| StorageError::Corrupt {
+        let encoding_failed = |e: bincode::Error| StorageError::Corrupt {
             what: "snapshot envelope".into(),
             reason: e.to_string(),
-        })?;
+        };
+        let mut header = bincode::serialize(&header).map_err(encoding_failed)?;
+        if !self.removed.is_empty() {
+            bincode::serialize_into(&mut header, &self.removed).map_err(encoding_failed)?;
+        }
         let header_len = u32::try_from(header.len()).map_err(|_| StorageError::Corrupt {
             what: "snapshot envelope".into(),
             reason: "address book too large".into(),
@@ -248,9 +258,9 @@ impl SnapshotEnvelope {
         if hasher.finalize() != stored_crc {
             return Err(corrupt("checksum mismatch".into()));
         }
-        let header: EnvelopeHeader =
-            bincode::deserialize(&header_bytes).map_err(|e| corrupt(e.to_string()))?;
-        let envelope = header.into_envelope(Vec::new());
+        let envelope = EnvelopeHeader::decode(&header_bytes)
+            .map_err(corrupt)?
+            .into_envelope(Vec::new());
         envelope.check_matches(meta)?;
         file.seek(SeekFrom::Start(user_start))?;
         Ok((envelope, file_len - user_start))
@@ -288,8 +298,7 @@ impl SnapshotEnvelope {
         let header_bytes = rest
             .get(4..4 + header_len)
             .ok_or_else(|| corrupt("header longer than the envelope".into()))?;
-        let header: EnvelopeHeader =
-            bincode::deserialize(header_bytes).map_err(|e| corrupt(e.to_string()))?;
+        let header = EnvelopeHeader::decode(header_bytes).map_err(corrupt)?;
         Ok((header, &rest[4 + header_len..]))
     }
 }
@@ -304,9 +313,27 @@ struct EnvelopeHeader {
     learners: Vec<u64>,
     voters_outgoing: Vec<u64>,
     peers: Peers,
+    /// Not part of the bincode struct: the optional trailer after it (see
+    /// `SnapshotEnvelope::removed`).
+    #[serde(skip)]
+    removed: Vec<u64>,
 }
 
 impl EnvelopeHeader {
+    /// The header's fields, then the removed ids if the header has bytes left for them.
+    fn decode(mut bytes: &[u8]) -> Result<Self, String> {
+        let mut header: EnvelopeHeader =
+            bincode::deserialize_from(&mut bytes).map_err(|e| e.to_string())?;
+        if !bytes.is_empty() {
+            header.removed = bincode::deserialize_from(&mut bytes)
+                .map_err(|e| format!("removed ids unreadable: {e}"))?;
+        }
+        if !bytes.is_empty() {
+            return Err(format!("{} unexpected bytes after the header", bytes.len()));
+        }
+        Ok(header)
+    }
+
     fn into_envelope(self, user_data: Vec<u8>) -> SnapshotEnvelope {
         SnapshotEnvelope {
             peers: self.peers,
@@ -316,6 +343,7 @@ impl EnvelopeHeader {
             voters: self.voters,
             learners: self.learners,
             voters_outgoing: self.voters_outgoing,
+            removed: self.removed,
             user_data,
         }
     }
@@ -368,6 +396,36 @@ mod tests {
         other_version[7] = 9;
         let err = SnapshotEnvelope::decode(&other_version).expect_err("foreign version");
         assert!(err.to_string().contains("version 9"), "{err}");
+    }
+
+    #[test]
+    fn removed_ids_ride_after_the_header_where_an_older_reader_ignores_them() {
+        let mut env = SnapshotEnvelope {
+            index: 7,
+            term: 2,
+            voters: vec![1, 2],
+            removed: vec![3, 5],
+            user_data: b"state".to_vec(),
+            ..Default::default()
+        };
+        let bytes = env.encode().expect("encode");
+        assert_eq!(SnapshotEnvelope::decode(&bytes).expect("decode"), env);
+        // What a build without the field does: bincode's default reader ignores trailing bytes.
+        let header_len = u32::from_be_bytes(bytes[12..16].try_into().expect("4 bytes")) as usize;
+        let older: EnvelopeHeader =
+            bincode::deserialize(&bytes[16..16 + header_len]).expect("older reader");
+        assert_eq!(
+            (older.index, older.voters, older.removed),
+            (7, vec![1, 2], vec![])
+        );
+        // An envelope without removals is byte for byte what builds before the field wrote.
+        env.removed.clear();
+        let plain = env.encode().expect("encode");
+        assert_eq!(plain.len() + 8 + 2 * 8, bytes.len());
+        assert!(SnapshotEnvelope::decode(&plain)
+            .expect("decode")
+            .removed
+            .is_empty());
     }
 
     #[test]

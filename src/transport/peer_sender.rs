@@ -34,7 +34,7 @@ use crate::metrics::Metrics;
 use crate::node::Command;
 use crate::transport::pb::raft_service_client::RaftServiceClient as GrpcClient;
 use crate::transport::server::{
-    STREAM_CLUSTER_HEADER, STREAM_FROM_ADDR_HEADER, STREAM_FROM_HEADER,
+    is_removal_of, STREAM_CLUSTER_HEADER, STREAM_FROM_ADDR_HEADER, STREAM_FROM_HEADER,
 };
 
 const BACKOFF_START: Duration = Duration::from_millis(20);
@@ -325,7 +325,14 @@ impl SenderWorker {
             Err(status) => {
                 self.dropped.inc_by(messages.len() as u64);
                 self.on_failure(failing, &status.to_string());
-                if status.code() == tonic::Code::PermissionDenied {
+                if is_removal_of(&status, self.from) {
+                    // A member applied this node's removal: the run loop stops the node.
+                    let _ = self.feedback.try_send(Command::RemovedBy {
+                        by: self.to,
+                        reason: status.message().to_string(),
+                    });
+                    *backoff = BACKOFF_CAP;
+                } else if status.code() == tonic::Code::PermissionDenied {
                     // Another cluster answers at this address: retrying faster will not help.
                     *backoff = BACKOFF_CAP;
                 }

@@ -74,6 +74,39 @@ pub(crate) const STREAM_FROM_HEADER: &str = "pontoon-from";
 /// Header of a `StreamMessages` call: the sender's raft address, learned by a receiver that has
 /// no address for the sender (so it can answer).
 pub(crate) const STREAM_FROM_ADDR_HEADER: &str = "pontoon-from-addr";
+/// Metadata on the status a member refuses a removed node's messages with: the removed node's
+/// id. The removed node's sender reads it (`is_removal_of`) and stops its node.
+pub(crate) const REMOVED_HEADER: &str = "pontoon-removed";
+
+/// Refuse a sender this node saw removed from the cluster. Removal is final (ids are never
+/// reused), so the refusal is too; it is how a node cut off while it was removed learns of it.
+fn refuse_removed(node: &RaftNode, from: u64) -> Result<(), Status> {
+    if !node.shared.peers.is_removed(from) {
+        return Ok(());
+    }
+    let mut meta = tonic::metadata::MetadataMap::new();
+    meta.insert(REMOVED_HEADER, from.into());
+    Err(Status::with_metadata(
+        tonic::Code::FailedPrecondition,
+        format!(
+            "node {from} was removed from cluster {:?} (node {} applied its removal)",
+            node.cluster_id(),
+            node.id()
+        ),
+        meta,
+    ))
+}
+
+/// Whether `status` is a member's refusal of node `me` as removed (see `refuse_removed`).
+pub(crate) fn is_removal_of(status: &Status, me: u64) -> bool {
+    status.code() == tonic::Code::FailedPrecondition
+        && status
+            .metadata()
+            .get(REMOVED_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            == Some(me)
+}
 
 /// Check one batch (cluster, injected partition, every message) and hand its messages to the
 /// run loop, in order. Shared by `SendMessages` and `StreamMessages`.
@@ -84,6 +117,7 @@ async fn deliver_batch(node: &RaftNode, batch: &pb::MessageBatch) -> Result<(), 
             "partitioned from the sender (injected fault)",
         ));
     }
+    refuse_removed(node, batch.from)?;
     // Decode the whole batch first: a malformed batch is refused whole.
     let messages = decode_message_batch(batch, node.id())?;
     for msg in messages {
@@ -187,6 +221,7 @@ impl RaftService for RaftGrpcService {
                 "partitioned from the sender (injected fault)",
             ));
         }
+        refuse_removed(&self.node, from)?;
         // A sender this node has no address for (it restarted half-way through its join, and
         // only the ticket had taught it the members): learn it, never overwrite a known one.
         if self.node.shared.peers.get(from).is_none() {

@@ -256,6 +256,21 @@ impl TestCluster {
         node.task.await.expect("join").expect("run ended cleanly");
     }
 
+    /// Wait (up to 20 s) for node `id`'s `run()` to end with `Error::Removed`, and take it out of
+    /// the running nodes. Returns how the node learned of its removal.
+    #[allow(dead_code)] // not every test file removes nodes
+    pub async fn expect_removed(&mut self, id: u64) -> String {
+        let node = self.nodes.remove(&id).expect("node running");
+        match tokio::time::timeout(Duration::from_secs(20), node.task).await {
+            Ok(Ok(Err(Error::Removed { id: reported, how }))) => {
+                assert_eq!(reported, id, "Removed names the node itself");
+                how
+            }
+            Ok(other) => panic!("node {id} should stop with Error::Removed, got {other:?}"),
+            Err(_) => panic!("node {id} was still running 20 s after its removal"),
+        }
+    }
+
     /// Every running node other than `leader`.
     pub fn followers_of(&self, leader: u64) -> Vec<u64> {
         self.nodes
