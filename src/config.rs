@@ -32,7 +32,14 @@ pub struct Config {
     /// and snapshot files. Created when missing; one node at a time (it is locked while open).
     pub data_dir: PathBuf,
     /// Members of a static cluster (including this node). Used only when the data dir is new.
+    /// This node's own entry may have port 0 when it listens on port 0 (see `advertise_addr`);
+    /// every other member needs its real address.
     pub initial_peers: Option<Peers>,
+    /// The address peers reach this node at, when it is not the address it listens on (it
+    /// listens on `0.0.0.0`, or behind a container's port mapping or NAT). `None`: the listen
+    /// address, or, when that has port 0, its host with the port the system picked, so tests
+    /// and single-machine setups can take any free port.
+    pub advertise_addr: Option<String>,
     /// How often raft's logical clock ticks.
     pub tick_interval: Duration,
     /// Take a snapshot and compact the log once this many entries were applied since the last one.
@@ -135,6 +142,7 @@ impl Default for Config {
             cluster_id: "pontoon".to_string(),
             data_dir: PathBuf::from("./pontoon-data"),
             initial_peers: None,
+            advertise_addr: None,
             tick_interval: Duration::from_millis(100),
             snapshot_threshold: 10_000,
             snapshot_log_ratio: 1.0,
@@ -170,6 +178,7 @@ impl std::fmt::Debug for Config {
             .field("cluster_id", &self.cluster_id)
             .field("data_dir", &self.data_dir)
             .field("initial_peers", &self.initial_peers)
+            .field("advertise_addr", &self.advertise_addr)
             .field("tick_interval", &self.tick_interval)
             .field("election_tick", &self.raft.election_tick)
             .field("heartbeat_tick", &self.raft.heartbeat_tick)
@@ -179,6 +188,15 @@ impl std::fmt::Debug for Config {
             .field("join_token", &self.join_token.as_ref().map(|_| "<set>"))
             .finish_non_exhaustive()
     }
+}
+
+/// The port of a `HOST:PORT` address (`[::1]:7000` too); `None` when there is none.
+pub(crate) fn port_of(addr: &str) -> Option<u16> {
+    let (host, port) = addr.rsplit_once(':')?;
+    if host.is_empty() {
+        return None;
+    }
+    port.parse().ok()
 }
 
 impl Config {
@@ -233,6 +251,22 @@ impl Config {
             }
             if peers.contains_key(&0) {
                 return Err(Error::Config("initial_peers contains id 0".into()));
+            }
+            if let Some((id, addr)) = peers
+                .iter()
+                .find(|(id, addr)| **id != node_id && port_of(addr) == Some(0))
+            {
+                return Err(Error::Config(format!(
+                    "initial_peers gives node {id} the address {addr}: port 0 only means \"any \
+                     free port\" for this node's own entry; give every other member its real address"
+                )));
+            }
+        }
+        if let Some(addr) = &self.advertise_addr {
+            if !matches!(port_of(addr), Some(port) if port != 0) {
+                return Err(Error::Config(format!(
+                    "advertise_addr {addr:?} is not HOST:PORT with a port above 0"
+                )));
             }
         }
         let mut raft = self.raft.clone();
@@ -290,6 +324,23 @@ mod tests {
         let err = parse_peers(" 7009=, 9=[::1]:9 ").expect_err("empty address");
         assert!(err.to_string().contains("no address"), "{err}");
         assert_eq!(parse_peers(" 9 = [::1]:9 ").expect("valid")[&9], "[::1]:9");
+    }
+
+    #[test]
+    fn port_0_is_only_for_this_nodes_own_entry_and_never_advertised() {
+        let mut c = Config {
+            initial_peers: Some(parse_peers("1=127.0.0.1:0,2=127.0.0.1:7002").expect("valid")),
+            ..Default::default()
+        };
+        c.validate(1).expect("own entry may ask for any free port");
+        let err = c.validate(2).expect_err("another member's port 0");
+        assert!(err.to_string().contains("node 1"), "{err}");
+        for bad in ["db1", "db1:0", ":7000", "db1:x"] {
+            c.advertise_addr = Some(bad.into());
+            assert!(c.validate(1).is_err(), "{bad} accepted");
+        }
+        c.advertise_addr = Some("[::1]:7000".into());
+        c.validate(1).expect("an IPv6 advertised address");
     }
 
     #[test]

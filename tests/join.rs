@@ -326,3 +326,55 @@ async fn a_node_that_knows_no_address_learns_the_leaders_from_its_stream_and_cat
     task.await.expect("join").expect("run");
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_listening_on_port_0_announce_the_port_they_got_and_form_a_cluster() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let logger = support::test_logger();
+    // A one-node cluster whose own entry asks for any free port.
+    let peers = Peers::from([(1, "127.0.0.1:0".to_string())]);
+    let config = support::test_config(dir.path(), 1, &peers, "port-0");
+    let first_fsm = AppliedLog::default();
+    let first = Raft::bootstrap(1, "127.0.0.1:0", first_fsm.clone(), config, logger.clone())
+        .await
+        .expect("bootstrap on port 0");
+    let bound = first.local_addr().to_string();
+    assert_ne!(first.local_addr().port(), 0);
+    assert_eq!(first.raft_addr(), bound, "announces the port it got");
+    assert_eq!(
+        first.get_peers()[&1],
+        bound,
+        "its membership holds that port"
+    );
+    let first_task = tokio::spawn(first.clone().run());
+    first
+        .wait_for_leader(std::time::Duration::from_secs(20))
+        .await
+        .expect("leader");
+
+    // A second node joins with a ticket asked for port 0 too.
+    let ticket = Raft::<AppliedLog>::request_id("127.0.0.1:0", bound.clone())
+        .await
+        .expect("request_id");
+    let mut config = support::test_config(dir.path(), ticket.reserved_id, &peers, "port-0");
+    config.initial_peers = None;
+    let second_fsm = AppliedLog::default();
+    let second = Raft::bootstrap_to_join(&ticket, second_fsm.clone(), config, logger)
+        .await
+        .expect("bootstrap joiner on port 0");
+    let second_addr = second.local_addr().to_string();
+    let second_task = tokio::spawn(second.clone().run());
+    second.join_cluster(vec![ticket]).await.expect("join");
+    assert_eq!(first.get_peers()[&second.id()], second_addr);
+    support::propose_retrying(&second, "via-the-joiner").await;
+    support::eventually(
+        std::time::Duration::from_secs(20),
+        "both nodes applied the write",
+        || first_fsm.len() == 1 && second_fsm.len() == 1,
+    )
+    .await;
+    for (node, task) in [(second, second_task), (first, first_task)] {
+        node.quit().await.expect("quit");
+        task.await.expect("join").expect("clean stop");
+    }
+}

@@ -163,6 +163,7 @@ async fn a_removed_node_cannot_disturb_the_cluster_and_stops_with_removed() {
     cluster.shutdown().await;
 }
 
+#[cfg(feature = "fault-injection")] // cuts the node off
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_cut_off_while_it_was_removed_is_told_by_a_member_and_stops_with_removed() {
     let mut cluster = TestCluster::start(3).await;
@@ -198,6 +199,7 @@ async fn a_node_cut_off_while_it_was_removed_is_told_by_a_member_and_stops_with_
     cluster.shutdown().await;
 }
 
+#[cfg(feature = "fault-injection")] // cuts the node off
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_remember_a_removal_through_their_snapshots_and_tell_the_removed_node() {
     // No margin: a snapshot compacts the removal entry away, so after a restart the members

@@ -32,9 +32,14 @@ struct Args {
     /// Node id (1 or above). Optional on restart: the data dir remembers it.
     #[arg(long)]
     id: Option<u64>,
-    /// Address this node's raft gRPC server listens on and peers reach it at.
+    /// Address this node's raft gRPC server listens on and peers reach it at. Port 0 takes
+    /// any free port (announced to the cluster as the one it got).
     #[arg(long, default_value = "127.0.0.1:60061")]
     raft_addr: String,
+    /// Address peers reach this node at, when it is not --raft-addr (listening on 0.0.0.0,
+    /// behind a port mapping).
+    #[arg(long)]
+    advertise_addr: Option<String>,
     /// Address of the HTTP API.
     #[arg(long, default_value = "127.0.0.1:8001")]
     web_server: String,
@@ -170,6 +175,7 @@ async fn start_node(
         initial_peers: spec.initial_peers,
         propose_timeout: Duration::from_secs(5),
         append_window: args.append_window,
+        advertise_addr: args.advertise_addr.clone(),
         ..Default::default()
     });
     let store = HashStore::default();
@@ -222,7 +228,7 @@ async fn start_node(
     println!(
         "node {} up: raft {} | http http://{} (data {})",
         spec.id,
-        spec.raft_addr,
+        raft.raft_addr(),
         spec.web_addr,
         spec.data_dir.display()
     );
@@ -340,6 +346,9 @@ async fn real_main(
             if n == 0 || n > 9 {
                 return Err("--local-cluster takes 1 to 9 nodes".into());
             }
+            if args.advertise_addr.is_some() {
+                return Err("--advertise-addr is for one node; --local-cluster nodes listen and are reached on 127.0.0.1".into());
+            }
             let peers: pontoon::Peers = (1..=n)
                 .map(|i| (i, format!("127.0.0.1:{}", 60060 + i)))
                 .collect();
@@ -405,7 +414,9 @@ async fn real_main(
                     });
                     let ticket = pontoon::cluster::request_id_with(
                         &config,
-                        args.raft_addr.clone(),
+                        args.advertise_addr
+                            .clone()
+                            .unwrap_or(args.raft_addr.clone()),
                         peer.clone(),
                     )
                     .await?;
@@ -429,7 +440,11 @@ async fn real_main(
                 // Neither a peer list nor a cluster to join, on a new data dir: a single-node
                 // cluster of this node.
                 None if ticket.is_none() && stored.is_none() => {
-                    Some(pontoon::Peers::from([(id, args.raft_addr.clone())]))
+                    let own = args.advertise_addr.clone();
+                    Some(pontoon::Peers::from([(
+                        id,
+                        own.unwrap_or(args.raft_addr.clone()),
+                    )]))
                 }
                 None => None,
             };

@@ -138,7 +138,10 @@ impl<F: crate::AbstractStateMachine> crate::Raft<F> {
     /// `bootstrap` for a node joining with `ticket`: its id, raft address and cluster id come
     /// from the ticket, so they cannot disagree with what the cluster reserved. Then spawn
     /// `run()` and call `join_cluster(vec![ticket])`. `config.initial_peers` must be `None` (a
-    /// joining node is not a member until the leader adds it).
+    /// joining node is not a member until the leader adds it). It listens on the ticket's
+    /// address (port 0 there means any free port); a node whose peers reach it at another
+    /// address than it listens on (`Config::advertise_addr`) asks for its ticket with the
+    /// advertised address and calls `Raft::bootstrap(ticket.reserved_id, listen_addr, ..)`.
     pub async fn bootstrap_to_join(
         ticket: &JoinTicket,
         fsm: F,

@@ -108,6 +108,8 @@ impl<F: AbstractStateMachine> Raft<F> {
             ))
         })?;
         let local_addr = listener.local_addr()?;
+        // From here on `raft_addr` is the address peers reach this node at.
+        let raft_addr = advertised_addr(&raft_addr, local_addr, config.advertise_addr.as_deref())?;
         let server = grpc_server(&config)?;
 
         let store = {
@@ -137,7 +139,13 @@ impl<F: AbstractStateMachine> Raft<F> {
                 raise_commit_to(&store, applied, &logger).await?;
             }
             store.peers()?
-        } else if let Some(initial) = config.initial_peers.clone() {
+        } else if let Some(mut initial) = config.initial_peers.clone() {
+            // Its own entry with port 0 ("any free port"): the address it got.
+            if let Some(own) = initial.get_mut(&node_id) {
+                if crate::config::port_of(own) == Some(0) {
+                    *own = raft_addr.clone();
+                }
+            }
             // A new static cluster starts from a snapshot at index 1 holding the initial members
             // and the state machine's initial state. Its log then starts at 2, so a node that
             // joins later is caught up by that (or a later) snapshot: the initial membership is
@@ -431,6 +439,25 @@ async fn raise_commit_to(store: &LmdbStorage, index: u64, logger: &slog::Logger)
 /// The file is checked (checksum, header, metadata) on a storage thread, reading it in blocks;
 /// the state machine then reads it through `restore_from`, so a restart does not hold the whole
 /// snapshot in memory beside the state rebuilt from it.
+/// The address this node announces to its peers: `advertise` when set, else the listen address
+/// `listen`, with the port the system picked (`bound`) when it asked for port 0. Listening on
+/// every interface with port 0 leaves nothing to announce: that is a configuration error.
+fn advertised_addr(listen: &str, bound: SocketAddr, advertise: Option<&str>) -> Result<String> {
+    if let Some(addr) = advertise {
+        return Ok(addr.to_string());
+    }
+    match listen.rsplit_once(':') {
+        Some((_, "0")) if bound.ip().is_unspecified() => Err(Error::Config(format!(
+            "raft address {listen} listens on every interface with port 0, which peers cannot \
+             reach: set Config::advertise_addr to the address they reach this node at (it got \
+             port {})",
+            bound.port()
+        ))),
+        Some((host, "0")) => Ok(format!("{host}:{}", bound.port())),
+        _ => Ok(listen.to_string()),
+    }
+}
+
 async fn restore_latest_snapshot<S: LogStore, F: AbstractStateMachine>(
     store: &S,
     fsm: &mut F,
@@ -461,4 +488,34 @@ async fn restore_latest_snapshot<S: LogStore, F: AbstractStateMachine>(
     };
     fsm.restore_from(&mut source).await?;
     Ok(Some((index, envelope)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::advertised_addr;
+
+    #[test]
+    fn a_node_announces_the_port_it_got_or_the_address_it_is_told_to() {
+        let bound = "127.0.0.1:40123".parse().expect("addr");
+        assert_eq!(
+            advertised_addr("127.0.0.1:0", bound, None).expect("ok"),
+            "127.0.0.1:40123"
+        );
+        assert_eq!(
+            advertised_addr("localhost:0", bound, None).expect("ok"),
+            "localhost:40123"
+        );
+        assert_eq!(
+            advertised_addr("127.0.0.1:7000", bound, None).expect("ok"),
+            "127.0.0.1:7000"
+        );
+        assert_eq!(
+            advertised_addr("0.0.0.0:7000", bound, Some("db1:7000")).expect("ok"),
+            "db1:7000"
+        );
+        let any = "0.0.0.0:40123".parse().expect("addr");
+        let err = advertised_addr("0.0.0.0:0", any, None).expect_err("nothing to announce");
+        assert!(err.to_string().contains("advertise_addr"), "{err}");
+        assert!(err.to_string().contains("40123"), "{err}");
+    }
 }
