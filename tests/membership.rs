@@ -186,7 +186,6 @@ async fn a_node_cut_off_while_it_was_removed_is_told_by_a_member_and_stops_with_
     // Its next message to a member is refused as coming from a removed node.
     let how = cluster.expect_removed(victim).await;
     assert!(how.contains("refused its messages"), "{how}");
-    assert!(how.contains("was removed"), "{how}");
     // The members carry on undisturbed.
     let survivor = cluster.follower_of(leader);
     cluster.propose(survivor, "after-heal").await;

@@ -219,7 +219,10 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
             Command::ReportUnreachable(id) => self.raw.report_unreachable(id),
             Command::ReportSnapshot(id, status) => self.raw.report_snapshot(id, status),
             Command::RemovedBy { by, reason } => {
-                self.on_removed(format!("node {by} refused its messages: {reason}"));
+                slog::debug!(self.logger, "a member refused this node as removed"; "by" => by, "reason" => &reason);
+                self.on_removed(format!(
+                    "node {by} applied its removal and refused its messages"
+                ));
                 return self.left || self.fatal.is_some();
             }
             Command::Leaving(leaving) => self.leaving = leaving,
