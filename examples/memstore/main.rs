@@ -349,6 +349,14 @@ async fn real_main(
             if args.advertise_addr.is_some() {
                 return Err("--advertise-addr is for one node; --local-cluster nodes listen and are reached on 127.0.0.1".into());
             }
+            if args.data_dir.join("data.mdb").exists() {
+                return Err(format!(
+                    "{} is a single node's data dir; give --local-cluster a --data-dir of its own \
+                     (it holds node-1, node-2, ...)",
+                    args.data_dir.display()
+                )
+                .into());
+            }
             let peers: pontoon::Peers = (1..=n)
                 .map(|i| (i, format!("127.0.0.1:{}", 60060 + i)))
                 .collect();
@@ -369,6 +377,14 @@ async fn real_main(
                             lists its peers, a joining node asks a member for a ticket"
                         .into(),
                 );
+            }
+            if args.data_dir.join("node-1").join("data.mdb").exists() {
+                return Err(format!(
+                    "{} holds a --local-cluster's nodes (node-1, ...); give this node a --data-dir \
+                     of its own, or run --local-cluster again to resume them",
+                    args.data_dir.display()
+                )
+                .into());
             }
             let stored = LmdbStorage::peek_identity(&args.data_dir)?;
             let member = match &stored {
