@@ -134,9 +134,10 @@ fn leader_hint(id: Option<u64>, addr: &Option<String>) -> String {
 }
 
 /// What a timeout of `what` leaves behind: only calls that may have appended something to the
-/// log (proposals, local, forwarded or through the client, and membership changes) leave an unknown outcome.
+/// log (proposals, local, forwarded or through the client, membership changes and id requests,
+/// which reserve an id through the log) leave an unknown outcome.
 fn timeout_note(what: &str) -> &'static str {
-    let wrote = ["proposal", "membership change"];
+    let wrote = ["proposal", "membership change", "id request"];
     if wrote.iter().any(|w| what.contains(w)) {
         "; the outcome is unknown (it may still be applied)"
     } else {
@@ -181,5 +182,7 @@ mod tests {
         assert_eq!(read, "linearizable read timed out");
         let write = Error::Timeout("forwarded proposal".into()).to_string();
         assert!(write.contains("outcome is unknown"), "{write}");
+        let reservation = Error::Timeout("id request to 10.0.0.1:60061".into()).to_string();
+        assert!(reservation.contains("outcome is unknown"), "{reservation}");
     }
 }
