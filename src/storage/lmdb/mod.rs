@@ -331,14 +331,30 @@ impl LmdbStorage {
             // LMDB would answer "Bad file descriptor" for an empty file opened read-only.
             return Err(not_a_dir("its data.mdb is empty"));
         }
-        let env = open_env(&path, 1 << 20, true)?;
-        let rtxn = env.read_txn()?;
-        let meta: MetaDb = env
-            .open_database(&rtxn, Some("meta"))?
-            .ok_or_else(|| not_a_dir("an LMDB environment without pontoon's metadata"))?;
-        read_identity(&meta, &rtxn, &path)?;
-        // Committing (not dropping) the read transaction keeps the database handles valid.
-        rtxn.commit()?;
+        // LMDB creates lock.mdb even for a read-only open: a dir refused below (a data.mdb
+        // that is not pontoon's) is left as it was found.
+        let lock_file = path.join("lock.mdb");
+        let had_lock_file = lock_file.exists();
+        let opened = (|| {
+            let env = open_env(&path, 1 << 20, true)?;
+            let rtxn = env.read_txn()?;
+            let meta: MetaDb = env
+                .open_database(&rtxn, Some("meta"))?
+                .ok_or_else(|| not_a_dir("an LMDB environment without pontoon's metadata"))?;
+            read_identity(&meta, &rtxn, &path)?;
+            // Committing (not dropping) the read transaction keeps the database handles valid.
+            rtxn.commit()?;
+            Ok::<_, StorageError>((env, meta))
+        })();
+        let (env, meta) = match opened {
+            Ok(opened) => opened,
+            Err(e) => {
+                if !had_lock_file {
+                    let _ = std::fs::remove_file(&lock_file);
+                }
+                return Err(e);
+            }
+        };
         let wal = Wal::open(&path.join(WAL_DIR), true, DEFAULT_SEGMENT_BYTES)?;
         let snapshots = SnapshotFiles::open(&path, true)?;
         Self::from_parts(env, wal, meta, snapshots, path, None)

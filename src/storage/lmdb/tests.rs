@@ -519,3 +519,16 @@ fn an_empty_data_mdb_is_not_a_data_dir_for_a_reader() {
         other => panic!("expected NotADataDir, got {:?}", other.err()),
     }
 }
+
+#[test]
+fn a_reader_refusing_a_foreign_data_mdb_leaves_the_dir_as_it_found_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A 64 KiB file that is not an LMDB environment.
+    std::fs::write(dir.path().join("data.mdb"), vec![0x5a; 64 * 1024]).expect("write");
+    assert!(LmdbStorage::open_read_only(dir.path()).is_err());
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("read dir")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(left, vec![std::ffi::OsString::from("data.mdb")]);
+}
