@@ -160,6 +160,66 @@ async fn a_removed_node_cannot_disturb_the_cluster_and_stops_with_removed() {
         "the removed node's campaign raised no term"
     );
     cluster.expect_removed(victim).await;
+    // Its id cannot come back: members would refuse it as removed forever.
+    let addr = support::free_addrs(1).remove(0);
+    match cluster.node(leader).add_learner(victim, addr).await {
+        Err(Error::InvalidRequest(msg)) => assert!(msg.contains("cannot come back"), "{msg}"),
+        other => panic!("re-adding a removed id must be refused, got {other:?}"),
+    }
+    cluster.shutdown().await;
+}
+
+/// raft-rs switches configuration when an entry is applied, so a member that holds the removal
+/// entry but never learned it committed still counts the removed node's vote. Were the removed
+/// node to stop at once, such members could not elect a leader after losing the old one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_node_answers_while_a_member_still_asks_for_its_vote_then_stops() {
+    use pontoon::raft::eraftpb::{Message, MessageType};
+    use protobuf::Message as _;
+    let mut cluster = TestCluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    let victim = cluster.follower_of(leader);
+    let survivor = *cluster
+        .nodes
+        .keys()
+        .find(|id| **id != leader && **id != victim)
+        .expect("a third node");
+    cluster
+        .node(leader)
+        .remove_node(victim)
+        .await
+        .expect("remove");
+    // Play a survivor that has not applied the removal and asks for votes: pre-vote requests
+    // from its id reach the victim every 100 ms for three times the linger (2 s here: two
+    // maximal election timeouts of 20 ticks of 50 ms).
+    let config = cluster.config(victim);
+    let mut client =
+        pontoon::client::connect_lazy(&cluster.peers[&victim], &config).expect("client");
+    let asking_until = tokio::time::Instant::now() + Duration::from_secs(6);
+    while tokio::time::Instant::now() < asking_until {
+        let mut msg = Message::default();
+        msg.set_msg_type(MessageType::MsgRequestPreVote);
+        msg.from = survivor;
+        msg.to = victim;
+        msg.term = cluster.node(victim).status().term + 1;
+        msg.log_term = msg.term;
+        msg.index = 1_000_000;
+        let _ = client
+            .send_messages(pontoon::transport::pb::MessageBatch {
+                cluster_id: config.cluster_id.clone(),
+                from: survivor,
+                messages: vec![msg.write_to_bytes().expect("encode")],
+            })
+            .await;
+        assert!(
+            !cluster.node(victim).is_stopped(),
+            "the removed node stopped while a member still asked for its vote"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Nobody asks any more: it stops, saying why.
+    let how = cluster.expect_removed(victim).await;
+    assert!(how.contains("removal"), "{how}");
     cluster.shutdown().await;
 }
 

@@ -271,6 +271,7 @@ impl<F: AbstractStateMachine> Raft<F> {
             vote_withheld_warned_term: 0,
             leaving: false,
             left: false,
+            removal: None,
         };
         let service = RaftGrpcService::new(node.clone());
         Ok(Raft {

@@ -151,6 +151,13 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
                     voters.remove(&id);
                 }
                 ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
+                    // Removal is final: members refuse a removed id's messages for good.
+                    if self.peers.is_removed(id) {
+                        return Err(Error::InvalidRequest(format!(
+                            "node {id} was removed from this cluster and its id cannot come back; \
+                             give the machine a new id (Raft::request_id) and join with that"
+                        )));
+                    }
                     if !members.contains(&id)
                         && !addrs.contains_key(&id)
                         && self.peers.get(id).is_none()
