@@ -373,6 +373,33 @@ async fn nodes_listening_on_port_0_announce_the_port_they_got_and_form_a_cluster
         || first_fsm.len() == 1 && second_fsm.len() == 1,
     )
     .await;
+    // Restarted on port 0, a node takes the port its members know it by, not a new one.
+    first.quit().await.expect("quit");
+    first_task.await.expect("join").expect("clean stop");
+    let config = support::test_config(dir.path(), 1, &peers, "port-0");
+    let first_fsm = AppliedLog::default();
+    let first = Raft::bootstrap(
+        1,
+        "127.0.0.1:0",
+        first_fsm.clone(),
+        config,
+        support::test_logger(),
+    )
+    .await
+    .expect("restart on port 0");
+    assert_eq!(
+        first.local_addr().to_string(),
+        bound,
+        "the port the members know"
+    );
+    let first_task = tokio::spawn(first.clone().run());
+    support::propose_retrying(&second, "after-the-restart").await;
+    support::eventually(
+        std::time::Duration::from_secs(20),
+        "the restarted node applied both writes",
+        || first_fsm.len() == 2,
+    )
+    .await;
     for (node, task) in [(second, second_task), (first, first_task)] {
         node.quit().await.expect("quit");
         task.await.expect("join").expect("clean stop");

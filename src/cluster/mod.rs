@@ -98,9 +98,21 @@ impl<F: AbstractStateMachine> Raft<F> {
         config: Config,
         logger: Logger,
     ) -> Result<Self> {
-        let raft_addr = raft_addr.into();
+        let mut raft_addr = raft_addr.into();
         config.validate(node_id)?;
         let logger = logger.new(slog::o!("node" => node_id));
+        if crate::config::port_of(&raft_addr) == Some(0) && config.advertise_addr.is_none() {
+            // Port 0 means "any free port" the first time only: members know the node by the
+            // port it got then and never learn a new one, so a restart takes that port again.
+            let dir = config.data_dir.clone();
+            let known = tokio::task::spawn_blocking(move || known_own_addr(&dir, node_id))
+                .await
+                .map_err(|e| Error::Other(format!("storage thread failed: {e}")))?;
+            if let Some(known) = known {
+                slog::info!(logger, "port 0 on a resumed data dir: listening on the port the members know"; "addr" => &known);
+                raft_addr = same_host_with_port(&raft_addr, &known).unwrap_or(raft_addr);
+            }
+        }
         let listener = TcpListener::bind(&raft_addr).await.map_err(|e| {
             Error::Io(std::io::Error::new(
                 e.kind(),
@@ -184,7 +196,7 @@ impl<F: AbstractStateMachine> Raft<F> {
         };
         if let Some(stored) = peers.get(&node_id) {
             if stored != &raft_addr {
-                slog::warn!(logger, "raft address differs from the one members know"; "given" => &raft_addr, "stored" => stored);
+                slog::warn!(logger, "this node's address differs from the one its members know, and they do not learn a new one: start it on the address they know"; "given" => &raft_addr, "known" => stored);
             }
         }
         slog::info!(logger, "node prepared"; "resumed" => resumed, "configured" => resumed || config.initial_peers.is_some(), "applied" => applied, "peers" => ?peers, "listen" => %local_addr);
@@ -440,6 +452,23 @@ async fn raise_commit_to(store: &LmdbStorage, index: u64, logger: &slog::Logger)
 /// The file is checked (checksum, header, metadata) on a storage thread, reading it in blocks;
 /// the state machine then reads it through `restore_from`, so a restart does not hold the whole
 /// snapshot in memory beside the state rebuilt from it.
+/// The address the members know this node by, as recorded in its data dir (None for a new or
+/// unreadable dir: the open that follows says what is wrong with it).
+fn known_own_addr(dir: &std::path::Path, node_id: u64) -> Option<String> {
+    if !dir.join("data.mdb").exists() {
+        return None;
+    }
+    let store = LmdbStorage::open_read_only(dir).ok()?;
+    store.peers().ok()?.remove(&node_id)
+}
+
+/// `listen` (`HOST:0`) with the port of `known`.
+fn same_host_with_port(listen: &str, known: &str) -> Option<String> {
+    let (host, _) = listen.rsplit_once(':')?;
+    let port = crate::config::port_of(known)?;
+    Some(format!("{host}:{port}"))
+}
+
 /// The address this node announces to its peers: `advertise` when set, else the listen address
 /// `listen`, with the port the system picked (`bound`) when it asked for port 0. Listening on
 /// every interface with port 0 leaves nothing to announce: that is a configuration error.
