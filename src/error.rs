@@ -108,7 +108,7 @@ pub enum Error {
     #[error("raft: {0}")]
     Raft(#[from] raft::Error),
     /// The node is shutting down or has stopped; the call was not carried out.
-    #[error("node is shutting down")]
+    #[error("the node is shutting down or has stopped (its run() has returned or is returning)")]
     ShuttingDown,
     /// The node's run loop was never started: nothing reads its mailbox, so the call cannot be
     /// carried out (and nothing was proposed).

@@ -344,6 +344,33 @@ async fn data_dir_of_another_cluster_is_refused_with_a_clear_error() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_member_whose_own_initial_peers_entry_is_not_its_address_is_refused_untouched() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let addrs = free_addrs(2);
+    // Its entry names another address than the one it listens on (and would announce).
+    let peers = pontoon::Peers::from([(1, addrs[1].clone())]);
+    let config = test_config(dir.path(), 1, &peers, "alpha");
+    let data_dir = config.data_dir.clone();
+    match Raft::bootstrap(
+        1,
+        addrs[0].clone(),
+        AppliedLog::default(),
+        config,
+        test_logger(),
+    )
+    .await
+    {
+        Err(Error::Config(msg)) => {
+            assert!(msg.contains(&addrs[1]) && msg.contains(&addrs[0]), "{msg}");
+            assert!(msg.contains("advertise_addr"), "{msg}");
+        }
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("a member with the wrong own address was accepted"),
+    }
+    assert!(!data_dir.exists(), "the refused start left a data dir");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rpc_from_another_cluster_or_malformed_is_refused_and_node_keeps_serving() {
     let cluster = TestCluster::start(3).await;
     let config = cluster.config(1);

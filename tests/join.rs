@@ -99,6 +99,25 @@ async fn a_learner_does_not_count_toward_quorum() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_learner_asks_the_members_and_stops_with_removed() {
+    let mut cluster = TestCluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    let learner = cluster.join_new_node(leader, true).await;
+    cluster.propose(leader, "w1").await;
+    cluster
+        .node(leader)
+        .remove_node(learner)
+        .await
+        .expect("remove the learner");
+    // A learner never campaigns, and the leader no longer writes to it: it has to ask.
+    let how = cluster.expect_removed(learner).await;
+    assert!(how.contains("refused its messages"), "{how}");
+    cluster.propose(leader, "w2").await;
+    assert_eq!(cluster.wait_all_applied(2).await, vec!["w1", "w2"]);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wiped_node_rejoins_with_a_new_id_after_its_old_one_is_removed() {
     let mut cluster = TestCluster::start(3).await;
     let joined = cluster.join_new_node(1, false).await;

@@ -90,7 +90,7 @@ async fn membership_changes_are_refused_with_typed_errors() {
         other => panic!("expected UnknownNode(99), got {other:?}"),
     }
     match cluster.node(follower).remove_node(leader).await {
-        Err(Error::InvalidRequest(msg)) => assert!(msg.contains("transfer leadership"), "{msg}"),
+        Err(Error::InvalidRequest(msg)) => assert!(msg.contains("move leadership"), "{msg}"),
         other => panic!("removing the leader must be refused, got {other:?}"),
     }
     match cluster.node(leader).leave_joint().await {

@@ -505,13 +505,17 @@ async fn real_main(
                     println!("leader elected: node {leader}");
                     println!("try: curl -XPUT http://{first_web}/store/hello/world && curl http://{first_web}/store/hello");
                 }
+                // The node stopped (removed, or a fatal error): the next step says why.
+                Err(_) if nodes[0].is_stopped() => {}
                 Err(_) => println!(
                     "no leader after 15 s: a quorum of the members may be down, or this node is not \
                      a member (removed, or another cluster's peers); GET http://{first_web}/debug shows \
                      what it knows"
                 ),
             }
-            println!("Ctrl-C to stop");
+            if !nodes[0].is_stopped() {
+                println!("Ctrl-C to stop");
+            }
         }
         _ = interrupted.wait_for(|stop| *stop) => {}
     }

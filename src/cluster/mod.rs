@@ -122,6 +122,20 @@ impl<F: AbstractStateMachine> Raft<F> {
         let local_addr = listener.local_addr()?;
         // From here on `raft_addr` is the address peers reach this node at.
         let raft_addr = advertised_addr(&raft_addr, local_addr, config.advertise_addr.as_deref())?;
+        if local_addr.ip().is_unspecified() && config.advertise_addr.is_none() {
+            slog::warn!(logger, "listening on every interface without advertise_addr: only this machine can reach the address peers are told"; "announced" => &raft_addr);
+        }
+        if let Some(own) = config.initial_peers.as_ref().and_then(|p| p.get(&node_id)) {
+            // A new static member's own entry is what every member will dial for good.
+            let new_dir = !config.data_dir.join("data.mdb").exists();
+            if new_dir && own != &raft_addr && crate::config::port_of(own) != Some(0) {
+                return Err(Error::Config(format!(
+                    "initial_peers gives this node ({node_id}) the address {own}, but peers would \
+                     reach it at {raft_addr}: make the two the same, or set advertise_addr \
+                     (memstore: --advertise-addr) to {own} if that is how they reach it"
+                )));
+            }
+        }
         let server = grpc_server(&config)?;
 
         let store = {
@@ -479,8 +493,8 @@ fn advertised_addr(listen: &str, bound: SocketAddr, advertise: Option<&str>) -> 
     match listen.rsplit_once(':') {
         Some((_, "0")) if bound.ip().is_unspecified() => Err(Error::Config(format!(
             "raft address {listen} listens on every interface with port 0, which peers cannot \
-             reach: set Config::advertise_addr to the address they reach this node at (it got \
-             port {})",
+             reach: set advertise_addr (memstore: --advertise-addr) to the address they reach \
+             this node at (it got port {})",
             bound.port()
         ))),
         Some((host, "0")) => Ok(format!("{host}:{}", bound.port())),

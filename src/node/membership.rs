@@ -145,7 +145,9 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
                     }
                     if id == raft.id {
                         return Err(Error::InvalidRequest(
-                            "the leader cannot remove itself; transfer leadership first (leave() does this)".into(),
+                            "the leader cannot remove itself: move leadership to another voter first \
+                             (transfer_leader; memstore: POST /transfer_leader/<id>; pontoon-cli \
+                             member transfer-leader), then remove it, or call leave() on it".into(),
                         ));
                     }
                     voters.remove(&id);

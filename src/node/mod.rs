@@ -39,6 +39,10 @@
 //! - A proposal the append window holds is not in the log: on a lost leadership or on shutdown
 //!   it is refused with a definite, retryable error.
 //! - The loop never awaits a network call; transports only enqueue.
+//! - A node that learns it was removed (it applied the entry, a member refused it, or its data
+//!   dir says so) keeps answering until no member has needed it for two maximal election
+//!   timeouts, then stops with `Error::Removed` (see `removal`). A member never refuses a node
+//!   it has not seen removed by a committed entry, and a removed id is never added again.
 
 mod applying;
 pub mod command_batch;
@@ -48,6 +52,7 @@ mod membership;
 mod proposals;
 mod proposing;
 mod reads;
+mod removal;
 mod rpc_results;
 mod run_loop;
 mod snapshotting;

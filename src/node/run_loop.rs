@@ -77,15 +77,7 @@ pub(crate) struct RunLoop<S: LogStore, F: AbstractStateMachine> {
     /// This node was removed and asked for it (`leaving`): stop at the end of this turn.
     pub(crate) left: bool,
     /// This node knows it was removed and lingers until no member needs it (see `on_removed`).
-    pub(crate) removal: Option<Removal>,
-}
-
-/// What a removed node knows while it lingers.
-pub(crate) struct Removal {
-    /// How it learned of its removal (the text of `Error::Removed`).
-    how: String,
-    /// The last time a member sent it a raft message (or when it learned of its removal).
-    last_needed: tokio::time::Instant,
+    pub(crate) removal: Option<super::removal::Removal>,
 }
 
 impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
@@ -116,17 +108,9 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
                     }
                 },
                 _ = ticker.tick() => {
-                    // Ticking on keeps raft's leader lease honest: a node that stopped ticking
-                    // would ignore every vote request as "within the lease".
-                    self.raw.tick();
-                    if let Some(removal) = &self.removal {
-                        if removal.last_needed.elapsed() >= self.removal_linger() {
-                            self.fatal = Some(Error::Removed {
-                                id: self.raw.raft.id,
-                                how: removal.how.clone(),
-                            });
-                        }
-                    }
+                    self.tick();
+                    self.probe_if_unheard();
+                    self.stop_if_no_longer_needed();
                     let answerable = self.reads_answerable();
                     if let Some(ctx) = self.reads.on_tick(2 * self.config.raft.election_tick, answerable) {
                         self.raw.read_index(ctx);
@@ -144,7 +128,9 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
                 }
             }
             if let Some(e) = self.fatal.take() {
-                slog::crit!(self.logger, "run loop stopped by a fatal error"; "error" => %e);
+                if !matches!(e, Error::Removed { .. }) {
+                    slog::crit!(self.logger, "run loop stopped by a fatal error"; "error" => %e);
+                }
                 break Err(e);
             }
             if self.left {
@@ -207,9 +193,7 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
                 self.transport.set_peers(&self.peers.to_peers());
             }
             Command::Raft(msg) => {
-                if let Some(removal) = &mut self.removal {
-                    removal.last_needed = tokio::time::Instant::now();
-                }
+                self.note_member_contact();
                 if let Some(lost) = self.log_lost_per(&msg) {
                     self.fatal = Some(lost);
                     return true;
@@ -252,37 +236,6 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
             Command::Quit => return true,
         }
         false
-    }
-
-    /// This node is no longer a member (`how` says how it learned so). When `leave()` asked for
-    /// it, it stops cleanly at the end of the turn. Otherwise it lingers, then stops with
-    /// `Error::Removed`, so the caller of `run()` learns why the node stopped instead of
-    /// watching it idle (one that missed its removal would campaign without effect forever).
-    ///
-    /// Why linger: raft-rs uses a configuration from when its entry is *applied*. A member
-    /// that holds the removal entry but has not learned that it committed still counts this
-    /// node's vote; if the leader dies then, the survivors need this node to elect the next
-    /// one (which then commits the removal). So a removed node keeps running and answering,
-    /// and stops once no member has sent it anything for `removal_linger` (two maximal
-    /// election timeouts). Members that applied its removal refuse whatever it sends.
-    pub(crate) fn on_removed(&mut self, how: String) {
-        let id = self.raw.raft.id;
-        self.peers.mark_removed(id);
-        if self.leaving {
-            slog::info!(self.logger, "this node left the cluster; stopping"; "how" => &how);
-            self.left = true;
-        } else if self.removal.is_none() {
-            slog::warn!(self.logger, "this node was removed from the cluster; it stops once no member needs its vote"; "how" => &how, "after" => ?self.removal_linger());
-            self.removal = Some(Removal {
-                how,
-                last_needed: tokio::time::Instant::now(),
-            });
-        }
-    }
-
-    /// How long a removed node stays after the last message from a member (see `on_removed`).
-    fn removal_linger(&self) -> std::time::Duration {
-        self.config.tick_interval * (2 * self.config.raft.max_election_tick() as u32)
     }
 
     /// Whether to ignore a vote request: this node holds nothing but the bootstrap

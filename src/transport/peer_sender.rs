@@ -324,8 +324,11 @@ impl SenderWorker {
             }
             Err(status) => {
                 self.dropped.inc_by(messages.len() as u64);
-                self.on_failure(failing, &status.to_string());
-                if is_removal_of(&status, self.from) {
+                let removed = is_removal_of(&status, self.from);
+                if !removed {
+                    self.on_failure(failing, &status.to_string());
+                }
+                if removed {
                     // A member applied this node's removal: the run loop stops the node.
                     let _ = self.feedback.try_send(Command::RemovedBy {
                         by: self.to,
