@@ -146,7 +146,15 @@ fn json<T: serde::Serialize>(value: &T) -> Result<String, String> {
 }
 
 async fn run(cli: Cli) -> Result<String, String> {
-    let err = |e: pontoon::Error| e.to_string();
+    // A transport failure most often means the address is not a node's raft (gRPC) port:
+    // memstore's HTTP port, say, closes the connection on a gRPC call.
+    let err = |e: pontoon::Error| match e {
+        pontoon::Error::Transport(_) => format!(
+            "{e}; is that the node's raft (gRPC) address? (memstore: --raft-addr, not \
+             --web-server)"
+        ),
+        e => e.to_string(),
+    };
     let remote = cli.remote_options()?;
     let remote = &remote;
     match cli.command {
