@@ -62,12 +62,28 @@ impl LogStore for LmdbStorage {
     fn latest_snapshot_file(
         &self,
     ) -> Result<Option<(SnapshotMetadata, std::path::PathBuf)>, StorageError> {
-        let meta = (*self.cache().snapshot_meta).clone();
+        let mut meta = (*self.cache().snapshot_meta).clone();
         if meta.index == 0 {
             return Ok(None);
         }
-        let path = self.inner.snapshots.existing_path(meta.index, meta.term)?;
-        Ok(Some((meta, path)))
+        // A newer snapshot may be stored between reading the metadata and looking for its file,
+        // and the older file deleted: then the newer one is there (a store names a file only
+        // once it is durable, and deletes older files only after that). Look again, a few times
+        // at most; a file missing under unchanged metadata is real damage.
+        let mut tries = 0;
+        loop {
+            match self.inner.snapshots.existing_path(meta.index, meta.term) {
+                Ok(path) => return Ok(Some((meta, path))),
+                Err(missing) => {
+                    let now = (*self.cache().snapshot_meta).clone();
+                    tries += 1;
+                    if (now.index, now.term) == (meta.index, meta.term) || tries == 3 {
+                        return Err(missing);
+                    }
+                    meta = now;
+                }
+            }
+        }
     }
 
     fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), StorageError> {

@@ -532,3 +532,32 @@ fn a_reader_refusing_a_foreign_data_mdb_leaves_the_dir_as_it_found_it() {
         .collect();
     assert_eq!(left, vec![std::ffi::OsString::from("data.mdb")]);
 }
+
+/// The run loop asks for the latest snapshot file (raft's `snapshot()`) while a snapshot task
+/// stores a newer one and deletes the older file. It must get one of the two, never an error:
+/// raft-rs panics on an unexpected storage error.
+#[test]
+fn the_latest_snapshot_file_is_found_while_newer_snapshots_replace_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lmdb = open(&dir);
+    append(&lmdb, (1..=2).map(|i| entry(i, 1)).collect()).expect("append");
+    lmdb.save_snapshot(&snapshot(1, 1, vec![1]))
+        .expect("first snapshot");
+    let writer = lmdb.clone();
+    let saves = std::thread::spawn(move || {
+        for index in 2..=1500 {
+            writer
+                .save_snapshot(&snapshot(index, 1, vec![1]))
+                .expect("save");
+        }
+    });
+    let mut looked = 0u64;
+    while !saves.is_finished() {
+        lmdb.latest_snapshot_file()
+            .expect("a snapshot file, not an error")
+            .expect("a snapshot");
+        looked += 1;
+    }
+    saves.join().expect("saver");
+    assert!(looked > 0);
+}
