@@ -173,11 +173,62 @@ impl RaftNode {
         self.change_config(cc, Peers::new()).await
     }
 
-    /// Remove `id` from the cluster. To remove the leader, call `leave()` on it (which hands
-    /// leadership over first).
+    /// Remove `id` from the cluster. Removing the leader first moves leadership to another
+    /// voter (this node, when it is one), as etcd and hashicorp/raft do: a leader cannot
+    /// remove itself.
     pub async fn remove_node(&self, id: u64) -> Result<ConfState> {
+        if id != raft::INVALID_ID && self.get_leader_id() == id {
+            self.move_leadership_off(id).await?;
+        }
         let cc = single_change(ConfChangeType::RemoveNode, id);
         self.change_config(cc, Peers::new()).await
+    }
+
+    /// Hand leadership from `leader` (about to be removed) to another voter, and wait until
+    /// this node sees the new leader.
+    async fn move_leadership_off(&self, leader: u64) -> Result<()> {
+        if leader == self.id() {
+            return self.transfer_leader_to(None).await.map(|_| ());
+        }
+        let status = self.inspect().await?;
+        let is_voter = |id: u64| status.peers.iter().any(|p| p.id == id && p.role == "voter");
+        let target = if is_voter(self.id()) {
+            self.id()
+        } else {
+            status
+                .peers
+                .iter()
+                .find(|p| p.id != leader && p.role == "voter")
+                .map(|p| p.id)
+                .ok_or_else(|| {
+                    Error::WouldLoseQuorum(format!(
+                        "node {leader} is the only voter; it cannot be removed"
+                    ))
+                })?
+        };
+        let addr = self.shared.peers.get(leader).ok_or(Error::NotLeader {
+            leader_id: Some(leader),
+            leader_addr: None,
+        })?;
+        let mut client = self.shared.clients.get(&addr, &self.shared.config)?;
+        let timeout = self.shared.config.propose_timeout;
+        let asked = tokio::time::timeout(
+            timeout,
+            client.transfer_leader(crate::transport::pb::TransferLeaderRequest {
+                cluster_id: self.shared.config.cluster_id.clone(),
+                target,
+            }),
+        )
+        .await
+        .map_err(|_| Error::Timeout(format!("leader transfer to {target}")))?
+        .map_err(|s| Error::Transport(format!("{addr}: {}", s.message())))?;
+        super::rpc_results::response_to_result(asked.into_inner())?;
+        let mut seen = self.shared.status.clone();
+        tokio::time::timeout(timeout, seen.wait_for(|s| s.leader_id == target))
+            .await
+            .map_err(|_| Error::Timeout(format!("leader transfer to {target}")))?
+            .map_err(|_| Error::ShuttingDown)?;
+        Ok(())
     }
 
     /// Leave a joint configuration entered by a multi-change `change_config` with an explicit
