@@ -244,12 +244,13 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
             // Replayed after a restart: the stored conf state already includes it (and is the
             // latest), so a node this entry removes and that state lacks is gone for good.
             let cs = self.raw.raft.prs().conf().to_conf_state();
+            let members = conf_members(&cs);
             let removed: Vec<u64> = cc
                 .get_changes()
                 .iter()
                 .filter(|c| c.get_change_type() == ConfChangeType::RemoveNode)
                 .map(|c| c.node_id)
-                .filter(|id| !conf_members(&cs).contains(id))
+                .filter(|id| !members.contains(id))
                 .collect();
             self.note_removed(&removed, index);
             return Ok((proposal, cs));
@@ -265,15 +266,8 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
         // Forget addresses only of nodes that left the configuration entirely: in a joint
         // configuration the outgoing voters still vote and must still be reached.
         let me = self.raw.raft.id;
-        let in_config = |id: u64| {
-            id == me
-                || cs.voters.contains(&id)
-                || cs.voters_outgoing.contains(&id)
-                || cs.learners.contains(&id)
-                || cs.learners_next.contains(&id)
-        };
         for id in self.peers.to_peers().into_keys() {
-            if !in_config(id) {
+            if id != me && !after.contains(&id) {
                 self.peers.remove(id);
             }
         }

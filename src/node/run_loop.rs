@@ -150,11 +150,7 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
                 break Err(e);
             }
             self.publish_status();
-            // Applying this turn's entries may have removed this node.
-            if let Some(e) = self.fatal.take() {
-                slog::crit!(self.logger, "run loop stopped by a fatal error"; "error" => %e);
-                break Err(e);
-            }
+            // Applying this turn's entries may have removed this node after its `leave()`.
             if quit || self.left {
                 break Ok(());
             }

@@ -228,10 +228,7 @@ impl RaftService for RaftGrpcService {
             let addr = meta
                 .get(STREAM_FROM_ADDR_HEADER)
                 .and_then(|v| v.to_str().ok())
-                .filter(|a| {
-                    a.rsplit_once(':')
-                        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
-                });
+                .filter(|a| crate::config::port_of(a).is_some());
             if let Some(addr) = addr {
                 let book = crate::config::Peers::from([(from, addr.to_string())]);
                 let _ = self
