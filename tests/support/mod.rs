@@ -130,15 +130,47 @@ pub fn test_logger() -> pontoon::slog::Logger {
     }
 }
 
-/// Free loopback ports for a cluster (bound then released).
+/// Lowest and one past the highest port `free_addrs` hands out. The range sits below Linux's
+/// ephemeral range (32768-60999 by default), from which the kernel picks both `bind(…:0)` ports
+/// and the local ports of outgoing connections: a port taken from there, released and bound
+/// again later could meanwhile have become the local end of some gRPC client's connection
+/// (AddrInUse on a node's start or restart). Nothing here picks from this range implicitly.
+const TEST_PORTS: std::ops::Range<u16> = 12_000..32_000;
+
+/// Loopback addresses on ports no one held when asked, each handed out once per test process.
+///
+/// Every test binary starts at its own point of `TEST_PORTS` (from its pid) and walks on from
+/// there, skipping ports it cannot bind, so tests running at once in this process never get the
+/// same port, and neither does a node restarted on its old address while another test starts.
 pub fn free_addrs(n: usize) -> Vec<String> {
-    let listeners: Vec<_> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("addr").to_string())
-        .collect()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let span = u32::from(TEST_PORTS.end - TEST_PORTS.start);
+    // First use: start at this process's own offset (tests of other binaries may run at once).
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(7919) % span,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    let mut addrs = Vec::with_capacity(n);
+    for _ in 0..span {
+        if addrs.len() == n {
+            break;
+        }
+        let offset = NEXT.fetch_add(1, Ordering::SeqCst) % span;
+        let port = TEST_PORTS.start + offset as u16;
+        // Bound and released: held by no one now, and no later call of ours hands it out.
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            addrs.push(format!("127.0.0.1:{port}"));
+        }
+    }
+    assert_eq!(
+        addrs.len(),
+        n,
+        "no {n} free loopback ports in {TEST_PORTS:?}"
+    );
+    addrs
 }
 
 pub struct TestNode {
