@@ -417,6 +417,48 @@ async fn change_config_without_the_token_is_refused() {
     cluster.shutdown().await;
 }
 
+/// An address update redirects a member's traffic, so it needs the join token like a join.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn address_update_without_the_token_is_refused() {
+    let cluster = TestCluster::start_with(3, with_token).await;
+    let leader = cluster.wait_for_leader().await;
+    let follower = cluster.follower_of(leader);
+    let before = cluster.node(leader).get_peers();
+    let mut client =
+        pontoon::client::connect_lazy(&cluster.peers[&leader], &outsider(&cluster, None, None))
+            .expect("client");
+    for token in ["", "wrong token"] {
+        let refused = client
+            .update_address(pb::UpdateAddressRequest {
+                cluster_id: cluster.cluster_id.clone(),
+                node_id: follower,
+                raft_addr: "127.0.0.1:1".to_string(),
+                join_token: token.to_string(),
+            })
+            .await
+            .expect_err("UpdateAddress without the token");
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused}");
+    }
+    let refused =
+        pontoon::debug::update_member_address(&cluster.peers[&leader], follower, "127.0.0.1:1")
+            .await;
+    assert!(
+        matches!(refused, Err(Error::Unauthorized(_))),
+        "{refused:?}"
+    );
+    // Nothing was proposed: the follower is still reached where it was and applies writes.
+    cluster.propose(leader, "after").await;
+    assert_eq!(cluster.wait_all_applied(1).await, vec!["after"]);
+    for (id, node) in &cluster.nodes {
+        assert_eq!(
+            node.raft.get_peers(),
+            before,
+            "node {id}'s address book changed"
+        );
+    }
+    cluster.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_of_another_certificate_fails_bootstrap_with_a_typed_error() {
     let (cert, _) = pki().cluster.leaf("member");

@@ -133,6 +133,17 @@ enum Member {
         #[arg(long, value_parser = raft_addr)]
         addr: String,
     },
+    /// Record a member's new raft address through the log, when it moved and cannot say so
+    /// itself (a node restarted on its data dir at a new address tells the members on its own).
+    UpdateAddress {
+        id: u64,
+        /// The address the member now listens on (HOST:PORT).
+        #[arg(value_parser = raft_addr)]
+        new_addr: String,
+        /// Any member's raft address.
+        #[arg(long, value_parser = raft_addr)]
+        addr: String,
+    },
     /// Move leadership to a member (sent to the leader).
     TransferLeader {
         id: u64,
@@ -220,6 +231,12 @@ async fn run(cli: Cli) -> Result<String, String> {
                     .await
                     .map_err(err)?;
                 Ok(format!("node {id} removed\n"))
+            }
+            Member::UpdateAddress { id, new_addr, addr } => {
+                debug::update_member_address_with(&addr, id, &new_addr, remote)
+                    .await
+                    .map_err(err)?;
+                Ok(format!("node {id} is now reached at {new_addr}\n"))
             }
             Member::TransferLeader { id, addr } => {
                 debug::transfer_leader_with(&addr, id, remote)

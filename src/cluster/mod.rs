@@ -43,6 +43,9 @@ struct Parts<F: AbstractStateMachine> {
     service: RaftGrpcService,
     stopped_tx: watch::Sender<bool>,
     started_tx: watch::Sender<bool>,
+    /// The address the members knew this node by, when it now has another (see
+    /// `node::relocation`).
+    moved_from: Option<String>,
 }
 
 /// A pontoon node: bootstrap it, spawn `run()`, use it through its `RaftNode` (`Deref`).
@@ -208,11 +211,11 @@ impl<F: AbstractStateMachine> Raft<F> {
             // (`join_cluster`), which sends it a snapshot with the members and their addresses.
             Peers::from([(node_id, raft_addr.clone())])
         };
-        if let Some(stored) = peers.get(&node_id) {
-            if stored != &raft_addr {
-                slog::warn!(logger, "this node's address differs from the one its members know, and they do not learn a new one: start it on the address they know"; "given" => &raft_addr, "known" => stored);
-            }
-        }
+        // Restarted on another address: `run` asks the members to record the new one.
+        let moved_from = peers
+            .get(&node_id)
+            .filter(|stored| **stored != raft_addr)
+            .cloned();
         slog::info!(logger, "node prepared"; "resumed" => resumed, "configured" => resumed || config.initial_peers.is_some(), "applied" => applied, "peers" => ?peers, "listen" => %local_addr);
 
         let mut raft_config = config.raft.clone();
@@ -309,6 +312,7 @@ impl<F: AbstractStateMachine> Raft<F> {
                 service,
                 stopped_tx,
                 started_tx,
+                moved_from,
             }))),
             local_addr,
         })
@@ -376,6 +380,7 @@ impl<F: AbstractStateMachine> Raft<F> {
             service,
             stopped_tx,
             started_tx,
+            moved_from,
         } = parts;
         let _ = started_tx.send(true);
         let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
@@ -388,10 +393,20 @@ impl<F: AbstractStateMachine> Raft<F> {
                 }),
         );
         let logger = run_loop.logger.clone();
+        let announcer = moved_from.map(|known| {
+            tokio::spawn(
+                self.node
+                    .clone()
+                    .announce_new_address(known, logger.clone()),
+            )
+        });
         // The loop owns the storage; when `run` returns, the loop and every storage handle are
         // dropped, which closes the LMDB environment.
         let outcome = run_loop.run().await;
         let _ = shutdown_tx.send(());
+        if let Some(announcer) = announcer {
+            announcer.abort();
+        }
         if tokio::time::timeout(SERVER_DRAIN, &mut server)
             .await
             .is_err()

@@ -1,4 +1,5 @@
-//! Administrative calls for tools: remove a member, move leadership, force a snapshot. Each
+//! Administrative calls for tools: remove a member, record a member's new address, move
+//! leadership, force a snapshot. Each
 //! learns the cluster id from the node first, and follows `NotLeader` hints a few hops.
 
 use protobuf::Message as _;
@@ -35,6 +36,7 @@ pub async fn discover_with(addr: &str, options: &RemoteOptions) -> Result<(Strin
 
 enum AdminCall {
     Remove(u64),
+    UpdateAddress(u64, String),
     Transfer(u64),
     Snapshot,
 }
@@ -62,6 +64,18 @@ async fn call(
                         cluster_id: cluster_id.clone(),
                         conf_change,
                         addrs: Default::default(),
+                        join_token: config.join_token.clone().unwrap_or_default(),
+                    }),
+                )
+                .await
+            }
+            AdminCall::UpdateAddress(id, raft_addr) => {
+                tokio::time::timeout(
+                    config.rpc_timeout,
+                    client.update_address(pb::UpdateAddressRequest {
+                        cluster_id: cluster_id.clone(),
+                        node_id: *id,
+                        raft_addr: raft_addr.clone(),
                         join_token: config.join_token.clone().unwrap_or_default(),
                     }),
                 )
@@ -117,6 +131,30 @@ pub async fn remove_member_with(addr: &str, id: u64, options: &RemoteOptions) ->
     call(addr, AdminCall::Remove(id), true, options)
         .await
         .map(|_| ())
+}
+
+/// Record through the log that member `id` is now reached at `raft_addr` (any member forwards
+/// it to the leader). For a node moved to a new address that cannot tell the members itself;
+/// one restarted on its data dir does.
+pub async fn update_member_address(addr: &str, id: u64, raft_addr: &str) -> Result<()> {
+    update_member_address_with(addr, id, raft_addr, &RemoteOptions::default()).await
+}
+
+/// `update_member_address` with TLS and the join token (see `RemoteOptions`).
+pub async fn update_member_address_with(
+    addr: &str,
+    id: u64,
+    raft_addr: &str,
+    options: &RemoteOptions,
+) -> Result<()> {
+    call(
+        addr,
+        AdminCall::UpdateAddress(id, raft_addr.to_string()),
+        false,
+        options,
+    )
+    .await
+    .map(|_| ())
 }
 
 /// Move leadership to `id` (sent to the leader, found through `addr`).

@@ -9,7 +9,8 @@ mod table;
 
 pub use admin::{
     create_snapshot, create_snapshot_with, discover, discover_with, remove_member,
-    remove_member_with, transfer_leader, transfer_leader_with,
+    remove_member_with, transfer_leader, transfer_leader_with, update_member_address,
+    update_member_address_with,
 };
 pub use live::{
     cluster_status, cluster_status_with, node_status, node_status_with, render_cluster,

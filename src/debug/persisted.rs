@@ -170,6 +170,9 @@ pub(crate) fn view_entry(
                         Ok(FrameworkEntry::ReserveId { raft_addr }) => {
                             format!("reserve a node id for {raft_addr}")
                         }
+                        Ok(FrameworkEntry::UpdateAddress { node_id, raft_addr }) => {
+                            format!("node {node_id} is now reached at {raft_addr}")
+                        }
                         Err(e) => format!("unreadable framework entry: {e}"),
                     },
                 ),

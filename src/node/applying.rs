@@ -90,6 +90,10 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
                 slog::info!(self.logger, "node id reserved"; "id" => self.max_node_id, "for" => raft_addr);
                 Ok(self.max_node_id.to_be_bytes().to_vec())
             }
+            FrameworkEntry::UpdateAddress { node_id, raft_addr } => {
+                self.apply_address_update(node_id, raft_addr)?;
+                Ok(Vec::new())
+            }
         }
     }
 }

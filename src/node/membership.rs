@@ -280,7 +280,7 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
 }
 
 /// Every node in a configuration: voters (incoming and outgoing) and learners (current and next).
-fn conf_members(cs: &raft::eraftpb::ConfState) -> std::collections::BTreeSet<u64> {
+pub(super) fn conf_members(cs: &raft::eraftpb::ConfState) -> std::collections::BTreeSet<u64> {
     cs.voters
         .iter()
         .chain(&cs.voters_outgoing)

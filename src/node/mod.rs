@@ -52,6 +52,7 @@ mod membership;
 mod proposals;
 mod proposing;
 mod reads;
+mod relocation;
 mod removal;
 mod rpc_results;
 mod run_loop;

@@ -34,6 +34,10 @@ pub enum FrameworkEntry {
     /// Reserve the next node id for a node that will join at `raft_addr`. Applying it answers
     /// the new id (u64 big-endian); every node computes the same id from the same log.
     ReserveId { raft_addr: String },
+    /// Member `node_id` is now reached at `raft_addr` (it restarted on a new address). Applying
+    /// it updates every node's address book, durably; an id that is not a member is refused
+    /// the same way everywhere. Appended after `ReserveId` so older logs decode unchanged.
+    UpdateAddress { node_id: u64, raft_addr: String },
 }
 
 impl FrameworkEntry {

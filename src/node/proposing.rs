@@ -33,6 +33,9 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
             ))));
             return;
         }
+        if kind == EntryKind::Framework {
+            self.redirect_early(&data);
+        }
         let ctx = self.waiters.next_context(kind);
         self.proposal_batch.push((ctx, data, reply));
     }

@@ -23,6 +23,7 @@ pub(super) enum Submission {
     Entry(Vec<u8>),
     ConfChange { cc: ConfChangeV2, addrs: Peers },
     ReserveId(String),
+    UpdateAddress { node_id: u64, raft_addr: String },
 }
 
 impl RaftNode {
@@ -75,6 +76,11 @@ impl RaftNode {
                 kind: EntryKind::Framework,
                 reply,
             },
+            Submission::UpdateAddress { node_id, raft_addr } => Command::Propose {
+                data: FrameworkEntry::UpdateAddress { node_id, raft_addr }.encode()?,
+                kind: EntryKind::Framework,
+                reply,
+            },
         };
         self.send_until(cmd, deadline).await?;
         match tokio::time::timeout_at(deadline, rx).await {
@@ -112,6 +118,16 @@ impl RaftNode {
                     client
                         .request_id(pb::RequestIdRequest {
                             cluster_id,
+                            raft_addr: raft_addr.clone(),
+                            join_token,
+                        })
+                        .await
+                }
+                Submission::UpdateAddress { node_id, raft_addr } => {
+                    client
+                        .update_address(pb::UpdateAddressRequest {
+                            cluster_id,
+                            node_id: *node_id,
                             raft_addr: raft_addr.clone(),
                             join_token,
                         })

@@ -356,6 +356,19 @@ impl RaftService for RaftGrpcService {
         )))
     }
 
+    async fn update_address(
+        &self,
+        request: Request<pb::UpdateAddressRequest>,
+    ) -> Result<Response<pb::ProposeResponse>, Status> {
+        let req = request.into_inner();
+        self.check_cluster(&req.cluster_id)?;
+        self.check_join_token(&req.join_token)?;
+        let result = self.node.update_address(req.node_id, req.raft_addr).await;
+        Ok(Response::new(result_to_response(
+            result.map(|()| Vec::new()),
+        )))
+    }
+
     async fn debug_node(
         &self,
         request: Request<pb::DebugNodeRequest>,
