@@ -76,6 +76,29 @@ async fn removing_the_leader_moves_leadership_first_then_removes_it() {
     cluster.shutdown().await;
 }
 
+/// What `pontoon-cli member remove <leader>` sends: a raw ChangeConfig to the leader. The leader
+/// hands over first and the tool follows the NotLeader hint to the new leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_tool_removes_the_leader_after_leadership_moves() {
+    let mut cluster = TestCluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    cluster.propose(leader, "before").await;
+    pontoon::debug::remove_member(&cluster.peers[&leader], leader)
+        .await
+        .expect("the tool removes the leader");
+    cluster.expect_removed(leader).await;
+    let survivor = *cluster.nodes.keys().next().expect("a survivor");
+    let cs = cluster.node(survivor).inspect().await.expect("status");
+    assert!(
+        cs.peers.iter().all(|p| p.id != leader),
+        "{leader} still listed: {:?}",
+        cs.peers
+    );
+    cluster.propose(survivor, "after").await;
+    assert_eq!(cluster.wait_all_applied(2).await, vec!["before", "after"]);
+    cluster.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removed_node_comes_back_with_the_membership_it_had_after_restart() {
     let mut cluster = TestCluster::start(3).await;

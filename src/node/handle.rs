@@ -186,7 +186,7 @@ impl RaftNode {
 
     /// Hand leadership from `leader` (about to be removed) to another voter, and wait until
     /// this node sees the new leader.
-    async fn move_leadership_off(&self, leader: u64) -> Result<()> {
+    pub(crate) async fn move_leadership_off(&self, leader: u64) -> Result<()> {
         if leader == self.id() {
             return self.transfer_leader_to(None).await.map(|_| ());
         }

@@ -145,9 +145,10 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
                     }
                     if id == raft.id {
                         return Err(Error::InvalidRequest(
-                            "the leader cannot remove itself: move leadership to another voter first \
-                             (transfer_leader; memstore: POST /transfer_leader/<id>; pontoon-cli \
-                             member transfer-leader), then remove it, or call leave() on it".into(),
+                            "the leader cannot remove itself with a raw conf change: use \
+                             remove_node (it moves leadership to another voter first) or leave() \
+                             on it, or transfer_leader and then remove it"
+                                .into(),
                         ));
                     }
                     voters.remove(&id);

@@ -7,7 +7,7 @@
 //! with `INVALID_ARGUMENT`; the service keeps serving.
 
 use protobuf::Message as PbMessage;
-use raft::eraftpb::{ConfChangeV2, Message, MessageType};
+use raft::eraftpb::{ConfChangeType, ConfChangeV2, Message, MessageType};
 use tonic::{Request, Response, Status};
 
 use super::pb;
@@ -301,6 +301,18 @@ impl RaftService for RaftGrpcService {
         self.check_cluster(&req.cluster_id)?;
         self.check_join_token(&req.join_token)?;
         let (cc, addrs) = decode_change_config(req)?;
+        let me = self.node.id();
+        let removes_me = cc.get_changes().len() == 1
+            && cc.get_changes()[0].get_change_type() == ConfChangeType::RemoveNode
+            && cc.get_changes()[0].node_id == me;
+        if removes_me && self.node.status().role.is_leader() {
+            // A tool removing the leader (pontoon-cli member remove): hand leadership to another
+            // voter first, as `remove_node` does; the change below then answers NotLeader with
+            // the new leader, and the caller follows the hint there.
+            if let Err(e) = self.node.move_leadership_off(me).await {
+                return Ok(Response::new(result_to_response(Err(e))));
+            }
+        }
         Ok(Response::new(result_to_response(
             self.node.change_config_local(cc, addrs).await,
         )))
