@@ -239,7 +239,7 @@ impl RaftServiceClient {
         };
         let reply = tokio::time::timeout(self.deadline, grpc.debug_node(request))
             .await
-            .map_err(|_| Error::Timeout(format!("status of {addr}")))?
+            .map_err(|_| Error::timeout(format!("status of {addr}")))?
             .map_err(|s| Error::Transport(format!("{addr}: {}", s.message())))?;
         Ok(serde_json::from_str(&reply.into_inner().json)?)
     }
@@ -253,7 +253,7 @@ impl RaftServiceClient {
     pub async fn read(&self, query: Vec<u8>) -> Result<Vec<u8>> {
         self.call(Call::Read(query)).await.map_err(|e| match e {
             // A read has no side effect: "unknown outcome" is just a timeout.
-            Error::OutcomeUnknown(m) => Error::Timeout(format!("read: {m}")),
+            Error::OutcomeUnknown(m) => Error::timeout(format!("read: {m}")),
             other => other,
         })
     }
@@ -301,10 +301,10 @@ impl RaftServiceClient {
             };
             let reply = match reply {
                 Err(_) => {
-                    return Err(Error::Timeout(match call {
-                        Call::Propose(_) => "proposal through the client".into(),
-                        Call::Read(_) => "read through the client".into(),
-                    }))
+                    return Err(match call {
+                        Call::Propose(_) => Error::write_timeout("proposal through the client"),
+                        Call::Read(_) => Error::timeout("read through the client"),
+                    })
                 }
                 Ok(Err(status)) if status.code() == tonic::Code::PermissionDenied => {
                     return Err(Error::ClusterMismatch {

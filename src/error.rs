@@ -27,10 +27,12 @@ pub enum Error {
     /// index after a leader change. It is safe to retry.
     #[error("proposal was not committed ({0}); it is safe to retry")]
     ProposalDropped(String),
-    /// The call did not finish in time. For a proposal this means the outcome is UNKNOWN: the
-    /// entry may still be committed and applied later. Do not assume it failed.
-    #[error("{0} timed out{note}", note = timeout_note(.0))]
-    Timeout(String),
+    /// The call did not finish in time. When `outcome_unknown` is set (the call may have
+    /// appended to the log: a proposal, a membership change, an id reservation, an address
+    /// update), the entry may still be committed and applied later: do not assume it failed.
+    /// Otherwise nothing was changed (a read, a status call, a leader transfer).
+    #[error("{what} timed out{}", if *.outcome_unknown { "; the outcome is unknown (it may still be applied)" } else { "" })]
+    Timeout { what: String, outcome_unknown: bool },
     /// The node stopped or the connection broke after the proposal was handed over: the entry may
     /// or may not be committed. Check before retrying a non-idempotent command.
     #[error("outcome unknown: {0}; the entry may still be applied")]
@@ -133,19 +135,36 @@ fn leader_hint(id: Option<u64>, addr: &Option<String>) -> String {
     }
 }
 
-/// What a timeout of `what` leaves behind: only calls that may have appended something to the
-/// log (proposals, local, forwarded or through the client, membership changes and id requests,
-/// which reserve an id through the log) leave an unknown outcome.
-fn timeout_note(what: &str) -> &'static str {
-    let wrote = ["proposal", "membership change", "id request"];
-    if wrote.iter().any(|w| what.contains(w)) {
-        "; the outcome is unknown (it may still be applied)"
-    } else {
-        ""
-    }
-}
-
 impl Error {
+    /// A timeout of a call that changes nothing (a read, a status call, a leader transfer).
+    pub fn timeout(what: impl Into<String>) -> Self {
+        Error::Timeout {
+            what: what.into(),
+            outcome_unknown: false,
+        }
+    }
+
+    /// A timeout of a call that may have appended to the log: its outcome is unknown.
+    pub fn write_timeout(what: impl Into<String>) -> Self {
+        Error::Timeout {
+            what: what.into(),
+            outcome_unknown: true,
+        }
+    }
+
+    /// True when the call may or may not have taken effect (`OutcomeUnknown`, or a `Timeout`
+    /// of a write): check before retrying a command that is not idempotent.
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(
+            self,
+            Error::OutcomeUnknown(_)
+                | Error::Timeout {
+                    outcome_unknown: true,
+                    ..
+                }
+        )
+    }
+
     /// True when retrying the same call later can succeed without risking a duplicate apply.
     pub fn is_retryable(&self) -> bool {
         matches!(
@@ -178,11 +197,12 @@ mod tests {
 
     #[test]
     fn only_a_timeout_of_a_write_says_its_outcome_is_unknown() {
-        let read = Error::Timeout("linearizable read".into()).to_string();
-        assert_eq!(read, "linearizable read timed out");
-        let write = Error::Timeout("forwarded proposal".into()).to_string();
-        assert!(write.contains("outcome is unknown"), "{write}");
-        let reservation = Error::Timeout("id request to 10.0.0.1:60061".into()).to_string();
-        assert!(reservation.contains("outcome is unknown"), "{reservation}");
+        let read = Error::timeout("linearizable read");
+        assert_eq!(read.to_string(), "linearizable read timed out");
+        assert!(!read.outcome_unknown());
+        let write = Error::write_timeout("forwarded proposal");
+        assert!(write.to_string().contains("outcome is unknown"), "{write}");
+        assert!(write.outcome_unknown());
+        assert!(Error::OutcomeUnknown("the node stopped".into()).outcome_unknown());
     }
 }

@@ -44,7 +44,7 @@ async fn an_isolated_leader_is_replaced_serves_no_stale_reads_and_catches_up_aft
             "stale linearizable read on the isolated node: {entries:?}"
         ),
         Err(e) => assert!(
-            e.is_retryable() || matches!(e, pontoon::Error::Timeout(_)),
+            e.is_retryable() || matches!(e, pontoon::Error::Timeout { .. }),
             "{e}"
         ),
     }

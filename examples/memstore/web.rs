@@ -184,7 +184,7 @@ fn error_response(e: Error) -> Response {
         Error::ChangeInProgress(_) | Error::WouldLoseQuorum(_) => StatusCode::CONFLICT,
         Error::NotLeader { .. }
         | Error::NoLeader
-        | Error::Timeout(_)
+        | Error::Timeout { .. }
         | Error::OutcomeUnknown(_)
         | Error::ProposalDropped(_)
         | Error::NotReady(_)

@@ -75,7 +75,7 @@ pub async fn request_id_with(
         }),
     )
     .await
-    .map_err(|_| Error::Timeout(format!("id request to {peer_addr}")))?
+    .map_err(|_| Error::write_timeout(format!("id request to {peer_addr}")))?
     .map_err(|s| rpc_error(&format!("id request to {peer_addr}"), s))?
     .into_inner();
     let reserved_id = reserved_id_from(reply)?;
@@ -84,7 +84,7 @@ pub async fn request_id_with(
         client.get_peers(pb::GetPeersRequest { cluster_id }),
     )
     .await
-    .map_err(|_| Error::Timeout(format!("peer list from {peer_addr}")))?
+    .map_err(|_| Error::timeout(format!("peer list from {peer_addr}")))?
     .map_err(|s| rpc_error(&format!("peer list from {peer_addr}"), s))?
     .into_inner();
     ticket_from(reserved_id, raft_addr, peers_reply)
@@ -353,7 +353,7 @@ async fn remote_change(
     let mut backoff = POLL;
     loop {
         if Instant::now() >= deadline {
-            return Err(Error::Timeout("membership change while joining".into()));
+            return Err(Error::write_timeout("membership change while joining"));
         }
         let Some(addr) = queue.pop_front() else {
             tokio::time::sleep(backoff).await;
@@ -369,7 +369,7 @@ async fn remote_change(
             join_token: config.join_token.clone().unwrap_or_default(),
         };
         let reply = match tokio::time::timeout_at(deadline, client.change_config(request)).await {
-            Err(_) => return Err(Error::Timeout("membership change while joining".into())),
+            Err(_) => return Err(Error::write_timeout("membership change while joining")),
             Ok(Err(status))
                 if is_connect_error(&status) || status.code() == tonic::Code::Unavailable =>
             {
@@ -430,7 +430,7 @@ pub(crate) fn describe_status(status: &tonic::Status) -> String {
 
 async fn wait_or_timeout(deadline: Instant, what: &str) -> Result<()> {
     if Instant::now() >= deadline {
-        return Err(Error::Timeout(what.to_string()));
+        return Err(Error::timeout(what));
     }
     tokio::time::sleep(POLL.min(deadline - Instant::now())).await;
     Ok(())

@@ -102,7 +102,14 @@ async fn call(
             }
         };
         let reply = reply
-            .map_err(|_| Error::Timeout(format!("call to {target}")))?
+            .map_err(|_| match what {
+                AdminCall::Remove(_) | AdminCall::UpdateAddress(..) => {
+                    Error::write_timeout(format!("call to {target}"))
+                }
+                AdminCall::Transfer(_) | AdminCall::Snapshot => {
+                    Error::timeout(format!("call to {target}"))
+                }
+            })?
             .map_err(|s| match s.code() {
                 tonic::Code::Unauthenticated => {
                     Error::Unauthorized(format!("{target}: {}", s.message()))

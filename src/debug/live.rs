@@ -58,7 +58,7 @@ pub async fn node_status_with(
         }),
     )
     .await
-    .map_err(|_| Error::Timeout(format!("status of {addr}")))?
+    .map_err(|_| Error::timeout(format!("status of {addr}")))?
     .map_err(|s| Error::Transport(format!("{addr}: {}", describe_status(&s))))?;
     Ok(serde_json::from_str(&reply.into_inner().json)?)
 }
@@ -76,7 +76,7 @@ pub(crate) async fn fetch_peers(
     Ok(
         tokio::time::timeout(config.rpc_timeout, client.get_peers(request))
             .await
-            .map_err(|_| Error::Timeout(format!("member list from {addr}")))?
+            .map_err(|_| Error::timeout(format!("member list from {addr}")))?
             .map_err(|s| Error::Transport(format!("{addr}: {}", describe_status(&s))))?
             .into_inner(),
     )

@@ -220,13 +220,13 @@ impl RaftNode {
             }),
         )
         .await
-        .map_err(|_| Error::Timeout(format!("leader transfer to {target}")))?
+        .map_err(|_| Error::timeout(format!("leader transfer to {target}")))?
         .map_err(|s| Error::Transport(format!("{addr}: {}", s.message())))?;
         super::rpc_results::response_to_result(asked.into_inner())?;
         let mut seen = self.shared.status.clone();
         tokio::time::timeout(timeout, seen.wait_for(|s| s.leader_id == target))
             .await
-            .map_err(|_| Error::Timeout(format!("leader transfer to {target}")))?
+            .map_err(|_| Error::timeout(format!("leader transfer to {target}")))?
             .map_err(|_| Error::ShuttingDown)?;
         Ok(())
     }
@@ -249,7 +249,7 @@ impl RaftNode {
         self.send_until(Command::Leaving(true), deadline).await?;
         if let Err(e) = self.remove_node(self.id()).await {
             // Definitely not removed: a removal someone else makes later is not one it asked for.
-            if !matches!(e, Error::Timeout(_) | Error::OutcomeUnknown(_)) {
+            if !e.outcome_unknown() {
                 let _ = self.send_until(Command::Leaving(false), deadline).await;
             }
             return Err(e);
@@ -276,7 +276,7 @@ impl RaftNode {
                 }
                 Ok(Ok(Err(e))) => return Err(e),
                 Ok(Err(_)) => return Err(Error::ShuttingDown),
-                Err(_) => return Err(Error::Timeout("linearizable read".into())),
+                Err(_) => return Err(Error::timeout("linearizable read")),
             }
         }
     }
@@ -344,7 +344,7 @@ impl RaftNode {
             status.wait_for(|s| s.leader_id == target),
         )
         .await
-        .map_err(|_| Error::Timeout(format!("leader transfer to {target}")))?
+        .map_err(|_| Error::timeout(format!("leader transfer to {target}")))?
         .map_err(|_| Error::ShuttingDown)?;
         Ok(target)
     }
@@ -388,7 +388,7 @@ impl RaftNode {
         let waited = tokio::time::timeout_at(deadline, stopped.wait_for(|s| *s))
             .await
             .map(|_| ());
-        waited.map_err(|_| Error::Timeout("shutdown".into()))
+        waited.map_err(|_| Error::timeout("shutdown"))
     }
 
     /// Resolve once the node has fully stopped (after `quit` or a fatal error).
@@ -448,7 +448,7 @@ impl RaftNode {
         match tokio::time::timeout_at(deadline, self.shared.mailbox.send(cmd)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(Error::ShuttingDown),
-            Err(_) => Err(Error::Timeout("node mailbox is full".into())),
+            Err(_) => Err(Error::timeout("node mailbox is full")),
         }
     }
 
@@ -467,7 +467,7 @@ impl RaftNode {
         match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(_)) => Err(Error::ShuttingDown),
-            Err(_) => Err(Error::Timeout("request to the run loop".into())),
+            Err(_) => Err(Error::timeout("request to the run loop")),
         }
     }
 }

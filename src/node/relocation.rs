@@ -147,7 +147,9 @@ impl RaftNode {
         };
         let call = client.update_address(request);
         match tokio::time::timeout(config.propose_timeout, call).await {
-            Err(_) => Err(Error::Timeout(format!("address update through {member}"))),
+            Err(_) => Err(Error::write_timeout(format!(
+                "address update through {member}"
+            ))),
             Ok(Err(status)) => Err(super::rpc_results::status_to_error(status)),
             Ok(Ok(response)) => {
                 super::rpc_results::response_to_result(response.into_inner()).map(|_| ())

@@ -86,7 +86,7 @@ impl RaftNode {
         match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(Error::OutcomeUnknown("the node stopped".into())),
-            Err(_) => Err(Error::Timeout("proposal".into())),
+            Err(_) => Err(Error::write_timeout("proposal")),
         }
     }
 
@@ -149,7 +149,7 @@ impl RaftNode {
             }
         };
         let response = match tokio::time::timeout_at(deadline, call).await {
-            Err(_) => return Err(Error::Timeout("forwarded proposal".into())),
+            Err(_) => return Err(Error::write_timeout("forwarded proposal")),
             Ok(Err(status))
                 if status.code() == tonic::Code::Unavailable && is_connect_error(&status) =>
             {
