@@ -229,6 +229,7 @@ impl<F: AbstractStateMachine> Raft<F> {
         let raw = RawNode::new(&raft_config, StagedLog::new(store.clone()), &raft_logger)?;
 
         let (mailbox_tx, mailbox_rx) = mpsc::channel(config.mailbox_capacity);
+        let replayed_until = raw.raft.raft_log.committed;
         let initial = SoftStatus {
             role: raw.raft.state.into(),
             term: raw.raft.term,
@@ -285,6 +286,7 @@ impl<F: AbstractStateMachine> Raft<F> {
             logger,
             waiters: Waiters::new(node_id),
             applied,
+            replayed_until,
             commit_dirty: false,
             pending_conf: None,
             peers_dirty: false,

@@ -29,7 +29,7 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
                     } else {
                         let result = match ctx {
                             Some(c) if c.kind == EntryKind::Framework => {
-                                self.apply_framework(&data)
+                                self.apply_framework(index, &data)
                             }
                             // The empty entry a new leader appends: nothing to apply.
                             None if data.is_empty() => Ok(Vec::new()),
@@ -83,15 +83,19 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
     }
 
     /// Apply one of pontoon's own entries. Deterministic: every node derives the same answer.
-    pub(super) fn apply_framework(&mut self, data: &[u8]) -> Result<Vec<u8>> {
+    pub(super) fn apply_framework(&mut self, index: u64, data: &[u8]) -> Result<Vec<u8>> {
         match FrameworkEntry::decode(data)? {
             FrameworkEntry::ReserveId { raft_addr } => {
                 self.max_node_id += 1;
-                slog::info!(self.logger, "node id reserved"; "id" => self.max_node_id, "for" => raft_addr);
+                if index > self.replayed_until {
+                    slog::info!(self.logger, "node id reserved"; "id" => self.max_node_id, "for" => raft_addr);
+                } else {
+                    slog::debug!(self.logger, "node id reserved (replayed)"; "id" => self.max_node_id, "for" => raft_addr);
+                }
                 Ok(self.max_node_id.to_be_bytes().to_vec())
             }
             FrameworkEntry::UpdateAddress { node_id, raft_addr } => {
-                self.apply_address_update(node_id, raft_addr)?;
+                self.apply_address_update(index, node_id, raft_addr)?;
                 Ok(Vec::new())
             }
         }

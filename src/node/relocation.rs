@@ -173,12 +173,19 @@ fn is_definite_refusal(answer: &Result<()>) -> bool {
 impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
     /// Apply `FrameworkEntry::UpdateAddress` (step 4). Refused, the same on every node, for an
     /// id outside the configuration or seen removed.
-    pub(super) fn apply_address_update(&mut self, node_id: u64, raft_addr: String) -> Result<()> {
+    pub(super) fn apply_address_update(
+        &mut self,
+        index: u64,
+        node_id: u64,
+        raft_addr: String,
+    ) -> Result<()> {
         if !self.is_current_member(node_id) {
             return Err(Error::UnknownNode(node_id));
         }
         if self.peers.get(node_id).as_deref() != Some(raft_addr.as_str()) {
-            slog::info!(self.logger, "member moved"; "id" => node_id, "addr" => &raft_addr);
+            if index > self.replayed_until {
+                slog::info!(self.logger, "member moved"; "id" => node_id, "addr" => &raft_addr);
+            }
             self.peers.insert(node_id, raft_addr);
             self.transport.set_peers(&self.peers.to_peers());
         }

@@ -48,6 +48,9 @@ pub(crate) struct RunLoop<S: LogStore, F: AbstractStateMachine> {
     pub(crate) waiters: Waiters,
     /// Index of the last entry given to the state machine (or restored from a snapshot).
     pub(crate) applied: u64,
+    /// The commit index this node's data dir held when it started: entries up to it were
+    /// applied before the restart too, so what applying them logs is logged at debug level.
+    pub(crate) replayed_until: u64,
     /// The commit index moved (LightReady) but is not written yet; it rides on the next write.
     pub(crate) commit_dirty: bool,
     /// A conf change applied since the last write.
