@@ -158,15 +158,13 @@ impl RaftNode {
     }
 }
 
-/// An answer that asking again (or asking another member) cannot change.
+/// An answer that asking again, or asking another member, cannot change: this node's token or
+/// address is wrong. `UnknownNode` and `ClusterMismatch` are not: one member may lag behind the
+/// change that added this node, or another cluster's node may have taken an old address.
 fn is_definite_refusal(answer: &Result<()>) -> bool {
     matches!(
         answer,
-        Err(Error::UnknownNode(_)
-            | Error::InvalidRequest(_)
-            | Error::Unauthorized(_)
-            | Error::ClusterMismatch { .. }
-            | Error::Removed { .. })
+        Err(Error::InvalidRequest(_) | Error::Unauthorized(_))
     )
 }
 
