@@ -199,6 +199,15 @@ pub(crate) fn port_of(addr: &str) -> Option<u16> {
     port.parse().ok()
 }
 
+/// Whether the host of a HOST:PORT address is the unspecified address (`0.0.0.0`, `[::]`), which
+/// means "every interface" to a listener and cannot be dialled from another machine.
+pub(crate) fn has_unspecified_host(addr: &str) -> bool {
+    addr.rsplit_once(':')
+        .map(|(host, _)| host.trim_start_matches('[').trim_end_matches(']'))
+        .and_then(|host| host.parse::<std::net::IpAddr>().ok())
+        .is_some_and(|ip| ip.is_unspecified())
+}
+
 impl Config {
     /// Check the settings that raft-rs does not check itself, then raft-rs' own validation.
     pub fn validate(&self, node_id: u64) -> Result<()> {

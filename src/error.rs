@@ -30,7 +30,8 @@ pub enum Error {
     /// The call did not finish in time. When `outcome_unknown` is set (the call may have
     /// appended to the log: a proposal, a membership change, an id reservation, an address
     /// update), the entry may still be committed and applied later: do not assume it failed.
-    /// Otherwise nothing was changed (a read, a status call, a leader transfer).
+    /// Otherwise the call appended nothing (a read, a status call, a leader transfer, which may
+    /// still complete after the timeout).
     #[error("{what} timed out{}", if *.outcome_unknown { "; the outcome is unknown (it may still be applied)" } else { "" })]
     Timeout { what: String, outcome_unknown: bool },
     /// The node stopped or the connection broke after the proposal was handed over: the entry may

@@ -5,6 +5,11 @@
 //! applied (or learned from a snapshot). Ids are never reused, so a removal is final: the
 //! transport's server refuses such a node's messages with a "removed" status, which is how a
 //! node that was cut off while it was removed learns of it.
+//!
+//! On top of the book sit redirects: a member this node dials at an address the log does not
+//! record yet, because the member was seen answering there (see `node::relocation`). They
+//! change only where this node sends (`dial_addr`, `to_dial_peers`), never what it persists or
+//! tells others (`get`, `to_peers`).
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, RwLock};
@@ -16,6 +21,7 @@ use crate::config::Peers;
 pub struct AddressBook {
     inner: Arc<RwLock<Peers>>,
     removed: Arc<RwLock<BTreeSet<u64>>>,
+    redirects: Arc<RwLock<Peers>>,
 }
 
 impl AddressBook {
@@ -23,6 +29,7 @@ impl AddressBook {
         AddressBook {
             inner: Arc::new(RwLock::new(peers)),
             removed: Arc::default(),
+            redirects: Arc::default(),
         }
     }
 
@@ -85,6 +92,58 @@ impl AddressBook {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id, addr);
+    }
+
+    /// Dial member `id` at `addr` from now on, whatever the book says (until `clear_redirect`).
+    pub fn set_redirect(&self, id: u64, addr: String) {
+        self.redirects
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, addr);
+    }
+
+    /// Dial `id` at its book address again.
+    pub fn clear_redirect(&self, id: u64) {
+        self.redirects
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+    }
+
+    /// Drop the redirects of ids outside `members` and those the book has caught up with.
+    pub fn prune_redirects(&self, members: &BTreeSet<u64>) {
+        let book = self.to_peers();
+        self.redirects
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|id, addr| members.contains(id) && book.get(id) != Some(addr));
+    }
+
+    /// Where to send to `id`: its redirect, else its book address.
+    pub fn dial_addr(&self, id: u64) -> Option<String> {
+        let redirect = self
+            .redirects
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned();
+        redirect.or_else(|| self.get(id))
+    }
+
+    /// The book with the redirects of its members on top: what the senders dial.
+    pub fn to_dial_peers(&self) -> Peers {
+        let mut book = self.to_peers();
+        for (id, addr) in self
+            .redirects
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            if let Some(entry) = book.get_mut(id) {
+                entry.clone_from(addr);
+            }
+        }
+        book
     }
 
     /// Forget one member.

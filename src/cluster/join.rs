@@ -213,7 +213,7 @@ impl RaftNode {
             if leader.last_index.saturating_sub(matched) <= self.shared.config.promotion_lag {
                 break;
             }
-            wait_or_timeout(deadline, "catching up before promotion").await?;
+            wait_or_timeout(deadline, "catching up before promotion", false).await?;
         }
         let cc = single_change(ConfChangeType::AddNode, self.id());
         remote_change(self, candidates, cc, Peers::new(), deadline).await?;
@@ -297,7 +297,7 @@ impl RaftNode {
             if self.own_role().await?.as_deref() == Some(role) {
                 return Ok(());
             }
-            wait_or_timeout(deadline, &format!("becoming a {role}")).await?;
+            wait_or_timeout(deadline, &format!("becoming a {role}"), true).await?;
         }
     }
 
@@ -307,7 +307,7 @@ impl RaftNode {
         let mut queue: VecDeque<String> = candidates.iter().cloned().collect();
         loop {
             let Some(addr) = queue.pop_front() else {
-                wait_or_timeout(deadline, "finding the leader").await?;
+                wait_or_timeout(deadline, "finding the leader", false).await?;
                 queue.extend(candidates.iter().cloned());
                 continue;
             };
@@ -428,9 +428,15 @@ pub(crate) fn describe_status(status: &tonic::Status) -> String {
     out
 }
 
-async fn wait_or_timeout(deadline: Instant, what: &str) -> Result<()> {
+/// Sleep a poll interval, or time out once `deadline` has passed. `after_a_change`: the wait
+/// follows a membership change this join made, so the timeout leaves its outcome unknown.
+async fn wait_or_timeout(deadline: Instant, what: &str, after_a_change: bool) -> Result<()> {
     if Instant::now() >= deadline {
-        return Err(Error::timeout(what));
+        return Err(if after_a_change {
+            Error::write_timeout(what)
+        } else {
+            Error::timeout(what)
+        });
     }
     tokio::time::sleep(POLL.min(deadline - Instant::now())).await;
     Ok(())

@@ -211,11 +211,19 @@ impl<F: AbstractStateMachine> Raft<F> {
             // (`join_cluster`), which sends it a snapshot with the members and their addresses.
             Peers::from([(node_id, raft_addr.clone())])
         };
-        // Restarted on another address: `run` asks the members to record the new one.
+        // Restarted on another address: `run` asks the members to record the new one. Not an
+        // address meaning "every interface", which no member could dial.
         let moved_from = peers
             .get(&node_id)
             .filter(|stored| **stored != raft_addr)
             .cloned();
+        let moved_from = match moved_from {
+            Some(known) if crate::config::has_unspecified_host(&raft_addr) => {
+                slog::warn!(logger, "this node listens on every interface at another address than the members know, and no member could dial it: set advertise_addr to the address they should use"; "given" => &raft_addr, "known" => &known);
+                None
+            }
+            other => other,
+        };
         slog::info!(logger, "node prepared"; "resumed" => resumed, "configured" => resumed || config.initial_peers.is_some(), "applied" => applied, "peers" => ?peers, "listen" => %local_addr);
 
         let mut raft_config = config.raft.clone();
@@ -395,20 +403,19 @@ impl<F: AbstractStateMachine> Raft<F> {
                 }),
         );
         let logger = run_loop.logger.clone();
+        // Aborted when `run` returns or its future is dropped.
         let announcer = moved_from.map(|known| {
-            tokio::spawn(
+            AbortOnDrop(tokio::spawn(
                 self.node
                     .clone()
                     .announce_new_address(known, logger.clone()),
-            )
+            ))
         });
         // The loop owns the storage; when `run` returns, the loop and every storage handle are
         // dropped, which closes the LMDB environment.
         let outcome = run_loop.run().await;
         let _ = shutdown_tx.send(());
-        if let Some(announcer) = announcer {
-            announcer.abort();
-        }
+        drop(announcer);
         if tokio::time::timeout(SERVER_DRAIN, &mut server)
             .await
             .is_err()
@@ -419,6 +426,15 @@ impl<F: AbstractStateMachine> Raft<F> {
         slog::info!(logger, "node stopped");
         let _ = stopped_tx.send(true);
         outcome
+    }
+}
+
+/// A task that ends with its owner.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -178,6 +178,13 @@ impl RaftNode {
     /// remove itself.
     pub async fn remove_node(&self, id: u64) -> Result<ConfState> {
         if id != raft::INVALID_ID && self.get_leader_id() == id {
+            if id == self.id() {
+                // Do not hand over for a removal that would be refused anyway.
+                let (reply, rx) = oneshot::channel();
+                let cc = single_change(ConfChangeType::RemoveNode, id);
+                self.request(Command::CheckConfChange { cc, reply }, rx)
+                    .await??;
+            }
             self.move_leadership_off(id).await?;
         }
         let cc = single_change(ConfChangeType::RemoveNode, id);
@@ -186,7 +193,7 @@ impl RaftNode {
 
     /// Hand leadership from `leader` (about to be removed) to another voter, and wait until
     /// this node sees the new leader.
-    pub(crate) async fn move_leadership_off(&self, leader: u64) -> Result<()> {
+    async fn move_leadership_off(&self, leader: u64) -> Result<()> {
         if leader == self.id() {
             return self.transfer_leader_to(None).await.map(|_| ());
         }
@@ -206,10 +213,14 @@ impl RaftNode {
                     ))
                 })?
         };
-        let addr = self.shared.peers.get(leader).ok_or(Error::NotLeader {
-            leader_id: Some(leader),
-            leader_addr: None,
-        })?;
+        let addr = self
+            .shared
+            .peers
+            .dial_addr(leader)
+            .ok_or(Error::NotLeader {
+                leader_id: Some(leader),
+                leader_addr: None,
+            })?;
         let mut client = self.shared.clients.get(&addr, &self.shared.config)?;
         let timeout = self.shared.config.propose_timeout;
         let asked = tokio::time::timeout(

@@ -28,6 +28,9 @@ pub enum Command {
     /// Add member addresses to the (in-memory) address book, so a joining node can answer the
     /// leader before the leader's snapshot tells it the whole book.
     LearnPeers(Peers),
+    /// Dial member `id` at `addr` from now on, before the log records it: a node verified to
+    /// answer there as that member (see `relocation`).
+    Redirect { id: u64, addr: String },
     /// An inbound raft message from a peer.
     Raft(Box<Message>),
     /// Propose a membership change; answered with the resulting `ConfState` bytes once applied.
@@ -48,6 +51,12 @@ pub enum Command {
     TransferLeader {
         target: Option<u64>,
         reply: oneshot::Sender<Result<u64>>,
+    },
+    /// Check a membership change on the leader without proposing it, the leader's own removal
+    /// allowed (it hands over first): so it does not hand over for a change that would fail.
+    CheckConfChange {
+        cc: ConfChangeV2,
+        reply: oneshot::Sender<Result<()>>,
     },
     /// Full status for `inspect()`.
     Inspect { reply: oneshot::Sender<NodeStatus> },

@@ -70,7 +70,7 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
         addrs: Peers,
         reply: super::proposals::ProposalReply,
     ) {
-        if let Err(e) = self.check_conf_change(&cc, &addrs) {
+        if let Err(e) = self.check_conf_change(&cc, &addrs, false) {
             let _ = reply.send(Err(e));
             return;
         }
@@ -103,7 +103,14 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
         }
     }
 
-    fn check_conf_change(&self, cc: &ConfChangeV2, addrs: &Peers) -> Result<()> {
+    /// Whether `cc` may be proposed now. `leader_leaves`: the leader's own removal is accepted
+    /// (a dry run before it hands over leadership); a proposal never accepts it.
+    pub(super) fn check_conf_change(
+        &self,
+        cc: &ConfChangeV2,
+        addrs: &Peers,
+        leader_leaves: bool,
+    ) -> Result<()> {
         let raft = &self.raw.raft;
         if raft.state != StateRole::Leader {
             return Err(self.not_leader());
@@ -143,7 +150,7 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
                     if !members.contains(&id) {
                         return Err(Error::UnknownNode(id));
                     }
-                    if id == raft.id {
+                    if id == raft.id && !leader_leaves {
                         return Err(Error::InvalidRequest(
                             "the leader cannot remove itself with a raw conf change: use \
                              remove_node (it moves leadership to another voter first) or leave() \
@@ -273,7 +280,8 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
             }
         }
         slog::info!(self.logger, "membership changed"; "index" => index, "voters" => ?cs.voters, "outgoing" => ?cs.voters_outgoing, "learners" => ?cs.learners);
-        self.transport.set_peers(&self.peers.to_peers());
+        self.prune_redirects();
+        self.sync_transport();
         self.pending_conf = Some((cs.clone(), index));
         self.peers_dirty = true;
         Ok((proposal, cs))

@@ -34,7 +34,10 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
             return;
         }
         if kind == EntryKind::Framework {
-            self.redirect_early(&data);
+            if let Some(refused) = self.refuse_framework_proposal(&data) {
+                let _ = reply.send(Err(refused));
+                return;
+            }
         }
         let ctx = self.waiters.next_context(kind);
         self.proposal_batch.push((ctx, data, reply));

@@ -24,6 +24,8 @@ pub(crate) fn response_to_result(response: pb::ProposeResponse) -> Result<Vec<u8
         Ok(S::WouldLoseQuorum) => Err(Error::WouldLoseQuorum(msg)),
         Ok(S::NotReady) => Err(Error::NotReady(msg)),
         Ok(S::Unauthorized) => Err(Error::Unauthorized(msg)),
+        Ok(S::TimedOut) => Err(Error::timeout(msg)),
+        Ok(S::Unreachable) => Err(Error::Transport(msg)),
         Ok(S::ShuttingDown) => Err(Error::NotLeader {
             leader_id: None,
             leader_addr: None,
@@ -69,6 +71,11 @@ pub(crate) fn result_to_response(result: Result<Vec<u8>>) -> pb::ProposeResponse
         Error::NotReady(_) | Error::Busy(_) => S::NotReady,
         Error::ShuttingDown => S::ShuttingDown,
         Error::Unauthorized(_) => S::Unauthorized,
+        Error::Timeout {
+            outcome_unknown: false,
+            ..
+        } => S::TimedOut,
+        Error::Transport(_) => S::Unreachable,
         _ => S::UnknownOutcome,
     };
     resp.set_status(status);
@@ -82,7 +89,12 @@ pub(crate) fn result_to_response(result: Result<Vec<u8>>) -> pb::ProposeResponse
         | Error::NotReady(m)
         | Error::Busy(m)
         | Error::Unauthorized(m)
-        | Error::OutcomeUnknown(m) => m,
+        | Error::OutcomeUnknown(m)
+        | Error::Transport(m) => m,
+        Error::Timeout {
+            what,
+            outcome_unknown: false,
+        } => what,
         other => other.to_string(),
     };
     resp
@@ -104,5 +116,31 @@ pub(crate) fn status_to_error(status: tonic::Status) -> Error {
         tonic::Code::InvalidArgument => Error::InvalidRequest(status.message().to_string()),
         tonic::Code::Unauthenticated => Error::Unauthorized(status.message().to_string()),
         _ => Error::OutcomeUnknown(format!("transport: {status}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A forwarded call's timeout keeps what it says about the log across the hop: a timed-out
+    /// leader transfer is not reported as a write of unknown outcome.
+    #[test]
+    fn a_timeout_keeps_whether_its_outcome_is_unknown_over_the_wire() {
+        let read = response_to_result(result_to_response(Err(Error::timeout(
+            "leader transfer to 2",
+        ))));
+        match read {
+            Err(e @ Error::Timeout { .. }) => {
+                assert!(!e.outcome_unknown());
+                assert_eq!(e.to_string(), "leader transfer to 2 timed out");
+            }
+            other => panic!("expected a plain timeout, got {other:?}"),
+        }
+        let write = response_to_result(result_to_response(Err(Error::write_timeout("proposal"))));
+        assert!(
+            write.as_ref().is_err_and(Error::outcome_unknown),
+            "{write:?}"
+        );
     }
 }

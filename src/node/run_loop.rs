@@ -189,7 +189,11 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
                         self.peers.insert(id, addr);
                     }
                 }
-                self.transport.set_peers(&self.peers.to_peers());
+                self.sync_transport();
+            }
+            Command::Redirect { id, addr } => self.redirect(id, addr),
+            Command::CheckConfChange { cc, reply } => {
+                let _ = reply.send(self.check_conf_change(&cc, &crate::config::Peers::new(), true));
             }
             Command::Raft(msg) => {
                 self.note_member_contact();
@@ -304,7 +308,7 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
         } else {
             Error::NotLeader {
                 leader_id: Some(leader),
-                leader_addr: self.peers.get(leader),
+                leader_addr: self.peers.dial_addr(leader),
             }
         }
     }

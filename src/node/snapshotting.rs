@@ -140,7 +140,8 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
         self.max_node_id = envelope.max_node_id;
         self.peers.extend_removed(&envelope.removed);
         self.peers.replace(envelope.peers);
-        self.transport.set_peers(&self.peers.to_peers());
+        self.prune_redirects();
+        self.sync_transport();
         self.applied = index;
         self.metrics.snapshots.inc();
         slog::info!(self.logger, "installed snapshot from leader"; "index" => index);

@@ -96,10 +96,14 @@ impl RaftNode {
         submission: &Submission,
         deadline: Instant,
     ) -> Result<Vec<u8>> {
-        let addr = self.shared.peers.get(leader).ok_or(Error::NotLeader {
-            leader_id: None,
-            leader_addr: None,
-        })?;
+        let addr = self
+            .shared
+            .peers
+            .dial_addr(leader)
+            .ok_or(Error::NotLeader {
+                leader_id: None,
+                leader_addr: None,
+            })?;
         let mut client = self.shared.clients.get(&addr, &self.shared.config)?;
         let cluster_id = self.shared.config.cluster_id.clone();
         // A follower passes on membership calls with its own token: the leader checks it again.

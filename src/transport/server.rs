@@ -306,12 +306,13 @@ impl RaftService for RaftGrpcService {
             && cc.get_changes()[0].get_change_type() == ConfChangeType::RemoveNode
             && cc.get_changes()[0].node_id == me;
         if removes_me && self.node.status().role.is_leader() {
-            // A tool removing the leader (pontoon-cli member remove): hand leadership to another
-            // voter first, as `remove_node` does; the change below then answers NotLeader with
-            // the new leader, and the caller follows the hint there.
-            if let Err(e) = self.node.move_leadership_off(me).await {
-                return Ok(Response::new(result_to_response(Err(e))));
-            }
+            // A tool removing the leader (pontoon-cli member remove): as `remove_node` does,
+            // check the change, hand leadership to another voter, and pass the change to it.
+            let result = self.node.remove_node(me).await.and_then(|cs| {
+                cs.write_to_bytes()
+                    .map_err(|e| crate::Error::Encoding(e.to_string()))
+            });
+            return Ok(Response::new(result_to_response(result)));
         }
         Ok(Response::new(result_to_response(
             self.node.change_config_local(cc, addrs).await,
