@@ -48,8 +48,9 @@ pub(crate) struct RunLoop<S: LogStore, F: AbstractStateMachine> {
     pub(crate) waiters: Waiters,
     /// Index of the last entry given to the state machine (or restored from a snapshot).
     pub(crate) applied: u64,
-    /// The commit index this node's data dir held when it started: entries up to it were
-    /// applied before the restart too, so what applying them logs is logged at debug level.
+    /// The commit index this node's data dir held when it started. Entries up to it were most
+    /// likely applied before the restart too, so what applying them logs goes to debug level.
+    /// Only a guide for log levels: the stored commit index may lag what was applied.
     pub(crate) replayed_until: u64,
     /// The commit index moved (LightReady) but is not written yet; it rides on the next write.
     pub(crate) commit_dirty: bool,
