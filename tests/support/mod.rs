@@ -208,21 +208,46 @@ impl TestCluster {
     }
 
     /// `start` with a config change applied to every node.
+    ///
+    /// A port `free_addrs` found free can still be taken before the node binds it, by a process
+    /// outside this test binary (CI once saw AddrInUse here). The cluster then starts over on
+    /// fresh ports and a fresh dir, at most `START_ATTEMPTS` times.
     pub async fn start_with(n: u64, tweak: fn(&mut Config)) -> Self {
-        let addrs = free_addrs(n as usize);
-        let peers: Peers = (1..=n).zip(addrs).collect();
-        let mut cluster = TestCluster {
-            dir: tempfile::tempdir().expect("tempdir"),
-            peers,
-            cluster_id: "test-cluster".into(),
-            nodes: BTreeMap::new(),
-            tweak,
-        };
-        for id in 1..=n {
-            cluster.start_node(id).await;
+        const START_ATTEMPTS: u32 = 3;
+        for attempt in 1..=START_ATTEMPTS {
+            let addrs = free_addrs(n as usize);
+            let peers: Peers = (1..=n).zip(addrs).collect();
+            let mut cluster = TestCluster {
+                dir: tempfile::tempdir().expect("tempdir"),
+                peers,
+                cluster_id: "test-cluster".into(),
+                nodes: BTreeMap::new(),
+                tweak,
+            };
+            let mut failed = None;
+            for id in 1..=n {
+                if let Err(e) = cluster.try_start_node_with(id, |_| {}).await {
+                    failed = Some(e);
+                    break;
+                }
+            }
+            match failed {
+                None => {
+                    cluster.wait_for_leader().await;
+                    return cluster;
+                }
+                Some(Error::Io(e))
+                    if e.kind() == std::io::ErrorKind::AddrInUse && attempt < START_ATTEMPTS =>
+                {
+                    eprintln!(
+                        "test cluster start, attempt {attempt}: {e}; starting over on other ports"
+                    );
+                    cluster.shutdown().await;
+                }
+                Some(e) => panic!("bootstrap: {e:?}"),
+            }
         }
-        cluster.wait_for_leader().await;
-        cluster
+        unreachable!("the last attempt returns or panics")
     }
 
     pub fn config(&self, id: u64) -> Config {
@@ -238,6 +263,16 @@ impl TestCluster {
 
     /// `start_node`, running `before_run` on the node before its run loop starts.
     pub async fn start_node_with(&mut self, id: u64, before_run: impl FnOnce(&Raft<AppliedLog>)) {
+        self.try_start_node_with(id, before_run)
+            .await
+            .expect("bootstrap");
+    }
+
+    async fn try_start_node_with(
+        &mut self,
+        id: u64,
+        before_run: impl FnOnce(&Raft<AppliedLog>),
+    ) -> Result<()> {
         let fsm = AppliedLog::default();
         let raft = Raft::bootstrap(
             id,
@@ -246,11 +281,11 @@ impl TestCluster {
             self.config(id),
             test_logger(),
         )
-        .await
-        .expect("bootstrap");
+        .await?;
         before_run(&raft);
         let task = tokio::spawn(raft.clone().run());
         self.nodes.insert(id, TestNode { raft, fsm, task });
+        Ok(())
     }
 
     /// Start a brand-new node that joins by a ticket requested from member `ask`, and wait until
