@@ -359,7 +359,7 @@ async fn run(args: Args) -> Result<bool, String> {
     println!(
         "\nnodes {} | {} s | seed {}\noperations {} (ok {}, failed {}, unknown {}; writes ok {}, \
          reads ok {})\nfaults {} (kill {}, kill leader {}, partition {}, partition leader {}, \
-         snapshot {}, restarts {})\nlinearizability: {} ops on {} keys checked, {} violations, \
+         snapshot {}, restarts {}, of them on a new raft address {})\nlinearizability: {} ops on {} keys checked, {} violations, \
          undecided keys {:?}\nacknowledged writes lost: {} of {} ledger writes; converged: {}\n\
          history: {}\nresult: {}",
         result.nodes,
@@ -378,6 +378,7 @@ async fn run(args: Args) -> Result<bool, String> {
         result.faults.partition_leader,
         result.faults.snapshot,
         result.faults.restarts,
+        result.faults.moves,
         result.ops_checked,
         result.keys_checked,
         result.violations,

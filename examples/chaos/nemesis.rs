@@ -1,6 +1,7 @@
 //! The nemesis: one fault at a time, held for a random while, then repaired.
 //!
-//! Faults: `kill -9` of a random node or of the leader (restarted on its data dir afterwards),
+//! Faults: `kill -9` of a random node or of the leader (restarted on its data dir afterwards,
+//! a quarter of the time on a new raft port, so the members must learn its new address),
 //! a partition isolating a random node or the leader from all others (healed afterwards), and a
 //! forced snapshot on a random node. With 5 or more nodes a kill or partition may take up to a
 //! minority of nodes at once.
@@ -24,6 +25,8 @@ pub struct FaultCounts {
     pub partition_leader: u64,
     pub snapshot: u64,
     pub restarts: u64,
+    /// Restarts on a new raft port (part of `restarts`).
+    pub moves: u64,
     /// Node processes that exited without being killed (always a bug).
     pub unexpected_exits: Vec<String>,
 }
@@ -108,6 +111,15 @@ pub async fn run(
                 ));
                 tokio::time::sleep(hold).await;
                 for id in ids {
+                    if rng.random_bool(0.25) {
+                        match cluster.move_raft_port(id) {
+                            Ok(addr) => {
+                                counts.moves += 1;
+                                log(format!("node {id} comes back on raft address {addr}"));
+                            }
+                            Err(e) => log(format!("move of node {id} failed: {e}")),
+                        }
+                    }
                     match cluster.restart(id) {
                         Ok(()) => counts.restarts += 1,
                         Err(e) => log(format!("restart of node {id} failed: {e}")),

@@ -157,6 +157,18 @@ impl ProcCluster {
     }
 
     /// SIGKILL: the process gets no chance to flush anything. Returns false if it was not running.
+    /// Give stopped node `id` a new raft port for its next start: it comes back on its data dir
+    /// at an address the members do not know, and must tell them (pontoon's address update).
+    pub fn move_raft_port(&mut self, id: u64) -> Result<String, String> {
+        let node = &mut self.nodes[(id - 1) as usize];
+        if node.child.is_some() {
+            return Err(format!("node {id} is running"));
+        }
+        let port = free_ports(1).map_err(|e| format!("no free port: {e}"))?[0];
+        node.raft_addr = format!("127.0.0.1:{port}");
+        Ok(node.raft_addr.clone())
+    }
+
     pub fn kill(&mut self, id: u64) -> bool {
         let node = &mut self.nodes[(id - 1) as usize];
         match node.child.take() {
