@@ -80,7 +80,8 @@ impl RaftNode {
     /// node (forwarded to the leader). Typed errors: `UnknownNode` (not a member, or removed),
     /// `InvalidRequest` (not HOST:PORT, port 0, every interface, or another node answers
     /// there), `Transport` (nothing answers there yet), and the usual `NoLeader` / `Timeout`.
-    /// Nothing changes on an error other than `Timeout` / `OutcomeUnknown`.
+    /// On an error other than `Timeout` / `OutcomeUnknown` neither the log nor any address book
+    /// changed; once the address was verified, this node may already dial the member there.
     pub async fn update_address(&self, node_id: u64, raft_addr: impl Into<String>) -> Result<()> {
         let raft_addr = raft_addr.into();
         check_member_addr(&raft_addr)?;
