@@ -256,9 +256,15 @@ fn main() {
 
 /// A node resumed on its data dir that stopped half-way through a join: once the leader's
 /// snapshot made it a member (a learner), promote it; if no leader adds it within 15 s, say what
-/// to do. A voter has nothing to finish.
-async fn finish_interrupted_join(node: &Raft<HashStore>) {
+/// to do. A voter has nothing to finish. Given `--peer-addr`, a member that does not list this
+/// node says at once that the join never got as far as adding it.
+async fn finish_interrupted_join(
+    node: &Raft<HashStore>,
+    peer_addr: Option<&str>,
+    security: &Security,
+) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let mut asked_peer = peer_addr.is_none();
     loop {
         let role = node.inspect().await.ok().and_then(|s| {
             s.peers
@@ -278,6 +284,25 @@ async fn finish_interrupted_join(node: &Raft<HashStore>) {
                     ),
                 }
                 return;
+            }
+            None if !asked_peer => {
+                asked_peer = true;
+                let Some(peer) = peer_addr else { continue };
+                let options = pontoon::debug::RemoteOptions {
+                    tls: security.tls.clone(),
+                    join_token: security.join_token.clone(),
+                };
+                if let Ok((_, members, _)) = pontoon::debug::discover_with(peer, &options).await {
+                    if !members.contains_key(&node.id()) {
+                        eprintln!(
+                            "node {} is not a member of the cluster at {peer}: its join stopped \
+                             before the leader added it. Stop it, remove its data dir and join \
+                             again with --peer-addr",
+                            node.id()
+                        );
+                        return;
+                    }
+                }
             }
             None if tokio::time::Instant::now() >= deadline => {
                 eprintln!(
@@ -496,7 +521,7 @@ async fn real_main(
         nodes[0].join_cluster(vec![ticket]).await?;
         println!("node {} joined and is a voter", nodes[0].id());
     } else if resumed_member {
-        finish_interrupted_join(&nodes[0]).await;
+        finish_interrupted_join(&nodes[0], args.peer_addr.as_deref(), &security).await;
     }
     tokio::select! {
         elected = nodes[0].wait_for_leader(Duration::from_secs(15)) => {
