@@ -188,26 +188,12 @@ impl RaftNode {
         self.change_config(cc, Peers::new()).await
     }
 
-    /// Dry-run this leader's own removal. A leader elected moments ago answers `NotReady` (it
-    /// cannot judge yet which members are reachable): wait that out, with backoff, within the
-    /// propose timeout, as proposals do.
+    /// Dry-run this leader's own removal (see `check_conf_change`'s `leader_leaves`).
     async fn check_own_removal(&self, id: u64) -> Result<()> {
-        let deadline = Instant::now() + self.shared.config.propose_timeout;
-        let mut backoff = Duration::from_millis(10);
-        loop {
-            let (reply, rx) = oneshot::channel();
-            let cc = single_change(ConfChangeType::RemoveNode, id);
-            match self
-                .request(Command::CheckConfChange { cc, reply }, rx)
-                .await?
-            {
-                Err(Error::NotReady(_)) if Instant::now() + backoff < deadline => {
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(LEADER_POLL_CAP);
-                }
-                other => return other,
-            }
-        }
+        let (reply, rx) = oneshot::channel();
+        let cc = single_change(ConfChangeType::RemoveNode, id);
+        self.request(Command::CheckConfChange { cc, reply }, rx)
+            .await?
     }
 
     /// Hand leadership from `leader` (about to be removed) to another voter, and wait until

@@ -104,7 +104,8 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
     }
 
     /// Whether `cc` may be proposed now. `leader_leaves`: the leader's own removal is accepted
-    /// (a dry run before it hands over leadership); a proposal never accepts it.
+    /// (a dry run before it hands over leadership; reachability is then left to the voter that
+    /// takes over); a proposal never accepts it.
     pub(super) fn check_conf_change(
         &self,
         cc: &ConfChangeV2,
@@ -192,6 +193,12 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
         // Only a change of the voter set can cost the quorum; adding or removing a learner cannot.
         let old_voters: std::collections::BTreeSet<u64> = cs.voters.iter().copied().collect();
         if !leaving && voters != old_voters {
+            if leader_leaves && !voters.is_empty() {
+                // Which voters are reachable is judged by the one that takes over and proposes
+                // the change (counting itself). raft-rs clears `recent_active` at every quorum
+                // check, so this leader, not counted after its own removal, could see none.
+                return Ok(());
+            }
             let active = voters
                 .iter()
                 .filter(|id| {
