@@ -210,22 +210,14 @@ impl RaftNode {
     /// to its leader.
     async fn ask_member_to_record(&self, member: &str, addr: &str) -> Result<()> {
         let config = &self.shared.config;
-        let mut client = self.shared.clients.get(member, config)?;
-        let request = pb::UpdateAddressRequest {
-            cluster_id: config.cluster_id.clone(),
+        let deadline = Instant::now() + config.propose_timeout + config.rpc_timeout;
+        let submission = Submission::UpdateAddress {
             node_id: self.id(),
             raft_addr: addr.to_string(),
-            join_token: config.join_token.clone().unwrap_or_default(),
         };
-        let call = client.update_address(request);
-        match tokio::time::timeout(config.propose_timeout + config.rpc_timeout, call).await {
-            Err(_) => Err(Error::write_timeout(format!(
-                "address update through {member}"
-            ))),
-            Ok(Err(status)) => Err(super::rpc_results::status_to_error(status)),
-            Ok(Ok(response)) => {
-                super::rpc_results::response_to_result(response.into_inner()).map(|_| ())
-            }
+        match self.send_submission(member, &submission, deadline).await? {
+            Err(status) => Err(super::rpc_results::status_to_error(status)),
+            Ok(response) => super::rpc_results::response_to_result(response).map(|_| ()),
         }
     }
 }

@@ -104,9 +104,33 @@ impl RaftNode {
                 leader_id: None,
                 leader_addr: None,
             })?;
-        let mut client = self.shared.clients.get(&addr, &self.shared.config)?;
+        match self.send_submission(&addr, submission, deadline).await? {
+            Err(status)
+                if status.code() == tonic::Code::Unavailable && is_connect_error(&status) =>
+            {
+                // The leader could not be reached at all: nothing was handed over.
+                Err(Error::NotLeader {
+                    leader_id: None,
+                    leader_addr: None,
+                })
+            }
+            Err(status) => Err(status_to_error(status)),
+            Ok(response) => response_to_result(response),
+        }
+    }
+
+    /// Hand `submission` to the node at `addr` through the RPC that carries its kind, with this
+    /// node's cluster id and join token (the receiver checks the token again), bounded by
+    /// `deadline`. The outer error: no client for `addr`, or no answer in time (then the
+    /// outcome is unknown); the inner one is the receiver's gRPC status.
+    pub(super) async fn send_submission(
+        &self,
+        addr: &str,
+        submission: &Submission,
+        deadline: Instant,
+    ) -> Result<std::result::Result<pb::ProposeResponse, tonic::Status>> {
+        let mut client = self.shared.clients.get(addr, &self.shared.config)?;
         let cluster_id = self.shared.config.cluster_id.clone();
-        // A follower passes on membership calls with its own token: the leader checks it again.
         let join_token = self.shared.config.join_token.clone().unwrap_or_default();
         let call = async {
             match submission {
@@ -152,20 +176,9 @@ impl RaftNode {
                 }
             }
         };
-        let response = match tokio::time::timeout_at(deadline, call).await {
-            Err(_) => return Err(Error::write_timeout("forwarded proposal")),
-            Ok(Err(status))
-                if status.code() == tonic::Code::Unavailable && is_connect_error(&status) =>
-            {
-                // The leader could not be reached at all: nothing was handed over.
-                return Err(Error::NotLeader {
-                    leader_id: None,
-                    leader_addr: None,
-                });
-            }
-            Ok(Err(status)) => return Err(status_to_error(status)),
-            Ok(Ok(r)) => r.into_inner(),
-        };
-        response_to_result(response)
+        tokio::time::timeout_at(deadline, call)
+            .await
+            .map(|answer| answer.map(tonic::Response::into_inner))
+            .map_err(|_| Error::write_timeout(format!("submission to {addr}")))
     }
 }
