@@ -150,11 +150,7 @@ async fn membership_changes_are_refused_with_typed_errors() {
     }
 
     // Stop one follower; removing the other would leave 1 reachable voter of 2.
-    let other = *cluster
-        .nodes
-        .keys()
-        .find(|id| **id != leader && **id != follower)
-        .expect("second follower");
+    let other = cluster.node_other_than(&[leader, follower]);
     cluster.stop_node(other).await;
     let leader_node = cluster.node(leader).clone();
     // With check_quorum the leader marks a silent peer inactive after an election timeout.
@@ -230,11 +226,7 @@ async fn a_removed_node_answers_while_a_member_still_asks_for_its_vote_then_stop
     let mut cluster = TestCluster::start(3).await;
     let leader = cluster.wait_for_leader().await;
     let victim = cluster.follower_of(leader);
-    let survivor = *cluster
-        .nodes
-        .keys()
-        .find(|id| **id != leader && **id != victim)
-        .expect("a third node");
+    let survivor = cluster.node_other_than(&[leader, victim]);
     cluster
         .node(leader)
         .remove_node(victim)

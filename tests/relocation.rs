@@ -38,11 +38,7 @@ async fn a_member_restarted_on_a_new_address_is_reached_there_and_members_rememb
     let mut cluster = TestCluster::start(3).await;
     let leader = cluster.wait_for_leader().await;
     let moved = cluster.follower_of(leader);
-    let other = *cluster
-        .nodes
-        .keys()
-        .find(|id| **id != leader && **id != moved)
-        .expect("third node");
+    let other = cluster.node_other_than(&[leader, moved]);
 
     cluster.stop_node(moved).await;
     cluster.propose(leader, "while-away").await;
@@ -117,11 +113,7 @@ async fn a_moved_node_whose_vote_is_needed_is_dialled_before_the_update_commits(
     let leader = cluster.wait_for_leader().await;
     cluster.propose(leader, "before").await;
     let moved = cluster.follower_of(leader);
-    let survivor = *cluster
-        .nodes
-        .keys()
-        .find(|id| **id != leader && **id != moved)
-        .expect("third node");
+    let survivor = cluster.node_other_than(&[leader, moved]);
     cluster.stop_node(moved).await;
     cluster.stop_node(leader).await;
     let (_, new) = restart_elsewhere(&mut cluster, moved).await;
@@ -150,11 +142,7 @@ async fn address_updates_that_could_not_reach_the_member_are_refused_and_change_
     let cluster = TestCluster::start(3).await;
     let leader = cluster.wait_for_leader().await;
     let follower = cluster.follower_of(leader);
-    let other = *cluster
-        .nodes
-        .keys()
-        .find(|id| **id != leader && **id != follower)
-        .expect("third node");
+    let other = cluster.node_other_than(&[leader, follower]);
     let before = cluster.node(leader).get_peers();
 
     let node = cluster.node(follower);
@@ -213,11 +201,7 @@ async fn an_operator_records_the_address_of_a_node_that_could_not() {
     let mut cluster = TestCluster::start_with(3, with_token).await;
     let leader = cluster.wait_for_leader().await;
     let moved = cluster.follower_of(leader);
-    let other = *cluster
-        .nodes
-        .keys()
-        .find(|id| **id != leader && **id != moved)
-        .expect("third node");
+    let other = cluster.node_other_than(&[leader, moved]);
     let old = cluster.peers[&moved].clone();
     cluster.tweak = |_| {};
     let (_, new) = restart_elsewhere(&mut cluster, moved).await;

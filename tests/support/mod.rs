@@ -356,6 +356,15 @@ impl TestCluster {
             .expect("a running node besides the leader")
     }
 
+    /// Some running node that is none of `ids` (the third node, given a leader and a follower).
+    pub fn node_other_than(&self, ids: &[u64]) -> u64 {
+        *self
+            .nodes
+            .keys()
+            .find(|id| !ids.contains(id))
+            .expect("a running node besides those")
+    }
+
     /// Cut node `id` off from every other running node, both ways.
     #[cfg(feature = "fault-injection")]
     pub fn isolate(&self, id: u64) {
