@@ -144,10 +144,16 @@ impl<F: AbstractStateMachine> Raft<F> {
         let store = {
             let dir = config.data_dir.clone();
             let cluster = config.cluster_id.clone();
-            let map = config.initial_map_size;
-            tokio::task::spawn_blocking(move || LmdbStorage::open(dir, node_id, &cluster, map))
-                .await
-                .map_err(|e| Error::Other(format!("storage thread failed: {e}")))??
+            let options = crate::storage::StorageOptions {
+                initial_map_size: config.initial_map_size,
+                entry_cache_bytes: config.entry_cache_bytes,
+                ..Default::default()
+            };
+            tokio::task::spawn_blocking(move || {
+                LmdbStorage::open_with(dir, node_id, &cluster, options)
+            })
+            .await
+            .map_err(|e| Error::Other(format!("storage thread failed: {e}")))??
         };
 
         crate::transport::remove_stale_snapshot_files(&config.data_dir);
@@ -161,13 +167,20 @@ impl<F: AbstractStateMachine> Raft<F> {
         let mut max_node_id = 0;
         let mut removed = Vec::new();
         let peers = if resumed {
+            let mut book = store.peers()?;
             if let Some((index, envelope)) = restore_latest_snapshot(&store, &mut fsm).await? {
                 applied = index;
                 max_node_id = envelope.max_node_id;
                 removed = envelope.removed;
+                // The snapshot's commit and the writer's commit of the book are separate: a
+                // crash may keep a snapshot newer than the stored book. The log is replayed only
+                // after the snapshot, so take the newer of the two.
+                if index > store.peers_index() {
+                    book = envelope.peers;
+                }
                 raise_commit_to(&store, applied, &logger).await?;
             }
-            store.peers()?
+            book
         } else if let Some(mut initial) = config.initial_peers.clone() {
             // Its own entry with port 0 ("any free port"): the address it got.
             if let Some(own) = initial.get_mut(&node_id) {
@@ -542,7 +555,8 @@ async fn restore_latest_snapshot<S: LogStore, F: AbstractStateMachine>(
     let store = store.clone();
     let found = tokio::task::spawn_blocking(move || -> Result<_> {
         if let Some((meta, path)) = store.latest_snapshot_file()? {
-            let (header, source) = SnapshotEnvelope::open_checked(&path, &meta)?;
+            let fs = store.file_system();
+            let (header, source) = SnapshotEnvelope::open_checked(&*fs, &path, &meta)?;
             return Ok(Some((meta.index, header, source)));
         }
         let Some(snapshot) = store.latest_snapshot()? else {

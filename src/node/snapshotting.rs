@@ -112,12 +112,13 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
                     let installed = (|| -> Result<_> {
                         // Checked again here: the file is what the store will keep.
                         // The source's open file stays readable after the store renames it.
-                        let (header, source) = SnapshotEnvelope::open_checked(path, &meta)?;
+                        let fs = store.file_system();
+                        let (header, source) = SnapshotEnvelope::open_checked(&*fs, path, &meta)?;
                         store.install_snapshot_file(&meta, path, &header.peers)?;
                         Ok((header, source))
                     })();
                     if installed.is_err() {
-                        let _ = std::fs::remove_file(path);
+                        let _ = store.file_system().remove_file(path);
                     }
                     installed
                 }

@@ -242,7 +242,7 @@ fn hard_state_and_entries_survive_reopen_from_one_batch() {
             entries: (1..=3).map(|i| entry(i, 4)).collect(),
             hard_state: Some(hs),
             conf_state: Some((ConfState::from((vec![1, 2, 3], vec![])), 2)),
-            peers: Some(Peers::from([(2, "b".to_string())])),
+            peers: Some((Peers::from([(2, "b".to_string())]), 0)),
         })
         .expect("persist");
     }
@@ -340,7 +340,7 @@ fn map_grows_instead_of_failing() {
         let mut peers = book.clone();
         peers.insert(1, format!("round-{round}:7000"));
         lmdb.persist(PersistBatch {
-            peers: Some(peers),
+            peers: Some((peers, 0)),
             ..Default::default()
         })
         .expect("persist grows the map");
