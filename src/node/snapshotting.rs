@@ -136,6 +136,9 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
         .await
         .map_err(|e| Error::Other(format!("storage thread failed: {e}")))??;
         let user_data_len = source.len();
+        // Before any entry after the snapshot is applied (which would call this node's waiters
+        // at or below it "overwritten").
+        self.waiters.on_snapshot_installed(index);
         self.fsm.restore_from(&mut source).await?;
         self.snapshot_policy.on_taken(user_data_len);
         self.max_node_id = envelope.max_node_id;

@@ -145,6 +145,8 @@ struct State {
     next_ino: u64,
     generation: u64,
     faults: SimFaults,
+    /// Reads still to answer with zeros (`bad_next_reads`).
+    bad_next_reads: u32,
     rng: StdRng,
     stats: SimDiskStats,
 }
@@ -203,6 +205,7 @@ impl SimDisk {
                 next_ino: 1,
                 generation: 0,
                 faults: SimFaults::default(),
+                bad_next_reads: 0,
                 rng: StdRng::seed_from_u64(seed),
                 stats: SimDiskStats::default(),
             })),
@@ -216,6 +219,11 @@ impl SimDisk {
     /// Set the fault rates from now on.
     pub fn set_faults(&self, faults: SimFaults) {
         self.lock().faults = faults;
+    }
+
+    /// The next `n` reads return zeros (see `SimFaults::bad_read_ppm`).
+    pub fn bad_next_reads(&self, n: u32) {
+        self.lock().bad_next_reads = n;
     }
 
     /// What the disk did so far.
@@ -396,7 +404,8 @@ impl DiskFile for SimFile {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         let mut st = self.state()?;
         let ppm = st.faults.bad_read_ppm;
-        let bad = st.roll(ppm);
+        let bad = st.bad_next_reads > 0 || st.roll(ppm);
+        st.bad_next_reads = st.bad_next_reads.saturating_sub(1);
         let data = &st.inodes.get(&self.ino).ok_or_else(gone)?.data;
         let start = (offset as usize).min(data.len());
         let n = buf.len().min(data.len() - start);

@@ -217,3 +217,133 @@ fn a_read_only_open_writes_nothing() {
     let ro = open_wal(&wal_dir, true, SMALL).expect("open read-only");
     assert_log(&ro, 1, 1, |_| 1);
 }
+
+/// Issue 21, defect 2: an uncommitted tail that straddles a segment rotation, overwritten by a
+/// new leader from below the rotation point, then a compaction that deletes the older segment.
+/// Replay meets the higher append first (after a gap), then the overwrite below where the gap
+/// began; it used to refuse its own log ("append at N overwrites compacted log") forever.
+#[test]
+fn an_overwrite_from_below_a_deleted_segment_replays() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wal = open_wal(dir.path(), false, SMALL).expect("open");
+    let mut last = 0;
+    while wal.segment_count() < 2 {
+        last += 1;
+        wal.append(&[entry(last, 1)], None).expect("append");
+    }
+    // `last` started the second segment; everything before it sits in the first.
+    let rotated_at = last;
+    wal.append(&[entry(last + 1, 1), entry(last + 2, 1)], None)
+        .expect("the tail straddles the rotation");
+    // A new leader of term 2 overwrites from below the rotation point.
+    let from = rotated_at - 2;
+    wal.append(
+        &(from..=from + 5).map(|i| entry(i, 2)).collect::<Vec<_>>(),
+        Some(&hard_state(2, from + 5)),
+    )
+    .expect("overwrite");
+    wal.compact(rotated_at + 1)
+        .expect("compact past the first segment");
+    assert_eq!(wal.segment_count(), 1, "the first segment is deleted");
+    let term_of = |i| if i >= from { 2 } else { 1 };
+    assert_log(&wal, rotated_at + 1, from + 5, term_of);
+    drop(wal);
+    let wal = open_wal(dir.path(), false, SMALL).expect("the log replays");
+    assert_log(&wal, rotated_at + 1, from + 5, term_of);
+    assert_eq!(wal.truncated(), (rotated_at, 2));
+}
+
+/// Issue 21, defect 5: a damaged record in the middle of the newest segment, followed by
+/// intact (acknowledged) records, is not a torn tail: the open is refused and nothing is cut.
+#[test]
+fn a_damaged_record_followed_by_intact_ones_in_the_newest_segment_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wal = open_wal(dir.path(), false, 1 << 20).expect("open");
+    for i in 1..=10 {
+        wal.append(&[entry(i, 1)], None).expect("append");
+    }
+    drop(wal);
+    let (_, newest) = list_segments(&fs::RealFs, dir.path())
+        .expect("list")
+        .pop()
+        .expect("a segment");
+    let mut bytes = std::fs::read(&newest).expect("read");
+    let mid = records_end(&newest) as usize / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&newest, &bytes).expect("write");
+    let err = open_wal(dir.path(), false, 1 << 20).err().expect("refused");
+    assert!(
+        err.to_string().contains("followed by an intact record"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&newest).expect("read"), bytes, "nothing cut");
+}
+
+/// The torn tail a crash leaves can be the later sectors of the last write without its
+/// beginning (sectors reach the disk in any order): that is still a torn tail, cut on open.
+#[test]
+fn the_remains_of_a_torn_last_write_after_zeros_are_cut() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wal = open_wal(dir.path(), false, 1 << 20).expect("open");
+    wal.append(&(1..=5).map(|i| entry(i, 1)).collect::<Vec<_>>(), None)
+        .expect("append");
+    drop(wal);
+    let (_, last) = list_segments(&fs::RealFs, dir.path())
+        .expect("list")
+        .pop()
+        .expect("a segment");
+    let intact = records_end(&last);
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&last)
+        .expect("open segment");
+    // The frame header never made it; a later sector of the record did.
+    f.write_all_at(&[0x5a; 100], intact + 600).expect("write");
+    drop(f);
+    let wal = open_wal(dir.path(), false, 1 << 20).expect("reopen");
+    assert_log(&wal, 1, 5, |_| 1);
+}
+
+/// Issue 21, defect 1: bytes read back from the file that do not match what was written (a
+/// FUSE race returned zeros) are read again, and when they stay bad the read is an error that
+/// names the file and offset; the entry cache serves what was just written without a read.
+#[test]
+fn bad_bytes_from_the_file_system_are_retried_then_reported_and_recent_entries_need_no_read() {
+    use crate::storage::fs::{FileSystem, SimDisk, SimFaults};
+    let disk = SimDisk::new(7);
+    let dir = std::path::Path::new("/data/wal");
+    let open = |cache_bytes| {
+        let options = WalOptions {
+            segment_bytes: 1 << 20,
+            cache_bytes,
+        };
+        Wal::open(std::sync::Arc::new(disk.clone()), dir, false, options).expect("open")
+    };
+    let wal = open(1 << 20);
+    wal.append(&(1..=20).map(|i| entry(i, 1)).collect::<Vec<_>>(), None)
+        .expect("append");
+    let always_bad = SimFaults {
+        bad_read_ppm: 1_000_000,
+        ..Default::default()
+    };
+    disk.set_faults(always_bad);
+    assert_log(&wal, 1, 20, |_| 1);
+    assert_eq!(disk.stats().bad_reads, 0, "served from the cache");
+    drop(wal);
+    disk.set_faults(SimFaults::default());
+    let wal = open(0);
+    disk.set_faults(always_bad);
+    let err = wal.entries(3, 5, None).expect_err("bad bytes every time");
+    let text = err.to_string();
+    assert!(
+        text.contains("/data/wal/") && text.contains("offset"),
+        "{text}"
+    );
+    assert_eq!(disk.stats().bad_reads, super::READ_ATTEMPTS as u64);
+    // A race that returns bad bytes a few times: the retry reads the real ones.
+    disk.set_faults(SimFaults::default());
+    disk.bad_next_reads(super::READ_ATTEMPTS as u32 - 1);
+    assert_log(&wal, 1, 20, |_| 1);
+    assert_eq!(disk.stats().bad_reads, 2 * super::READ_ATTEMPTS as u64 - 1);
+    assert!(disk.exists(dir));
+}
