@@ -24,8 +24,11 @@ pub mod debug;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
+#[cfg(test)]
+mod layers;
 pub mod metrics;
 pub mod node;
+pub mod rpc;
 pub mod state_machine;
 pub mod storage;
 pub mod tls;

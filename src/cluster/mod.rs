@@ -1,10 +1,8 @@
 //! Cluster membership and the `Raft` entry point: bootstrap a node, run it, stop it.
 
-mod address_book;
 mod join;
 
-pub use address_book::AddressBook;
-pub(crate) use join::describe_status;
+pub use crate::node::AddressBook;
 pub use join::{request_id_with, JoinTicket};
 pub(crate) use join::{reserved_id_from, ticket_from};
 
@@ -19,17 +17,18 @@ use slog::Logger;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
-use crate::client::ClientPool;
 use crate::config::{Config, Peers};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::node::{RaftNode, ReadBatcher, Role, RunLoop, Shared, SoftStatus, Waiters, Writer};
+use crate::rpc::RaftGrpcService;
 use crate::state_machine::{AbstractStateMachine, SnapshotSource};
 use crate::storage::{LmdbStorage, LogStore, SnapshotEnvelope, StagedLog};
-use crate::transport::{FaultInjector, GrpcTransport, RaftGrpcService, Transport};
+use crate::transport::ClientPool;
+use crate::transport::{FaultInjector, GrpcTransport, Transport};
 
-/// Index and term of the snapshot a new static cluster starts from.
-pub(crate) const INITIAL_INDEX: u64 = 1;
+use crate::node::INITIAL_INDEX;
+/// Term of the snapshot a new static cluster starts from.
 const INITIAL_TERM: u64 = 1;
 
 /// How long a stopping node waits for in-flight RPCs before closing its server anyway.
@@ -156,7 +155,7 @@ impl<F: AbstractStateMachine> Raft<F> {
             .map_err(|e| Error::Other(format!("storage thread failed: {e}")))??
         };
 
-        crate::transport::remove_stale_snapshot_files(&config.data_dir);
+        crate::rpc::remove_stale_snapshot_files(&config.data_dir);
         let resumed = {
             let store = store.clone();
             tokio::task::spawn_blocking(move || store.is_initialized())
@@ -269,7 +268,7 @@ impl<F: AbstractStateMachine> Raft<F> {
             node_id,
             &raft_addr,
             &config,
-            mailbox_tx.clone(),
+            crate::node::peer_feedback(mailbox_tx.clone()),
             metrics.clone(),
             faults.clone(),
             logger.clone(),

@@ -14,13 +14,13 @@ use slog::Logger;
 use tokio::sync::{mpsc, watch};
 use tokio::time::MissedTickBehavior;
 
+use super::address_book::AddressBook;
 use super::mailbox::Command;
 use super::proposals::{ProposalContext, Waiters};
 use super::reads::ReadBatcher;
 use super::snapshotting::SnapshotPolicy;
 use super::status::{NodeStatus, PeerStatus, Role, SoftStatus};
 use super::writer::{write_batch, WriteDone, WriteJob, Writer};
-use crate::cluster::AddressBook;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
@@ -263,7 +263,7 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
         let kind = msg.get_msg_type();
         let last = self.raw.raft.raft_log.last_index();
         if !(kind == MsgRequestVote || kind == MsgRequestPreVote)
-            || last > crate::cluster::INITIAL_INDEX
+            || last > super::INITIAL_INDEX
             || msg.index <= last
         {
             return false;

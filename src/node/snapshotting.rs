@@ -92,7 +92,7 @@ impl SnapshotPolicy {
 
 impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
     /// Install a snapshot from the leader. Its data is usually a reference to the file the
-    /// transport received it into (see `transport::snapshot_file_ref`): the storage thread checks
+    /// transport received it into (see `storage::snapshot_file_ref`): the storage thread checks
     /// that file and moves it into the store, and the state machine then reads it through
     /// `restore_from`, so the snapshot is never held in memory whole.
     pub(crate) async fn install_snapshot(&mut self, mut snapshot: Snapshot) -> Result<()> {
@@ -104,7 +104,7 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
         let meta = snapshot.take_metadata();
         let index = meta.index;
         let data = snapshot.take_data();
-        let file = crate::transport::snapshot_file_ref(&data);
+        let file = crate::storage::snapshot_file_ref(&data);
         let store = self.store.clone();
         let (envelope, mut source) = tokio::task::spawn_blocking(move || -> Result<_> {
             match &file {

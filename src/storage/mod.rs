@@ -19,12 +19,14 @@ pub mod fs;
 mod lmdb;
 pub(crate) mod records;
 mod snapshot_files;
+mod snapshot_ref;
 mod staged;
 pub(crate) mod wal;
 
 pub use envelope::{crc32, SnapshotEnvelope, ENVELOPE_VERSION};
 pub use error::StorageError;
 pub use lmdb::{LmdbStorage, StorageOptions, StoredIdentity, FORMAT_VERSION};
+pub(crate) use snapshot_ref::{snapshot_file_data, snapshot_file_ref};
 pub use staged::StagedLog;
 
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};

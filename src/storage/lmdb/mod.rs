@@ -34,7 +34,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, RwLock};
 
-use heed::types::{Bytes, Str};
+use heed::types::Bytes;
 use heed::{Database, Env, EnvOpenOptions, MdbError, RwTxn, WithoutTls};
 use protobuf::Message as PbMessage;
 use raft::eraftpb::{ConfState, HardState, SnapshotMetadata};
@@ -55,13 +55,8 @@ mod log_store;
 mod raft_storage;
 
 use dir_lock::{DataDirLock, LOCK_FILE};
-pub use identity::StoredIdentity;
-use identity::{check_identity, read_identity};
-
-/// The on-disk format this build writes and reads.
-pub const FORMAT_VERSION: u32 = 2;
-
-type MetaDb = Database<Str, Bytes>;
+use identity::{check_identity, read_identity, MetaDb};
+pub use identity::{StoredIdentity, FORMAT_VERSION};
 
 /// The WAL's directory inside the data dir.
 const WAL_DIR: &str = "wal";

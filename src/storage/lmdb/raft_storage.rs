@@ -90,7 +90,7 @@ impl raft::Storage for LmdbStorage {
                 || cs.learners_next.contains(&to);
             if meta.index >= request_index && includes_receiver {
                 let mut snap = Snapshot::default();
-                snap.set_data(crate::transport::snapshot_file_data(&path));
+                snap.set_data(crate::storage::snapshot_file_data(&path));
                 snap.set_metadata(meta);
                 return Ok(snap);
             }

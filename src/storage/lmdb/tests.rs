@@ -200,7 +200,7 @@ fn snapshot_apply_sets_hard_state_and_conf_state() {
     let stored = lmdb.snapshot(0, 2).expect("snapshot");
     assert_eq!(stored.get_metadata().index, 9);
     // raft gets a reference to the file, which the transport streams.
-    let file = crate::transport::snapshot_file_ref(stored.get_data()).expect("a file reference");
+    let file = crate::storage::snapshot_file_ref(stored.get_data()).expect("a file reference");
     assert_eq!(std::fs::read(file).expect("read"), b"snap");
     // A snapshot older than the compacted log is refused and changes nothing.
     assert!(lmdb

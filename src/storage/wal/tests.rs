@@ -347,3 +347,39 @@ fn bad_bytes_from_the_file_system_are_retried_then_reported_and_recent_entries_n
     assert_eq!(disk.stats().bad_reads, 2 * super::READ_ATTEMPTS as u64 - 1);
     assert!(disk.exists(dir));
 }
+
+/// Issue 21, item 4 (fsyncgate): after a failed sync the WAL never writes again, even once the
+/// disk answers; a restart after the power cut replays only what a sync confirmed.
+#[test]
+fn a_failed_sync_stops_the_wal_and_a_restart_keeps_only_what_was_synced() {
+    use crate::storage::fs::{SimDisk, SimFaults};
+    for seed in 0..20 {
+        let disk = SimDisk::new(seed);
+        let dir = std::path::Path::new("/data/wal");
+        let open = || {
+            let options = WalOptions {
+                segment_bytes: 1 << 20,
+                cache_bytes: 1 << 20,
+            };
+            Wal::open(std::sync::Arc::new(disk.clone()), dir, false, options)
+        };
+        let wal = open().expect("open");
+        wal.append(&[entry(1, 1), entry(2, 1)], Some(&hard_state(1, 0)))
+            .expect("append");
+        disk.set_faults(SimFaults {
+            sync_error_ppm: 1_000_000,
+            ..Default::default()
+        });
+        wal.append(&[entry(3, 1)], None)
+            .expect_err("the sync failed");
+        disk.set_faults(SimFaults::default());
+        let again = wal.append(&[entry(3, 1)], None).expect_err("no retry");
+        assert!(again.to_string().contains("restart the node"), "{again}");
+        assert!(wal.compact(2).is_err(), "no other write either");
+        drop(wal);
+        disk.crash();
+        let wal = open().expect("reopen after the power cut");
+        assert_log(&wal, 1, 2, |_| 1);
+        assert_eq!(wal.hard_state(), hard_state(1, 0), "seed {seed}");
+    }
+}
