@@ -82,8 +82,8 @@ pub async fn three_nodes(data: &Path, logger: Logger) -> Result<()> {
             initial_peers: Some(peers.clone()),
             ..Config::default()
         };
-        let raft = Raft::bootstrap(id, addr.as_str(), KvStore::default(), config, logger.clone())
-            .await?;
+        let store = KvStore::default();
+        let raft = Raft::bootstrap(id, addr.as_str(), store, config, logger.clone()).await?;
         let running = tokio::spawn(raft.clone().run());
         nodes.push((raft, running));
     }
@@ -125,6 +125,8 @@ fn free_addrs(n: usize) -> Result<Vec<String>> {
     let held = (0..n)
         .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
         .collect::<std::io::Result<Vec<_>>>()?;
-    held.iter().map(|l| Ok(l.local_addr()?.to_string())).collect()
+    held.iter()
+        .map(|l| Ok(l.local_addr()?.to_string()))
+        .collect()
 }
 // README quickstart ends
