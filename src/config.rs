@@ -94,7 +94,7 @@ pub struct Config {
     /// and a Ready on every node. Waiting for the commit packs what arrived meanwhile into one
     /// entry. That pays when the CPU is the limit (many concurrent clients) and costs latency
     /// when it is not: a held write waits up to one commit round. Measured with memstore over
-    /// HTTP (README, Performance): 1 gave +4% at 64 connections and +13% at 256 (medians of
+    /// HTTP (docs/performance.md): 1 gave +4% at 64 connections and +13% at 256 (medians of
     /// interleaved pairs) and -10% at 8.
     pub append_window: u64,
     /// At most this many proposals may wait for their commit on one node; more get `Busy`.

@@ -43,6 +43,20 @@ pub use state_machine::{
 };
 pub use tls::{TlsConfig, TlsError};
 
+/// The Rust blocks of `docs/*.md` are doctests (`tests/docs.rs` checks that every file with Rust
+/// blocks is listed here).
+#[cfg(doctest)]
+mod docs {
+    #[doc = include_str!("../docs/architecture.md")]
+    struct Architecture;
+    #[doc = include_str!("../docs/operations.md")]
+    struct Operations;
+    #[doc = include_str!("../docs/performance.md")]
+    struct Performance;
+    #[doc = include_str!("../docs/testing.md")]
+    struct Testing;
+}
+
 /// Re-exports so applications need not depend on these crates directly.
 pub use async_trait::async_trait;
 pub use raft;

@@ -1,7 +1,7 @@
 //! A short chaos run in the test suite: three memstore processes, about a minute of `kill -9`
 //! (leader included), partitions and snapshots under client load, then the linearizability check
 //! and the lost-write check of `examples/chaos`. The long run is the same binary with a larger
-//! `--duration` (see the README).
+//! `--duration` (see docs/testing.md).
 //!
 //! `cargo test` builds the examples next to each other (target/<profile>/examples/); this test
 //! runs them from there. Run alone it needs them built first:

@@ -1,6 +1,6 @@
 -- wrk script for memstore: PUT /store/{key} with a 100-byte body. Keys are distinct across wrk
 -- threads (each gets its own id in setup) and connections (one counter per thread). Used for the
--- memory measurement of the README's performance section (1,000,000 keys of 100-byte values).
+-- memory measurement of docs/performance.md (1,000,000 keys of 100-byte values).
 local next_id = 0
 function setup(thread)
   next_id = next_id + 1

@@ -1,5 +1,5 @@
 #!/bin/bash
-# Memory of restoring a snapshot (README "Performance"): three memstore processes, a follower
+# Memory of restoring a snapshot (docs/performance.md): three memstore processes, a follower
 # stopped before KEYS_PER_THREAD x 2 distinct 100-byte keys are written, one snapshot on the
 # leader. Prints the peak RSS of (1) the follower catching up from the leader's snapshot, (2) the
 # leader sending it (its peak reset just before), (3) the follower restarting from its own snapshot.

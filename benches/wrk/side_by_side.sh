@@ -1,5 +1,5 @@
 #!/bin/bash
-# The README's HTTP comparison: etcd 3.4, memstore and the no-op ceiling under the same wrk load,
+# The HTTP comparison of docs/performance.md: etcd 3.4, memstore and the no-op ceiling under the same wrk load,
 # ROUNDS rounds (default 2) of 10 s per cell, one after the other on this machine.
 #
 #   cargo build --release --example memstore --example http_noop

@@ -124,7 +124,7 @@ async fn no_such_route(method: Method, uri: axum::http::Uri) -> Response {
     (
         StatusCode::NOT_FOUND,
         format!(
-            "no route {method} {}; see the README's \"Trying the cluster\"\n",
+            "no route {method} {}; see docs/operations.md, \"Trying the local cluster\"\n",
             uri.path()
         ),
     )

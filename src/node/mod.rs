@@ -23,7 +23,7 @@
 //!    durable), hand entries + hard state to the writer thread with the Ready's
 //!    `persisted_messages`, and `advance_append_async`. The loop does not wait for the disk: it
 //!    goes back to step 1 and builds the next Ready while this one is being fsynced.
-//! 7. When the writer reports Readies durable (it merges everything queued into one transaction
+//! 7. When the writer reports Readies durable (it merges everything queued into one WAL record
 //!    and one fsync), send their `persisted_messages` (votes and acks promise durable state) and
 //!    call `on_persist_ready`; only now does raft count this node's copy towards a commit.
 //! 8. If enough was applied since the last snapshot (entries, and bytes relative to the

@@ -2,15 +2,16 @@
 //!
 //! The run loop hands each Ready's batch (entries, hard state, conf state, address book) to the
 //! writer with the messages that must wait for it (`persisted_messages`: votes and follower acks).
-//! The writer takes everything queued at that moment, merges it into one transaction (one fsync
-//! for several Readies: group commit across turns) and reports the highest Ready number it made
-//! durable, handing those messages back. Only then does the loop send them and call raft-rs'
+//! The writer takes everything queued at that moment, merges it into one write (one WAL record
+//! and one `fdatasync` for several Readies: group commit across turns) and reports the highest
+//! Ready number it made durable, handing those messages back. Only then does the loop send them and call raft-rs'
 //! `on_persist_ready`, which is what lets raft count this node's copy towards a commit.
 //!
 //! Invariants:
-//! - Jobs are written in submission order; a merged transaction is equivalent to writing its jobs
+//! - Jobs are written in submission order; a merged write is equivalent to writing its jobs
 //!   one after another (a later job's entries replace the earlier ones from their first index).
-//! - A job is reported done only after its transaction committed (LMDB syncs on commit).
+//! - A job is reported done only after its write is durable (the WAL record synced, and the LMDB
+//!   transaction committed when the batch changed the membership).
 //! - A failed write is reported and the thread stops: the loop treats it as fatal, so nothing
 //!   written after a lost write can ever be acknowledged.
 

@@ -3,7 +3,8 @@
 //! hard state, compaction point) is an append-only WAL beside it (`wal/`), synced once per batch,
 //! and the snapshot's data is a file (`snapshots/`).
 //!
-//! Layout (DESIGN §4, format 2; format 1 kept log and snapshot data in LMDB too):
+//! Layout (format 2, described in docs/architecture.md "On disk"; format 1 kept log and
+//! snapshot data in LMDB too):
 //! - DB `meta`: `format_version`, `node_id`, `cluster_id`, `conf_state` (`conf index u64 BE |
 //!   ConfState`), `snapshot_meta`, `peers` (bincode address book), `peers_index` (u64 BE: the
 //!   log index the book reflects; absent in older data dirs).
