@@ -127,11 +127,6 @@ pub struct Config {
     pub raft_log_level: slog::Level,
 }
 
-/// Nothing: only here to show the layer check bites.
-pub(crate) fn layer_check_bite() -> Option<crate::cluster::JoinTicket> {
-    None
-}
-
 /// Default of `Config::entry_cache_bytes`.
 pub const DEFAULT_ENTRY_CACHE_BYTES: usize = 64 << 20;
 
