@@ -165,7 +165,7 @@ impl RaftServiceClient {
                 Ok(Err(status)) if status.code() == tonic::Code::PermissionDenied => {
                     return Err(Error::ClusterMismatch {
                         local: self.cluster_id.clone(),
-                        remote: status.message().to_string(),
+                        remote: crate::transport::wire::refusing_cluster(&status),
                     })
                 }
                 Ok(Err(status)) => last_error = format!("{addr}: {}", status.message()),
@@ -200,6 +200,32 @@ impl RaftServiceClient {
         self.call(Call::Read(query)).await.map_err(|e| match e {
             // A read has no side effect: "unknown outcome" is just a timeout.
             Error::OutcomeUnknown(m) => Error::timeout(format!("read: {m}")),
+            other => other,
+        })
+    }
+
+    /// A linearizable read answered by the member at `addr`, which need not be the leader: it
+    /// waits until it has applied everything up to a read index the leader confirmed, then runs
+    /// its query handler. For spreading reads over members, or reading near the caller. One
+    /// attempt, no failover: an unreachable member is a `Transport` error.
+    pub async fn read_from(&self, addr: &str, query: Vec<u8>) -> Result<Vec<u8>> {
+        let mut grpc = self.pool.get(addr, &self.config)?;
+        let request = pb::ReadRequest {
+            cluster_id: self.cluster_id.clone(),
+            query,
+        };
+        let reply = tokio::time::timeout(self.deadline, grpc.read(request))
+            .await
+            .map_err(|_| Error::timeout(format!("read from {addr}")))?
+            .map_err(|status| match status.code() {
+                tonic::Code::PermissionDenied => Error::ClusterMismatch {
+                    local: self.cluster_id.clone(),
+                    remote: crate::transport::wire::refusing_cluster(&status),
+                },
+                _ => Error::Transport(format!("{addr}: {}", status.message())),
+            })?;
+        crate::node::response_to_result(reply.into_inner()).map_err(|e| match e {
+            Error::OutcomeUnknown(m) => Error::timeout(format!("read from {addr}: {m}")),
             other => other,
         })
     }
@@ -255,7 +281,7 @@ impl RaftServiceClient {
                 Ok(Err(status)) if status.code() == tonic::Code::PermissionDenied => {
                     return Err(Error::ClusterMismatch {
                         local: self.cluster_id.clone(),
-                        remote: status.message().to_string(),
+                        remote: crate::transport::wire::refusing_cluster(&status),
                     })
                 }
                 Ok(Err(status)) if crate::node::is_connect_error(&status) => {

@@ -10,8 +10,10 @@ use crate::tls::TlsError;
 /// Result alias used throughout pontoon and by user state machines.
 pub type Result<T> = std::result::Result<T, Error>;
 
-/// Everything a pontoon call can fail with.
+/// Everything a pontoon call can fail with. New variants may be added: match the ones you
+/// handle and keep a `_` arm.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// This node is not the leader and the call must run on the leader. `leader_id` is the
     /// current leader when known, so a client can go there directly.
@@ -68,7 +70,9 @@ pub enum Error {
     /// A peer could not be reached or answered with a transport-level error.
     #[error("transport error: {0}")]
     Transport(String),
-    /// A request was refused because it belongs to another cluster.
+    /// A request was refused because it belongs to another cluster: `local` is the cluster id
+    /// this side uses (empty when not known here), `remote` the refusing node's ("unknown" when
+    /// it did not say). Check the addresses and `Config::cluster_id`.
     #[error(
         "cluster id mismatch: this node is in cluster {local:?}, the other side in {remote:?}"
     )]

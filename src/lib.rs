@@ -37,7 +37,7 @@ pub mod transport;
 pub use cluster::{default_logger, JoinTicket, Raft};
 pub use config::{parse_peers, Config, Peers};
 pub use error::{Error, Result};
-pub use node::{NodeStatus, RaftNode, Role, SoftStatus};
+pub use node::{NodeStatus, PeerRole, RaftNode, Role, SoftStatus};
 pub use state_machine::{
     AbstractLogEntry, AbstractStateMachine, FrozenState, SnapshotSink, SnapshotSource,
 };

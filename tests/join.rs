@@ -10,7 +10,7 @@ use pontoon::raft::eraftpb::{
 use pontoon::{Peers, Raft};
 use support::{AppliedLog, TestCluster};
 
-async fn members(cluster: &TestCluster) -> Vec<(u64, String, Option<String>)> {
+async fn members(cluster: &TestCluster) -> Vec<(u64, pontoon::PeerRole, Option<String>)> {
     let leader = cluster.wait_for_leader().await;
     let status = cluster.node(leader).inspect().await.expect("inspect");
     status
@@ -42,7 +42,7 @@ async fn one_node_grows_to_five_by_tickets_from_different_members() {
     assert_eq!(m.len(), 5);
     assert!(
         m.iter()
-            .all(|(_, role, addr)| role == "voter" && addr.is_some()),
+            .all(|(_, role, addr)| *role == pontoon::PeerRole::Voter && addr.is_some()),
         "{m:?}"
     );
     cluster.propose(3, "after").await;
@@ -86,7 +86,7 @@ async fn a_learner_does_not_count_toward_quorum() {
     let m = members(&cluster).await;
     assert!(
         m.iter()
-            .any(|(id, role, _)| *id == learner && role == "learner"),
+            .any(|(id, role, _)| *id == learner && *role == pontoon::PeerRole::Learner),
         "{m:?}"
     );
     // The learner goes away and so does one voter: 2 of 3 voters still commit.
@@ -287,7 +287,7 @@ async fn a_learner_restarted_before_its_promotion_finishes_joining_as_a_voter() 
             .map(|p| p.role)
     };
     let before = role_of(cluster.node(id).inspect().await.expect("inspect"));
-    assert_eq!(before.as_deref(), Some("learner"));
+    assert_eq!(before, Some(pontoon::PeerRole::Learner));
     cluster
         .node(id)
         .finish_join()
@@ -295,7 +295,7 @@ async fn a_learner_restarted_before_its_promotion_finishes_joining_as_a_voter() 
         .expect("finish the join");
     let leader = cluster.wait_for_leader().await;
     let seen_by_leader = role_of(cluster.node(leader).inspect().await.expect("inspect"));
-    assert_eq!(seen_by_leader.as_deref(), Some("voter"));
+    assert_eq!(seen_by_leader, Some(pontoon::PeerRole::Voter));
     cluster
         .node(id)
         .finish_join()

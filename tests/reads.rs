@@ -135,11 +135,14 @@ async fn the_client_refuses_a_cluster_of_another_id() {
     let cluster = TestCluster::start(3).await;
     let result =
         RaftServiceClient::connect(vec![cluster.peers[&1].clone()], "another-cluster").await;
-    assert!(
-        matches!(result, Err(Error::ClusterMismatch { .. })),
-        "{:?}",
-        result.err()
-    );
+    // The error names both clusters by their ids, not by a sentence.
+    match result {
+        Err(Error::ClusterMismatch { local, remote }) => {
+            assert_eq!(local, "another-cluster");
+            assert_eq!(remote, cluster.config(1).cluster_id);
+        }
+        other => panic!("expected a cluster mismatch: {:?}", other.err()),
+    }
     cluster.shutdown().await;
 }
 
@@ -199,5 +202,40 @@ async fn a_read_asked_before_the_first_election_is_served_by_its_first_round() {
             "node {id}: the read needed more than its first round"
         );
     }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_reads_from_a_chosen_follower_and_sees_every_acknowledged_write() {
+    let cluster = TestCluster::start(3).await;
+    for node in cluster.nodes.values() {
+        node.raft
+            .set_query_handler(|log, _query| Ok(log.len().to_string().into_bytes()));
+    }
+    let leader = cluster.wait_for_leader().await;
+    let follower = cluster.follower_of(leader);
+    let client = RaftServiceClient::connect(
+        vec![cluster.peers[&leader].clone()],
+        cluster.cluster_id.clone(),
+    )
+    .await
+    .expect("connect");
+    for i in 0..3 {
+        client
+            .propose(format!("w{i}").into_bytes())
+            .await
+            .expect("propose");
+    }
+    // Acknowledged by the leader; the follower's answer must include all three.
+    let answer = client
+        .read_from(&cluster.peers[&follower], vec![])
+        .await
+        .expect("read from the follower");
+    assert_eq!(answer, b"3");
+    let dead = free_addrs(1).remove(0);
+    assert!(matches!(
+        client.read_from(&dead, vec![]).await,
+        Err(Error::Transport(_) | Error::Timeout { .. })
+    ));
     cluster.shutdown().await;
 }

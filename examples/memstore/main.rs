@@ -272,8 +272,8 @@ async fn finish_interrupted_join(
                 .find(|p| p.id == node.id())
                 .map(|p| p.role)
         });
-        match role.as_deref() {
-            Some("voter") => return,
+        match role {
+            Some(pontoon::PeerRole::Voter) => return,
             Some(_) => {
                 println!("node {} is still a learner: finishing its join", node.id());
                 match node.finish_join().await {

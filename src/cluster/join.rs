@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use crate::config::{Config, Peers};
 use crate::error::{Error, Result};
-use crate::node::describe_status;
+use crate::node::{describe_status, PeerRole};
 use crate::node::{
     is_connect_error, response_to_result, single_change, Command, NodeStatus, RaftNode,
 };
@@ -173,7 +173,7 @@ impl RaftNode {
     pub async fn join_cluster(&self, tickets: Vec<JoinTicket>) -> Result<()> {
         let deadline = Instant::now() + self.shared.config.join_timeout;
         let candidates = self.prepare_join(&tickets).await?;
-        if self.own_role().await?.as_deref() == Some("voter") {
+        if self.own_role().await? == Some(PeerRole::Voter) {
             return Ok(());
         }
         self.become_learner(&candidates, deadline).await?;
@@ -186,9 +186,9 @@ impl RaftNode {
     /// ticket: `join_cluster`). Bounded by `Config::join_timeout`.
     pub async fn finish_join(&self) -> Result<()> {
         let deadline = Instant::now() + self.shared.config.join_timeout;
-        match self.own_role().await?.as_deref() {
-            Some("voter") => Ok(()),
-            Some("learner") => {
+        match self.own_role().await? {
+            Some(PeerRole::Voter) => Ok(()),
+            Some(PeerRole::Learner) => {
                 let me = self.id();
                 let candidates: Vec<String> = self
                     .get_peers()
@@ -218,7 +218,7 @@ impl RaftNode {
         }
         let cc = single_change(ConfChangeType::AddNode, self.id());
         remote_change(self, candidates, cc, Peers::new(), deadline).await?;
-        self.wait_for_own_role("voter", deadline).await
+        self.wait_for_own_role(PeerRole::Voter, deadline).await
     }
 
     /// Like `join_cluster`, but stay a learner (receives the log, does not vote). Promote later
@@ -280,11 +280,11 @@ impl RaftNode {
         let cc = single_change(ConfChangeType::AddLearnerNode, self.id());
         let addrs = Peers::from([(self.id(), self.raft_addr().to_string())]);
         remote_change(self, candidates, cc, addrs, deadline).await?;
-        self.wait_for_own_role("learner", deadline).await
+        self.wait_for_own_role(PeerRole::Learner, deadline).await
     }
 
     /// This node's role in its own applied configuration (`None` while it is not a member).
-    async fn own_role(&self) -> Result<Option<String>> {
+    async fn own_role(&self) -> Result<Option<PeerRole>> {
         let status = self.inspect().await?;
         Ok(status
             .peers
@@ -293,9 +293,9 @@ impl RaftNode {
             .map(|p| p.role))
     }
 
-    async fn wait_for_own_role(&self, role: &str, deadline: Instant) -> Result<()> {
+    async fn wait_for_own_role(&self, role: PeerRole, deadline: Instant) -> Result<()> {
         loop {
-            if self.own_role().await?.as_deref() == Some(role) {
+            if self.own_role().await? == Some(role) {
                 return Ok(());
             }
             wait_or_timeout(deadline, &format!("becoming a {role}"), true).await?;

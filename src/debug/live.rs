@@ -174,7 +174,7 @@ pub fn render_node(s: &NodeStatus) -> String {
             vec![
                 p.id.to_string(),
                 p.addr.clone().unwrap_or_else(|| "-".into()),
-                p.role.clone(),
+                p.role.to_string(),
                 opt(p.matched),
                 opt(p.next_index),
                 p.state.clone().unwrap_or_else(|| "-".into()),

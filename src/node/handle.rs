@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use super::address_book::AddressBook;
 use super::mailbox::Command;
-use super::status::{NodeStatus, Role, SoftStatus};
+use super::status::{NodeStatus, PeerRole, Role, SoftStatus};
 use super::submit::Submission;
 use crate::config::{Config, Peers};
 use crate::error::{Error, Result};
@@ -203,14 +203,19 @@ impl RaftNode {
             return self.transfer_leader_to(None).await.map(|_| ());
         }
         let status = self.inspect().await?;
-        let is_voter = |id: u64| status.peers.iter().any(|p| p.id == id && p.role == "voter");
+        let is_voter = |id: u64| {
+            status
+                .peers
+                .iter()
+                .any(|p| p.id == id && p.role == PeerRole::Voter)
+        };
         let target = if is_voter(self.id()) {
             self.id()
         } else {
             status
                 .peers
                 .iter()
-                .find(|p| p.id != leader && p.role == "voter")
+                .find(|p| p.id != leader && p.role == PeerRole::Voter)
                 .map(|p| p.id)
                 .ok_or_else(|| {
                     Error::WouldLoseQuorum(format!(

@@ -70,7 +70,7 @@ pub use handle::RaftNode;
 pub use mailbox::Command;
 pub use membership::{decode_conf_change, ConfChangeContext};
 pub use proposals::{EntryKind, FrameworkEntry, ProposalContext};
-pub use status::{NodeStatus, PeerStatus, Role, SoftStatus};
+pub use status::{NodeStatus, PeerRole, PeerStatus, Role, SoftStatus};
 
 pub(crate) use handle::{single_change, Shared};
 pub(crate) use mailbox::peer_feedback;

@@ -111,7 +111,7 @@ pub(crate) fn status_to_error(status: tonic::Status) -> Error {
     match status.code() {
         tonic::Code::PermissionDenied => Error::ClusterMismatch {
             local: String::new(),
-            remote: status.message().to_string(),
+            remote: crate::transport::wire::refusing_cluster(&status),
         },
         tonic::Code::InvalidArgument => Error::InvalidRequest(status.message().to_string()),
         tonic::Code::Unauthenticated => Error::Unauthorized(status.message().to_string()),

@@ -19,7 +19,7 @@ use super::mailbox::Command;
 use super::proposals::{ProposalContext, Waiters};
 use super::reads::ReadBatcher;
 use super::snapshotting::SnapshotPolicy;
-use super::status::{NodeStatus, PeerStatus, Role, SoftStatus};
+use super::status::{NodeStatus, PeerRole, PeerStatus, Role, SoftStatus};
 use super::writer::{write_batch, WriteDone, WriteJob, Writer};
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -539,9 +539,9 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
                     id,
                     addr: book.get(&id).cloned(),
                     role: if conf.learners().contains(&id) {
-                        "learner".into()
+                        PeerRole::Learner
                     } else {
-                        "voter".into()
+                        PeerRole::Voter
                     },
                     matched: progress.map(|p| p.matched),
                     next_index: progress.map(|p| p.next_idx),

@@ -37,13 +37,31 @@ pub struct SoftStatus {
     pub applied: u64,
 }
 
+/// What a member is in the configuration: a voter counts towards quorums and may lead; a
+/// learner receives the log and votes on nothing. Serialised as `"voter"` / `"learner"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PeerRole {
+    Voter,
+    Learner,
+}
+
+impl std::fmt::Display for PeerRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PeerRole::Voter => "voter",
+            PeerRole::Learner => "learner",
+        })
+    }
+}
+
 /// Replication progress of one member as the leader sees it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerStatus {
     pub id: u64,
     pub addr: Option<String>,
-    /// `voter` or `learner`.
-    pub role: String,
+    /// Voter or learner.
+    pub role: PeerRole,
     /// Only known on the leader.
     pub matched: Option<u64>,
     pub next_index: Option<u64>,

@@ -4,14 +4,37 @@
 
 use tonic::Status;
 
-/// Refuse a request addressed to another cluster.
+/// Refuse a request addressed to another cluster. The refusal names this node's cluster in
+/// `REFUSING_CLUSTER_HEADER`, so the caller can say which cluster answered.
 pub(crate) fn check_cluster(local: &str, cluster_id: &str) -> Result<(), Status> {
     if cluster_id != local {
-        return Err(Status::permission_denied(format!(
-            "cluster id mismatch: this node belongs to cluster {local:?}, the request to {cluster_id:?}"
-        )));
+        let mut meta = tonic::metadata::MetadataMap::new();
+        meta.insert_bin(
+            REFUSING_CLUSTER_HEADER,
+            tonic::metadata::MetadataValue::from_bytes(local.as_bytes()),
+        );
+        return Err(Status::with_metadata(
+            tonic::Code::PermissionDenied,
+            format!(
+                "cluster id mismatch: this node belongs to cluster {local:?}, the request to {cluster_id:?}"
+            ),
+            meta,
+        ));
     }
     Ok(())
+}
+
+/// Metadata of a cluster-mismatch refusal: the refusing node's cluster id (binary: any UTF-8).
+pub(crate) const REFUSING_CLUSTER_HEADER: &str = "pontoon-refusing-cluster-bin";
+
+/// The cluster id a `check_cluster` refusal names ("unknown" when it names none: an older node).
+pub(crate) fn refusing_cluster(status: &Status) -> String {
+    status
+        .metadata()
+        .get_bin(REFUSING_CLUSTER_HEADER)
+        .and_then(|v| v.to_bytes().ok())
+        .and_then(|b| String::from_utf8(b.to_vec()).ok())
+        .unwrap_or_else(|| "unknown".into())
 }
 
 /// Metadata naming the cluster of a `StreamMessages` stream (binary: cluster ids are any UTF-8).
