@@ -42,8 +42,10 @@
 //! ```
 //!
 //! `LAZYFS_AUTO_INVAL=1 ../shared/tools/lazyfs/build.sh /tmp/lazyfs-racy` builds upstream's
-//! variant, whose reads can return zeros that were never written (a FUSE race, not a power cut):
-//! a node must then stop with a read error naming the file and offset, never apply the zeros.
+//! variant, whose reads can return zeros that were never written (a FUSE race, not a power cut).
+//! Pass that binary to `--lazyfs` to check that such reads are retried or stop the node with an
+//! error naming the file and offset, never a panic or applied zeros: a node that stops shows up
+//! as an unexpected exit and a fatal node log line, and fails the run.
 
 mod lazyfs;
 #[path = "../../tests/support/linearizability/mod.rs"]
