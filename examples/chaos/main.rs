@@ -20,9 +20,34 @@
 //!    same values, reads every hot key through every node, and checks that every acknowledged
 //!    ledger write is on every node;
 //! 5. checks the history per key against a register model (tests/support/linearizability/) and
-//!    writes it as JSON; exits non-zero on a violation, a lost write or a cluster that does not
-//!    converge.
+//!    writes it as JSON; exits non-zero on a violation, a lost write, a cluster that does not
+//!    converge, a node that exited on its own or did not come back from a restart, or a node log
+//!    with a panic or a fatal stop.
+//!
+//! # Power loss
+//!
+//! `kill -9` alone never loses a write the node made: the kernel's page cache outlives the
+//! process. With `--lazyfs BINARY`, every node's data dir is a LazyFS mount of its own
+//! (`WORK_DIR/node-N`, bytes in `WORK_DIR/lazyfs/node-N-root`), which keeps what is written in
+//! its own cache until it is synced, and the nemesis adds power cuts: of one node (`kill -9`, its
+//! LazyFS cache dropped, so everything not fsynced is gone, then a restart on the same data dir)
+//! and of the whole cluster (all nodes killed, every cache dropped, all restarted). Needs root and
+//! /dev/fuse. The mounts are lazily unmounted at the end, on an error and on Ctrl-C / SIGTERM.
+//!
+//! ```text
+//! ../shared/tools/lazyfs/build.sh /tmp/lazyfs-build    # Debian packages only; prints the binary
+//! cargo build --release --features fault-injection --examples
+//! target/release/examples/chaos --lazyfs /tmp/lazyfs-build/lazyfs/build/lazyfs \
+//!     --nodes 3 --duration 1200 --json
+//! ```
+//!
+//! `LAZYFS_AUTO_INVAL=1 ../shared/tools/lazyfs/build.sh /tmp/lazyfs-racy` builds upstream's
+//! variant, whose reads can return zeros that were never written (a FUSE race, not a power cut).
+//! Pass that binary to `--lazyfs` to check that such reads are retried or stop the node with an
+//! error naming the file and offset, never a panic or applied zeros: a node that stops shows up
+//! as an unexpected exit and a fatal node log line, and fails the run.
 
+mod lazyfs;
 #[path = "../../tests/support/linearizability/mod.rs"]
 mod linearizability;
 mod nemesis;
@@ -85,6 +110,10 @@ struct Args {
     /// Print the report as one JSON line at the end.
     #[arg(long)]
     json: bool,
+    /// The LazyFS binary (see "Power loss" above): mount every data dir on LazyFS and add power
+    /// cuts of one node and of the whole cluster to the faults.
+    #[arg(long)]
+    lazyfs: Option<PathBuf>,
 }
 
 #[derive(Serialize)]
@@ -105,6 +134,9 @@ struct Report {
     ledger_writes_acked: usize,
     acknowledged_writes_lost: usize,
     converged: bool,
+    lazyfs: bool,
+    /// Node log lines with a panic or a fatal stop.
+    fatal_log_lines: Vec<String>,
     faults: FaultCounts,
     faults_total: u64,
     history: String,
@@ -133,9 +165,31 @@ fn find_memstore(args: &Args) -> Result<PathBuf, String> {
     }
 }
 
+/// Resolves on Ctrl-C or SIGTERM.
+async fn interrupted() -> &'static str {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "Ctrl-C",
+        _ = term => "SIGTERM",
+    }
+}
+
 #[tokio::main]
 async fn main() {
-    match run(Args::parse()).await {
+    // On a signal the run is dropped, and with it the cluster: the nodes are killed and the
+    // LazyFS mounts unmounted before the exit.
+    let outcome = tokio::select! {
+        outcome = run(Args::parse()) => outcome,
+        signal = interrupted() => Err(format!("stopped by {signal}; the work dir is kept")),
+    };
+    match outcome {
         Ok(true) => {}
         Ok(false) => std::process::exit(1),
         Err(e) => {
@@ -179,14 +233,21 @@ async fn run(args: Args) -> Result<bool, String> {
     };
     std::fs::create_dir_all(&work_dir)
         .map_err(|e| format!("cannot create {}: {e}", work_dir.display()))?;
+    // Absolute and without symlinks: LazyFS mount points are matched against /proc/mounts.
+    let work_dir = std::fs::canonicalize(&work_dir)
+        .map_err(|e| format!("cannot resolve {}: {e}", work_dir.display()))?;
     let origin = Instant::now();
     log_line(
         origin,
         &format!(
-            "{} memstore processes ({}), work dir {}, seed {seed}",
+            "{} memstore processes ({}), work dir {}, seed {seed}{}",
             args.nodes,
             memstore.display(),
-            work_dir.display()
+            work_dir.display(),
+            match &args.lazyfs {
+                Some(l) => format!(", data dirs on LazyFS ({})", l.display()),
+                None => String::new(),
+            }
         ),
     );
     let mut cluster = ProcCluster::start(
@@ -196,6 +257,7 @@ async fn run(args: Args) -> Result<bool, String> {
         "chaos".into(),
         args.snapshot_threshold,
         args.snapshot_threshold / 3,
+        args.lazyfs.clone(),
     )?;
     let http = admin_client();
     let addrs = cluster.http_addrs();
@@ -313,7 +375,11 @@ async fn run(args: Args) -> Result<bool, String> {
             ledger.len()
         ),
     );
-    cluster.kill_all();
+    cluster.shutdown();
+    let fatal_log_lines = cluster.fatal_log_lines();
+    for line in &fatal_log_lines {
+        log_line(origin, &format!("FATAL in a node log: {line}"));
+    }
 
     let ops = workload.history.ops();
     let check_ops = ops.clone();
@@ -333,7 +399,10 @@ async fn run(args: Args) -> Result<bool, String> {
         && report.undecided.is_empty()
         && lost == 0
         && converged
-        && faults.unexpected_exits.is_empty();
+        && faults.unexpected_exits.is_empty()
+        && faults.restart_failures.is_empty()
+        && faults.fault_errors.is_empty()
+        && fatal_log_lines.is_empty();
     let result = Report {
         nodes: args.nodes,
         duration_s: args.duration,
@@ -351,6 +420,8 @@ async fn run(args: Args) -> Result<bool, String> {
         ledger_writes_acked: ledger.len(),
         acknowledged_writes_lost: lost,
         converged,
+        lazyfs: args.lazyfs.is_some(),
+        fatal_log_lines,
         faults_total: faults.total(),
         faults,
         history: history_path.display().to_string(),
@@ -359,7 +430,10 @@ async fn run(args: Args) -> Result<bool, String> {
     println!(
         "\nnodes {} | {} s | seed {}\noperations {} (ok {}, failed {}, unknown {}; writes ok {}, \
          reads ok {})\nfaults {} (kill {}, kill leader {}, partition {}, partition leader {}, \
-         snapshot {}, restarts {}, of them on a new raft address {})\nlinearizability: {} ops on {} keys checked, {} violations, \
+         snapshot {}, power cut of one node {}, of the leader {}, of the whole cluster {}{})\n\
+         restarts {} (on a new raft address {}); failed restarts {}; unexpected exits {}; \
+         faults not injected {}; fatal node log lines {}\n\
+         linearizability: {} ops on {} keys checked, {} violations, \
          undecided keys {:?}\nacknowledged writes lost: {} of {} ledger writes; converged: {}\n\
          history: {}\nresult: {}",
         result.nodes,
@@ -377,8 +451,16 @@ async fn run(args: Args) -> Result<bool, String> {
         result.faults.partition,
         result.faults.partition_leader,
         result.faults.snapshot,
+        result.faults.power_cut,
+        result.faults.power_cut_leader,
+        result.faults.power_cut_all,
+        if result.lazyfs { "" } else { "; no --lazyfs" },
         result.faults.restarts,
         result.faults.moves,
+        result.faults.restart_failures.len(),
+        result.faults.unexpected_exits.len(),
+        result.faults.fault_errors.len(),
+        result.fatal_log_lines.len(),
         result.ops_checked,
         result.keys_checked,
         result.violations,

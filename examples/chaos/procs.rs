@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use crate::lazyfs::{tail, LazyFs};
+
 /// One memstore node: its addresses, data dir, log file and (while running) its process.
 pub struct NodeProc {
     pub id: u64,
@@ -36,10 +38,12 @@ pub struct LaunchSpec {
     pub compaction_margin: u64,
 }
 
-/// The whole cluster of processes. Dropping it kills whatever still runs.
+/// The whole cluster of processes. Dropping it kills whatever still runs (and then unmounts
+/// the LazyFS data dirs, if any).
 pub struct ProcCluster {
     pub nodes: Vec<NodeProc>,
     spec: LaunchSpec,
+    lazyfs: Option<LazyFs>,
 }
 
 /// `count` loopback ports that were free a moment ago (bound to port 0, then released).
@@ -54,7 +58,8 @@ fn free_ports(count: usize) -> std::io::Result<Vec<u16>> {
 }
 
 impl ProcCluster {
-    /// Lay out `n` nodes under `work_dir` (fresh data dirs) and start them all.
+    /// Lay out `n` nodes under `work_dir` (fresh data dirs) and start them all. With `lazyfs`
+    /// (the LazyFS binary), each data dir is first mounted as a LazyFS of its own.
     pub fn start(
         n: u64,
         work_dir: &Path,
@@ -62,6 +67,7 @@ impl ProcCluster {
         cluster_id: String,
         snapshot_threshold: u64,
         compaction_margin: u64,
+        lazyfs: Option<PathBuf>,
     ) -> Result<Self, String> {
         let ports = free_ports(2 * n as usize).map_err(|e| format!("no free ports: {e}"))?;
         let nodes: Vec<NodeProc> = (1..=n)
@@ -82,8 +88,16 @@ impl ProcCluster {
             .map(|n| format!("{}={}", n.id, n.raft_addr))
             .collect::<Vec<_>>()
             .join(",");
+        let lazyfs = match lazyfs {
+            Some(binary) => {
+                let dirs: Vec<PathBuf> = nodes.iter().map(|n| n.data_dir.clone()).collect();
+                Some(LazyFs::new(binary, &dirs, &work_dir.join("lazyfs"))?)
+            }
+            None => None,
+        };
         let mut cluster = ProcCluster {
             nodes,
+            lazyfs,
             spec: LaunchSpec {
                 memstore,
                 cluster_id,
@@ -92,6 +106,13 @@ impl ProcCluster {
                 compaction_margin,
             },
         };
+        // On an error the cluster is dropped: what was started is killed, what was mounted is
+        // unmounted.
+        if let Some(lazyfs) = cluster.lazyfs.as_mut() {
+            for id in 1..=n {
+                lazyfs.mount(id)?;
+            }
+        }
         for id in 1..=n {
             cluster.restart(id)?;
         }
@@ -156,7 +177,6 @@ impl ProcCluster {
         Ok(())
     }
 
-    /// SIGKILL: the process gets no chance to flush anything. Returns false if it was not running.
     /// Give stopped node `id` a new raft port for its next start: it comes back on its data dir
     /// at an address the members do not know, and must tell them (pontoon's address update).
     pub fn move_raft_port(&mut self, id: u64) -> Result<String, String> {
@@ -169,6 +189,7 @@ impl ProcCluster {
         Ok(node.raft_addr.clone())
     }
 
+    /// SIGKILL: the process gets no chance to flush anything. Returns false if it was not running.
     pub fn kill(&mut self, id: u64) -> bool {
         let node = &mut self.nodes[(id - 1) as usize];
         match node.child.take() {
@@ -200,11 +221,91 @@ impl ProcCluster {
             self.kill(id);
         }
     }
+
+    /// Kill every node, then unmount the LazyFS data dirs (the bytes stay in their roots).
+    pub fn shutdown(&mut self) {
+        self.kill_all();
+        if let Some(lazyfs) = self.lazyfs.as_mut() {
+            lazyfs.unmount_all();
+        }
+    }
+
+    pub fn has_lazyfs(&self) -> bool {
+        self.lazyfs.is_some()
+    }
+
+    /// Power cut of stopped node `id`'s disk: every byte it wrote and did not sync is gone.
+    pub async fn clear_cache(&mut self, id: u64) -> Result<(), String> {
+        if self.node(id).is_running() {
+            return Err(format!("node {id} is running"));
+        }
+        match self.lazyfs.as_mut() {
+            Some(lazyfs) => lazyfs.clear_cache(id).await,
+            None => Err("no LazyFS under the data dirs".into()),
+        }
+    }
+
+    /// The last `lines` lines of node `id`'s log.
+    pub fn log_tail(&self, id: u64, lines: usize) -> String {
+        tail(&self.node(id).log_path, lines)
+    }
+
+    /// Wait until restarted node `id` answers HTTP (any status), for at most `limit`. An error
+    /// says whether it exited (and how) or stayed silent; an exited node is marked stopped.
+    pub async fn await_answer(
+        &mut self,
+        id: u64,
+        http: &reqwest::Client,
+        limit: Duration,
+    ) -> Result<(), String> {
+        let started = tokio::time::Instant::now();
+        let deadline = started + limit;
+        let url = self.node(id).url("/leader");
+        loop {
+            let node = &mut self.nodes[(id - 1) as usize];
+            let Some(child) = node.child.as_mut() else {
+                return Err(format!("node {id} is not running"));
+            };
+            if let Ok(Some(status)) = child.try_wait() {
+                node.child = None;
+                return Err(format!(
+                    "node {id} exited {:.1} s after its restart: {status}",
+                    started.elapsed().as_secs_f64()
+                ));
+            }
+            if http.get(&url).send().await.is_ok() {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(format!(
+                    "node {id} did not answer within {limit:?} of its restart"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Lines of the node logs that show a crash or a fatal stop: a panic, or the node stopping
+    /// with an error (e.g. a read it could not trust). Each prefixed with the node id.
+    pub fn fatal_log_lines(&self) -> Vec<String> {
+        let mut found = Vec::new();
+        for node in &self.nodes {
+            let Ok(bytes) = std::fs::read(&node.log_path) else {
+                continue;
+            };
+            for line in String::from_utf8_lossy(&bytes).lines() {
+                if line.contains("panicked at") || line.contains("node stopped with an error") {
+                    found.push(format!("node {}: {line}", node.id));
+                }
+            }
+        }
+        found
+    }
 }
 
 impl Drop for ProcCluster {
     fn drop(&mut self) {
-        self.kill_all();
+        self.shutdown();
     }
 }
 
