@@ -17,6 +17,7 @@
 //! # Ok(()) }
 //! ```
 
+mod blocking;
 pub mod client;
 pub mod cluster;
 pub mod config;

@@ -99,7 +99,11 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
         let outcome = loop {
             // 1. Wait for the next message or tick, then drain the mailbox without waiting.
             let mut quit = false;
+            // Biased: polled in this order, not at random, so a simulation replays the same
+            // turns from the same seed. Writes done and ticks are bounded in rate, so the
+            // mailbox is never starved.
             tokio::select! {
+                biased;
                 done = self.writer.next_done(), if self.writer.inflight() > 0 => match done {
                     Some(done) => {
                         if let Err(e) = self.on_persisted(done) {
@@ -449,9 +453,7 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
     async fn persist(&self, batch: PersistBatch) -> Result<()> {
         let store = self.store.clone();
         let metrics = self.metrics.clone();
-        tokio::task::spawn_blocking(move || write_batch(&store, &metrics, batch))
-            .await
-            .map_err(|e| Error::Other(format!("storage thread failed: {e}")))?
+        crate::blocking::run_blocking(move || write_batch(&store, &metrics, batch)).await?
     }
 
     /// Let every queued write land, then write what is still only in memory (the latest commit
