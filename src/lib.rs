@@ -27,6 +27,9 @@ pub mod error;
 pub mod fuzzing;
 pub mod metrics;
 pub mod node;
+#[cfg(feature = "simulation")]
+#[doc(hidden)]
+pub mod simulation;
 pub mod state_machine;
 pub mod storage;
 pub mod tls;
