@@ -157,7 +157,12 @@ pub fn run(options: &SimOptions) -> RunReport {
         use slog::Drain;
         let decorator = slog_term::PlainSyncDecorator::new(std::io::stderr());
         let drain = slog_term::FullFormat::new(decorator).build().fuse();
-        let drain = slog::LevelFilter::new(drain, slog::Level::Info).fuse();
+        let level = if std::env::var_os("PONTOON_SIM_RAFT_DEBUG").is_some() {
+            slog::Level::Debug
+        } else {
+            slog::Level::Info
+        };
+        let drain = slog::LevelFilter::new(drain, level).fuse();
         Logger::root(drain, slog::o!())
     } else {
         Logger::root(slog::Discard, slog::o!())
@@ -546,6 +551,9 @@ async fn simulate(options: &SimOptions, dir: &Path, logger: Logger, report: &mut
         initial_map_size: 32 << 20,
         ..Config::default()
     };
+    if options.verbose && std::env::var_os("PONTOON_SIM_RAFT_DEBUG").is_some() {
+        config.raft_log_level = slog::Level::Debug;
+    }
     config.raft.election_tick = 10;
     config.raft.heartbeat_tick = 3;
     let mut cluster = Cluster {
