@@ -101,6 +101,11 @@ pub struct Config {
     pub max_pending_proposals: usize,
     /// Initial LMDB map size in bytes; it grows on demand.
     pub initial_map_size: usize,
+    /// Bytes of the newest log entries kept in memory after they are written, so replication
+    /// and apply do not read back from the files what was just appended (0: read every entry
+    /// from the files). Older entries are read from the files and checked against their
+    /// checksum.
+    pub entry_cache_bytes: usize,
     /// Deadline of `join_cluster` (learner, catch-up, promotion).
     pub join_timeout: Duration,
     /// A joining learner is promoted to voter once its log is at most this many entries behind
@@ -122,6 +127,9 @@ pub struct Config {
     pub raft_log_level: slog::Level,
 }
 
+/// Default of `Config::entry_cache_bytes`.
+pub const DEFAULT_ENTRY_CACHE_BYTES: usize = 64 << 20;
+
 impl Default for Config {
     fn default() -> Self {
         let raft = raft::Config {
@@ -135,6 +143,9 @@ impl Default for Config {
             max_uncommitted_size: 256 * 1024 * 1024,
             // Several appends queued for one follower go out as one message.
             batch_append: true,
+            // Committed entries handed to apply in one Ready: bounded, so the run loop can read
+            // them ahead (and stop cleanly on a read error) without holding the whole log.
+            max_committed_size_per_ready: 64 * 1024 * 1024,
             ..Default::default()
         };
         Config {
@@ -163,6 +174,7 @@ impl Default for Config {
             raft_log_level: slog::Level::Warning,
             max_pending_proposals: 64 * 1024,
             initial_map_size: 1 << 30,
+            entry_cache_bytes: DEFAULT_ENTRY_CACHE_BYTES,
             join_timeout: Duration::from_secs(60),
             promotion_lag: 100,
             tls: None,

@@ -11,7 +11,8 @@ use crate::cluster::JoinTicket;
 use crate::config::Peers;
 use crate::debug::EntryView;
 use crate::error::{Error, Result};
-use crate::transport::{pb, server, snapshot_receiver};
+use crate::rpc::{server, snapshot_receiver};
+use crate::transport::pb;
 
 pub use crate::config::parse_peers;
 pub use crate::node::{
@@ -82,7 +83,7 @@ pub fn send_messages(
     local_id: u64,
 ) -> std::result::Result<Vec<Message>, Status> {
     let batch: pb::MessageBatch = decode_body(body)?;
-    server::check_cluster(local_cluster, &batch.cluster_id)?;
+    crate::transport::wire::check_cluster(local_cluster, &batch.cluster_id)?;
     server::decode_message_batch(&batch, local_id)
 }
 
@@ -100,7 +101,7 @@ pub fn install_snapshot(
     let first = chunks
         .next()
         .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
-    server::check_cluster(local_cluster, &first.cluster_id)?;
+    crate::transport::wire::check_cluster(local_cluster, &first.cluster_id)?;
     let msg = snapshot_receiver::check_first_chunk(&first, local_id, max_snapshot_bytes)?;
     let mut tally = snapshot_receiver::ChunkTally::new(&first);
     let mut data = Vec::new();
@@ -120,7 +121,7 @@ pub fn change_config(
     local_cluster: &str,
 ) -> std::result::Result<(ConfChangeV2, Peers), Status> {
     let req: pb::ChangeConfigRequest = decode_body(body)?;
-    server::check_cluster(local_cluster, &req.cluster_id)?;
+    crate::transport::wire::check_cluster(local_cluster, &req.cluster_id)?;
     server::decode_change_config(req)
 }
 
@@ -128,7 +129,7 @@ pub fn change_config(
 pub fn request_id(body: &[u8], local_cluster: &str) -> std::result::Result<String, Status> {
     let req: pb::RequestIdRequest = decode_body(body)?;
     if !req.cluster_id.is_empty() {
-        server::check_cluster(local_cluster, &req.cluster_id)?;
+        crate::transport::wire::check_cluster(local_cluster, &req.cluster_id)?;
     }
     server::check_raft_addr(&req.raft_addr)?;
     Ok(req.raft_addr)
@@ -151,7 +152,7 @@ pub fn view_entry(entry: &Entry) -> EntryView {
 
 /// The path a snapshot's data refers to, when it is a reference to a received snapshot file.
 pub fn snapshot_file_ref(data: &[u8]) -> Option<std::path::PathBuf> {
-    crate::transport::snapshot_file_ref(data)
+    crate::storage::snapshot_file_ref(data)
 }
 
 /// A `RequestId` answer for a reserved id, for seeds.

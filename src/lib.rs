@@ -25,8 +25,11 @@ pub mod debug;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
+#[cfg(test)]
+mod layers;
 pub mod metrics;
 pub mod node;
+pub mod rpc;
 #[cfg(feature = "simulation")]
 #[doc(hidden)]
 pub mod simulation;

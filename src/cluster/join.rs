@@ -13,12 +13,13 @@ use raft::eraftpb::ConfChangeType;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::client::connect_lazy;
 use crate::config::{Config, Peers};
 use crate::error::{Error, Result};
+use crate::node::describe_status;
 use crate::node::{
     is_connect_error, response_to_result, single_change, Command, NodeStatus, RaftNode,
 };
+use crate::transport::connect_lazy;
 use crate::transport::pb;
 
 /// What a new node needs to join: its reserved id and how to reach the cluster.
@@ -412,20 +413,6 @@ fn rpc_error(what: &str, status: tonic::Status) -> Error {
             describe_status(&status)
         )),
     }
-}
-
-/// A status' message plus its source chain (where tonic keeps TLS and connection details).
-pub(crate) fn describe_status(status: &tonic::Status) -> String {
-    let mut out = status.message().to_string();
-    if let Some(source) = std::error::Error::source(status) {
-        let chain = crate::tls::error_chain(source);
-        if !out.contains(&chain) {
-            out.push_str(" (");
-            out.push_str(&chain);
-            out.push(')');
-        }
-    }
-    out
 }
 
 /// Sleep a poll interval, or time out once `deadline` has passed. `after_a_change`: the wait

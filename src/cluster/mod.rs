@@ -1,10 +1,8 @@
 //! Cluster membership and the `Raft` entry point: bootstrap a node, run it, stop it.
 
-mod address_book;
 mod join;
 
-pub use address_book::AddressBook;
-pub(crate) use join::describe_status;
+pub use crate::node::AddressBook;
 pub use join::{request_id_with, JoinTicket};
 pub(crate) use join::{reserved_id_from, ticket_from};
 
@@ -19,19 +17,19 @@ use slog::Logger;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
-use crate::client::ClientPool;
 use crate::config::{Config, Peers};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::node::{
-    Command, RaftNode, ReadBatcher, Role, RunLoop, Shared, SoftStatus, Waiters, Writer,
-};
+use crate::node::{RaftNode, ReadBatcher, Role, RunLoop, Shared, SoftStatus, Waiters, Writer};
+use crate::rpc::RaftGrpcService;
 use crate::state_machine::{AbstractStateMachine, SnapshotSource};
+use crate::storage::fs::FileSystem;
 use crate::storage::{LmdbStorage, LogStore, SnapshotEnvelope, StagedLog};
-use crate::transport::{FaultInjector, GrpcTransport, RaftGrpcService, Transport};
+use crate::transport::ClientPool;
+use crate::transport::{FaultInjector, GrpcTransport, Transport};
 
-/// Index and term of the snapshot a new static cluster starts from.
-pub(crate) const INITIAL_INDEX: u64 = 1;
+use crate::node::INITIAL_INDEX;
+/// Term of the snapshot a new static cluster starts from.
 const INITIAL_TERM: u64 = 1;
 
 /// How long a stopping node waits for in-flight RPCs before closing its server anyway.
@@ -109,12 +107,13 @@ impl<F: AbstractStateMachine> Raft<F> {
         let (listener, local_addr, raft_addr) = bind_listener(&listen, &config, &logger).await?;
         check_own_initial_address(node_id, &raft_addr, &config)?;
         let server = grpc_server(&config)?;
-        let prepared = prepare_node(node_id, raft_addr, fsm, config, logger, |wiring| {
+        let fs = crate::storage::fs::real();
+        let prepared = prepare_node(node_id, raft_addr, fsm, config, logger, fs, |wiring| {
             let transport = GrpcTransport::new(
                 wiring.node_id,
                 &wiring.raft_addr,
                 &wiring.config,
-                wiring.mailbox,
+                wiring.feedback,
                 wiring.metrics,
                 wiring.faults,
                 wiring.logger,
@@ -257,8 +256,8 @@ pub(crate) struct TransportWiring {
     pub(crate) node_id: u64,
     pub(crate) raft_addr: String,
     pub(crate) config: Config,
-    /// The run loop's mailbox, for transport feedback (unreachable peers, snapshot reports).
-    pub(crate) mailbox: mpsc::Sender<Command>,
+    /// Where the transport reports unreachable peers, snapshot transfers and refusals.
+    pub(crate) feedback: crate::transport::PeerFeedback,
     pub(crate) metrics: Metrics,
     pub(crate) faults: Arc<FaultInjector>,
     pub(crate) logger: Logger,
@@ -324,14 +323,24 @@ fn check_own_initial_address(node_id: u64, raft_addr: &str, config: &Config) -> 
 
 /// Open the data dir's storage (creating it for a new node) and drop snapshot files a previous
 /// run received but never installed.
-async fn open_storage(node_id: u64, config: &Config) -> Result<LmdbStorage> {
+async fn open_storage(
+    node_id: u64,
+    config: &Config,
+    fs: Arc<dyn FileSystem>,
+) -> Result<LmdbStorage> {
     let dir = config.data_dir.clone();
     let cluster = config.cluster_id.clone();
-    let map = config.initial_map_size;
-    let store =
-        crate::blocking::run_blocking(move || LmdbStorage::open(dir, node_id, &cluster, map))
-            .await??;
-    crate::transport::remove_stale_snapshot_files(&config.data_dir);
+    let options = crate::storage::StorageOptions {
+        initial_map_size: config.initial_map_size,
+        entry_cache_bytes: config.entry_cache_bytes,
+        fs,
+        ..Default::default()
+    };
+    let store = crate::blocking::run_blocking(move || {
+        LmdbStorage::open_with(dir, node_id, &cluster, options)
+    })
+    .await??;
+    crate::rpc::remove_stale_snapshot_files(&config.data_dir);
     Ok(store)
 }
 
@@ -368,13 +377,19 @@ async fn initial_state<F: AbstractStateMachine>(
         peers: Peers::new(),
     };
     if resumed {
+        start.peers = store.peers()?;
         if let Some((index, envelope)) = restore_latest_snapshot(store, fsm).await? {
             start.applied = index;
             start.max_node_id = envelope.max_node_id;
             start.removed = envelope.removed;
+            // The snapshot's commit and the writer's commit of the book are separate: a crash
+            // may keep a snapshot newer than the stored book. The log is replayed only after
+            // the snapshot, so take the newer of the two.
+            if index > store.peers_index() {
+                start.peers = envelope.peers;
+            }
             raise_commit_to(store, index, logger).await?;
         }
-        start.peers = store.peers()?;
     } else if let Some(initial) = config.initial_peers.clone() {
         start.peers = store_initial_snapshot(node_id, raft_addr, initial, store, fsm).await?;
         start.max_node_id = start.peers.keys().copied().max().unwrap_or(node_id);
@@ -443,17 +458,19 @@ fn moved_from(peers: &Peers, node_id: u64, raft_addr: &str, logger: &Logger) -> 
     Some(known.clone())
 }
 
-/// Open the storage, load the starting state and build the run loop and its handle around the
-/// transport `make_transport` returns. Nothing runs yet and nothing listens.
+/// Open the storage (the WAL and snapshot files on `fs`), load the starting state and build the
+/// run loop and its handle around the transport `make_transport` returns. Nothing runs yet and
+/// nothing listens.
 pub(crate) async fn prepare_node<F: AbstractStateMachine>(
     node_id: u64,
     raft_addr: String,
     mut fsm: F,
     config: Config,
     logger: Logger,
+    fs: Arc<dyn FileSystem>,
     make_transport: impl FnOnce(TransportWiring) -> Arc<dyn Transport>,
 ) -> Result<PreparedNode<F>> {
-    let store = open_storage(node_id, &config).await?;
+    let store = open_storage(node_id, &config, fs).await?;
     let start = initial_state(node_id, &raft_addr, &store, &mut fsm, &config, &logger).await?;
     let moved_from = moved_from(&start.peers, node_id, &raft_addr, &logger);
     slog::info!(logger, "node prepared"; "resumed" => start.resumed, "configured" => start.resumed || config.initial_peers.is_some(), "applied" => start.applied, "peers" => ?start.peers, "addr" => &raft_addr);
@@ -514,7 +531,7 @@ fn build_run_loop<F: AbstractStateMachine>(
         node_id,
         raft_addr: raft_addr.clone(),
         config: config.clone(),
-        mailbox: mailbox_tx.clone(),
+        feedback: crate::node::peer_feedback(mailbox_tx.clone()),
         metrics: metrics.clone(),
         faults: faults.clone(),
         logger: logger.clone(),
@@ -690,7 +707,8 @@ async fn restore_latest_snapshot<S: LogStore, F: AbstractStateMachine>(
     let store = store.clone();
     let found = crate::blocking::run_blocking(move || -> Result<_> {
         if let Some((meta, path)) = store.latest_snapshot_file()? {
-            let (header, source) = SnapshotEnvelope::open_checked(&path, &meta)?;
+            let fs = store.file_system();
+            let (header, source) = SnapshotEnvelope::open_checked(&*fs, &path, &meta)?;
             return Ok(Some((meta.index, header, source)));
         }
         let Some(snapshot) = store.latest_snapshot()? else {

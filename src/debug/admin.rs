@@ -6,11 +6,11 @@ use protobuf::Message as _;
 use raft::eraftpb::ConfChangeType;
 
 use super::live::RemoteOptions;
-use crate::client::connect_lazy;
-use crate::cluster::describe_status;
 use crate::config::{Config, Peers};
 use crate::error::{Error, Result};
+use crate::node::describe_status;
 use crate::node::{response_to_result, single_change};
+use crate::transport::connect_lazy;
 use crate::transport::pb;
 
 const MAX_HOPS: usize = 5;

@@ -3,12 +3,12 @@
 use serde::{Deserialize, Serialize};
 
 use super::table::render_table;
-use crate::client::connect_lazy;
-use crate::cluster::describe_status;
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::node::describe_status;
 use crate::node::NodeStatus;
 use crate::tls::TlsConfig;
+use crate::transport::connect_lazy;
 use crate::transport::pb;
 
 /// How tools reach running nodes: the TLS material when the cluster runs mutual TLS, and the

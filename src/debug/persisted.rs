@@ -99,7 +99,13 @@ pub fn read_persisted(
     // The snapshot's size from its file: reading a large snapshot whole just to measure it would
     // cost its size in memory, on a machine that may be running the node.
     let snapshot = match store.latest_snapshot_file()? {
-        Some((meta, path)) => Some((meta, std::fs::metadata(&path)?.len() as usize)),
+        Some((meta, path)) => Some((
+            meta,
+            store
+                .file_system()
+                .open(&path, crate::storage::fs::OpenMode::Read)?
+                .len()? as usize,
+        )),
         None => store
             .latest_snapshot()?
             .map(|s| (s.get_metadata().clone(), s.get_data().len())),

@@ -13,13 +13,13 @@ use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
+use super::address_book::AddressBook;
 use super::mailbox::Command;
 use super::status::{NodeStatus, Role, SoftStatus};
 use super::submit::Submission;
-use crate::client::ClientPool;
-use crate::cluster::AddressBook;
 use crate::config::{Config, Peers};
 use crate::error::{Error, Result};
+use crate::transport::ClientPool;
 
 /// How long to wait for a leader to appear before asking again, at most.
 /// How long a call waits for a just-spawned `run()` to take over before failing `NotRunning`.

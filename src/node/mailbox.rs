@@ -76,3 +76,23 @@ pub enum Command {
     /// Flush and stop. `RaftNode::quit` waits for the whole node to stop, not for a reply.
     Quit,
 }
+
+impl From<crate::transport::PeerEvent> for Command {
+    fn from(event: crate::transport::PeerEvent) -> Self {
+        use crate::transport::PeerEvent;
+        match event {
+            PeerEvent::Unreachable(id) => Command::ReportUnreachable(id),
+            PeerEvent::SnapshotSent(id, status) => Command::ReportSnapshot(id, status),
+            PeerEvent::RemovedBy { by, reason } => Command::RemovedBy { by, reason },
+        }
+    }
+}
+
+/// Transport feedback that lands in the run loop's `mailbox` (dropped when it is full).
+pub(crate) fn peer_feedback(
+    mailbox: tokio::sync::mpsc::Sender<Command>,
+) -> crate::transport::PeerFeedback {
+    crate::transport::PeerFeedback::new(move |event| {
+        let _ = mailbox.try_send(event.into());
+    })
+}

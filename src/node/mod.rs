@@ -44,6 +44,7 @@
 //!   timeouts, then stops with `Error::Removed` (see `removal`). A member never refuses a node
 //!   it has not seen removed by a committed entry, and a removed id is never added again.
 
+mod address_book;
 mod applying;
 pub mod command_batch;
 mod handle;
@@ -61,6 +62,10 @@ mod status;
 mod submit;
 mod writer;
 
+pub use address_book::AddressBook;
+
+/// Index of the snapshot a new static cluster starts from (its log starts after it).
+pub(crate) const INITIAL_INDEX: u64 = 1;
 pub use handle::RaftNode;
 pub use mailbox::Command;
 pub use membership::{decode_conf_change, ConfChangeContext};
@@ -68,8 +73,11 @@ pub use proposals::{EntryKind, FrameworkEntry, ProposalContext};
 pub use status::{NodeStatus, PeerStatus, Role, SoftStatus};
 
 pub(crate) use handle::{single_change, Shared};
+pub(crate) use mailbox::peer_feedback;
 pub(crate) use proposals::Waiters;
 pub(crate) use reads::ReadBatcher;
-pub(crate) use rpc_results::{is_connect_error, response_to_result, result_to_response};
+pub(crate) use rpc_results::{
+    describe_status, is_connect_error, response_to_result, result_to_response,
+};
 pub(crate) use run_loop::RunLoop;
 pub(crate) use writer::Writer;

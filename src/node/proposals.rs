@@ -205,6 +205,20 @@ impl Waiters {
         });
     }
 
+    /// A snapshot from the leader replaced the log up to `index`: the entries of waiters at or
+    /// below it were never applied here, and whether they were committed (and are inside the
+    /// snapshot's state) or overwritten cannot be told from here. They get `OutcomeUnknown`,
+    /// never a definite "dropped": a retry could apply the command twice.
+    pub fn on_snapshot_installed(&mut self, index: u64) {
+        self.fail_range(..=(index, u64::MAX), || {
+            Error::OutcomeUnknown(
+                "a snapshot from the leader replaced this node's log past the entry: it may have \
+                 been applied; check before retrying"
+                    .into(),
+            )
+        });
+    }
+
     /// Fail the waiters whose `(index, seq)` lies in `range`.
     fn fail_range(&mut self, range: impl RangeBounds<(u64, u64)> + Clone, err: impl Fn() -> Error) {
         while let Some(&(index, seq)) = self.by_index.range(range.clone()).next() {
@@ -305,6 +319,28 @@ mod tests {
         w.on_applied_unreadable(5, || Error::Encoding("unreadable".into()));
         assert!(matches!(later_rx.try_recv(), Ok(Err(Error::Encoding(_)))));
         assert!(w.is_empty());
+    }
+
+    /// Issue 21, defect 3: a partitioned leader's proposal may be committed by the others and
+    /// compacted into the snapshot this node then installs; the next applied entry must not
+    /// call it "dropped" (a definite error), since a retry would apply it twice.
+    #[test]
+    fn waiters_inside_an_installed_snapshot_get_an_unknown_outcome_not_a_definite_drop() {
+        let mut w = Waiters::new(1);
+        let ctx = w.next_context(EntryKind::User);
+        let (tx, mut rx) = oneshot::channel();
+        w.register(ctx, 5, tx);
+        let later = w.next_context(EntryKind::User);
+        let (tx, mut later_rx) = oneshot::channel();
+        w.register(later, 9, tx);
+        w.on_snapshot_installed(7);
+        // The first entry applied after the snapshot (index 8) comes from another node.
+        w.on_applied(8, None, Ok(vec![]));
+        match rx.try_recv() {
+            Ok(Err(e)) => assert!(e.outcome_unknown(), "got a definite error: {e}"),
+            other => panic!("waiter not answered with an error: {other:?}"),
+        }
+        assert!(later_rx.try_recv().is_err(), "index 9 still waits");
     }
 
     #[test]

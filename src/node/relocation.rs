@@ -130,7 +130,7 @@ impl RaftNode {
             Ok(Err(status)) => {
                 return Err(Error::Transport(format!(
                     "node {node_id} does not answer at {addr}: {}; start it there first",
-                    crate::cluster::describe_status(&status)
+                    super::rpc_results::describe_status(&status)
                 )))
             }
             Ok(Ok(reply)) => reply.into_inner(),

@@ -119,6 +119,20 @@ pub(crate) fn status_to_error(status: tonic::Status) -> Error {
     }
 }
 
+/// A status' message plus its source chain (where tonic keeps TLS and connection details).
+pub(crate) fn describe_status(status: &tonic::Status) -> String {
+    let mut out = status.message().to_string();
+    if let Some(source) = std::error::Error::source(status) {
+        let chain = crate::tls::error_chain(source);
+        if !out.contains(&chain) {
+            out.push_str(" (");
+            out.push_str(&chain);
+            out.push(')');
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,13 +14,13 @@ use slog::Logger;
 use tokio::sync::{mpsc, watch};
 use tokio::time::MissedTickBehavior;
 
+use super::address_book::AddressBook;
 use super::mailbox::Command;
 use super::proposals::{ProposalContext, Waiters};
 use super::reads::ReadBatcher;
 use super::snapshotting::SnapshotPolicy;
 use super::status::{NodeStatus, PeerStatus, Role, SoftStatus};
 use super::writer::{write_batch, WriteDone, WriteJob, Writer};
-use crate::cluster::AddressBook;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
@@ -157,6 +157,11 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
                 slog::crit!(self.logger, "run loop stopped by a fatal error"; "error" => %e);
                 break Err(e);
             }
+            if let Some(e) = self.store.take_read_failure() {
+                let e = Error::Storage(e);
+                slog::crit!(self.logger, "run loop stopped: the log could not be read"; "error" => %e);
+                break Err(e);
+            }
             self.publish_status();
             // Applying this turn's entries may have removed this node after its `leave()`.
             if quit || self.left {
@@ -268,7 +273,7 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
         let kind = msg.get_msg_type();
         let last = self.raw.raft.raft_log.last_index();
         if !(kind == MsgRequestVote || kind == MsgRequestPreVote)
-            || last > crate::cluster::INITIAL_INDEX
+            || last > super::INITIAL_INDEX
             || msg.index <= last
         {
             return false;
@@ -355,8 +360,11 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
         if self.writer.inflight() >= MAX_WRITES_IN_FLIGHT || !self.raw.has_ready() {
             return Ok(());
         }
-        // 2. Take the Ready.
+        // 2. Read the committed entries this Ready hands out (raft-rs would panic on a read
+        //    error; here it stops the node), then take the Ready.
+        self.read_committed_ahead()?;
         let mut ready = self.raw.ready();
+        self.raw.store().end_read_ahead();
         // 3. Messages that may leave before this node's own write (leader appends).
         self.transport.send(ready.take_messages());
         // 4. A snapshot from the leader replaces the log: let every write in flight land, then
@@ -416,6 +424,23 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
         Ok(())
     }
 
+    /// Read the committed entries the next Ready will hand out (see `StagedLog::read_ahead`).
+    /// raft-rs starts them after the last index it handed out, which is `applied` here: every
+    /// Ready's committed entries are applied in the same turn.
+    fn read_committed_ahead(&mut self) -> Result<()> {
+        let log = &self.raw.raft.raft_log;
+        if !log.has_next_entries_since(self.applied) {
+            return Ok(());
+        }
+        let low = (self.applied + 1).max(log.first_index());
+        let high = log.committed.min(log.persisted) + 1;
+        let max = self.config.raft.max_committed_size_per_ready;
+        self.raw
+            .store()
+            .read_ahead(low, high, Some(max))
+            .map_err(|e| Error::Other(format!("cannot read committed entries {low}..{high}: {e}")))
+    }
+
     /// 7. The writer made Readies up to `done.number` durable: send the messages that waited
     ///    for it (votes, follower acks) and tell raft, which may now count this node's copy
     ///    towards a commit; the next turn's Ready carries what that unlocked.
@@ -446,7 +471,7 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
     fn take_pending_meta(&mut self, batch: &mut PersistBatch) {
         batch.conf_state = self.pending_conf.take();
         if self.peers_dirty {
-            batch.peers = Some(self.peers.to_peers());
+            batch.peers = Some((self.peers.to_peers(), self.applied));
             self.peers_dirty = false;
         }
         if batch.conf_state.is_some() && batch.hard_state.is_none() {

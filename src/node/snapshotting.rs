@@ -92,7 +92,7 @@ impl SnapshotPolicy {
 
 impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
     /// Install a snapshot from the leader. Its data is usually a reference to the file the
-    /// transport received it into (see `transport::snapshot_file_ref`): the storage thread checks
+    /// transport received it into (see `storage::snapshot_file_ref`): the storage thread checks
     /// that file and moves it into the store, and the state machine then reads it through
     /// `restore_from`, so the snapshot is never held in memory whole.
     pub(crate) async fn install_snapshot(&mut self, mut snapshot: Snapshot) -> Result<()> {
@@ -104,7 +104,7 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
         let meta = snapshot.take_metadata();
         let index = meta.index;
         let data = snapshot.take_data();
-        let file = crate::transport::snapshot_file_ref(&data);
+        let file = crate::storage::snapshot_file_ref(&data);
         let store = self.store.clone();
         let (envelope, mut source) = crate::blocking::run_blocking(move || -> Result<_> {
             match &file {
@@ -112,12 +112,13 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
                     let installed = (|| -> Result<_> {
                         // Checked again here: the file is what the store will keep.
                         // The source's open file stays readable after the store renames it.
-                        let (header, source) = SnapshotEnvelope::open_checked(path, &meta)?;
+                        let fs = store.file_system();
+                        let (header, source) = SnapshotEnvelope::open_checked(&*fs, path, &meta)?;
                         store.install_snapshot_file(&meta, path, &header.peers)?;
                         Ok((header, source))
                     })();
                     if installed.is_err() {
-                        let _ = std::fs::remove_file(path);
+                        let _ = store.file_system().remove_file(path);
                     }
                     installed
                 }
@@ -134,6 +135,9 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
         })
         .await??;
         let user_data_len = source.len();
+        // Before any entry after the snapshot is applied (which would call this node's waiters
+        // at or below it "overwritten").
+        self.waiters.on_snapshot_installed(index);
         self.fsm.restore_from(&mut source).await?;
         self.snapshot_policy.on_taken(user_data_len);
         self.max_node_id = envelope.max_node_id;

@@ -1,7 +1,6 @@
 //! A deterministic simulation of whole pontoon clusters on one thread.
 //!
-//! Every node runs the real run loop over real storage (LMDB and the WAL, in a directory under
-//! /dev/shm), as tasks on one current-thread tokio runtime whose clock is paused: time moves
+//! Every node runs the real run loop over the real storage code, as tasks on one current-thread tokio runtime whose clock is paused: time moves
 //! only when every task waits, straight to the next timer. Blocking storage work runs inline
 //! (`crate::blocking`), the writer is a task, and every random choice (the network's drops,
 //! duplicates and latencies, partitions, crashes, pauses, leader transfers, snapshots,
@@ -15,9 +14,9 @@
 //! - `checks`: what every run must satisfy.
 //! - `runner`: one run, from seed to report.
 //!
-//! Crashes kill the process; what reached the files stays (the page cache survives). Power
-//! loss, which also loses unsynced writes, needs a simulated disk under the WAL and snapshot
-//! files.
+//! Crashes are power cuts: the WAL and the snapshot files live on a `SimDisk` per node, which
+//! keeps only what was synced (and part of what was not); LMDB stays on real files in a
+//! directory under /dev/shm (or the temp dir), trusted with its synced commits.
 
 pub mod checks;
 pub mod kv;

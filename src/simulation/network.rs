@@ -19,6 +19,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::config::Peers;
 use crate::node::{Command, RaftNode};
+use crate::storage::fs::{FileSystem, OpenMode};
 use crate::transport::Transport;
 
 /// How the network treats messages right now (the nemesis changes it during a run).
@@ -70,6 +71,8 @@ struct Endpoint {
     /// The running node, if it runs.
     node: Option<RaftNode>,
     data_dir: PathBuf,
+    /// Its disk, where snapshot files are read and received.
+    fs: Arc<dyn FileSystem>,
 }
 
 struct NetState {
@@ -107,18 +110,20 @@ impl SimNetwork {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Node `id` (data dir `data_dir`) is starting: a new incarnation, reachable once
-    /// `attach` names its handle.
-    pub(crate) fn starting(&self, id: u64, data_dir: PathBuf) -> u64 {
+    /// Node `id` (data dir `data_dir` on disk `fs`) is starting: a new incarnation, reachable
+    /// once `attach` names its handle.
+    pub(crate) fn starting(&self, id: u64, data_dir: PathBuf, fs: Arc<dyn FileSystem>) -> u64 {
         let mut state = self.lock();
         let endpoint = state.endpoints.entry(id).or_insert(Endpoint {
             incarnation: 0,
             node: None,
             data_dir: data_dir.clone(),
+            fs: fs.clone(),
         });
         endpoint.incarnation += 1;
         endpoint.node = None;
         endpoint.data_dir = data_dir;
+        endpoint.fs = fs;
         endpoint.incarnation
     }
 
@@ -231,8 +236,12 @@ impl SimNetwork {
             .endpoints
             .get(&to)
             .filter(|e| e.incarnation == incarnation && !cut)
-            .and_then(|e| e.node.clone().map(|n| (n, e.data_dir.clone())));
-        let Some((node, data_dir)) = target else {
+            .and_then(|e| {
+                e.node
+                    .clone()
+                    .map(|n| (n, e.data_dir.clone(), e.fs.clone()))
+            });
+        let Some((node, data_dir, to_fs)) = target else {
             state.stats.cut += 1;
             drop(state);
             if is_snapshot {
@@ -240,6 +249,7 @@ impl SimNetwork {
             }
             return;
         };
+        let from_fs = state.endpoints.get(&from).map(|e| e.fs.clone());
         if node.shared.peers.is_removed(from) {
             // A member refuses a node it saw removed, and the node learns it (as over gRPC).
             drop(state);
@@ -256,20 +266,30 @@ impl SimNetwork {
             let name = format!("incoming-snapshot-{from}-{}.snap", state.next_file);
             state.next_file += 1;
             // The receiver always gets a file, whether the sender's snapshot is a file (the
-            // usual case) or bytes held in its store (the initial snapshot).
+            // usual case) or bytes held in its store (the initial snapshot). Like the gRPC
+            // receiver, it is not synced: the store syncs what it keeps.
             let target = data_dir.join(name);
             let data = msg.get_snapshot().get_data();
-            let copied = match crate::transport::snapshot_file_ref(data) {
-                Some(source) => std::fs::copy(source, &target).map(|_| target),
-                None => std::fs::write(&target, data).map(|_| target),
+            let bytes = match (crate::storage::snapshot_file_ref(data), from_fs) {
+                (Some(source), Some(fs)) => crate::storage::fs::read_all(&*fs, &source),
+                (Some(_), None) => Err(std::io::Error::other("unknown sender")),
+                (None, _) => Ok(data.to_vec()),
             };
+            let copied = bytes.and_then(|bytes| {
+                // The data dir exists on a real machine; on a simulated disk only once the
+                // store made a directory under it.
+                to_fs.create_dir_all(&data_dir)?;
+                let file = to_fs.open(&target, OpenMode::CreateTruncate)?;
+                file.write_all_at(&bytes, 0)?;
+                Ok(target)
+            });
             let Ok(target) = copied else {
                 drop(state);
                 self.report_snapshot(from, to, SnapshotStatus::Failure);
                 return;
             };
             msg.mut_snapshot()
-                .set_data(crate::transport::snapshot_file_data(&target));
+                .set_data(crate::storage::snapshot_file_data(&target));
             state.stats.snapshots += 1;
         }
         state.stats.delivered += 1;

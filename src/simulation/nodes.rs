@@ -1,7 +1,11 @@
 //! Simulated nodes: the real run loop and storage of one node as a task on the simulation's
-//! runtime, which the nemesis can crash (the task and everything it owns is dropped at once, as
-//! a killed process loses its memory), restart on the same data dir, and pause (the task is
+//! runtime, which the nemesis can crash, restart on the same data dir, and pause (the task is
 //! not polled at all, as a stopped process; its messages wait in its mailbox).
+//!
+//! A crash is a power cut: the task and everything it owns is dropped at once (the process
+//! loses its memory), then the node's simulated disk (`SimDisk`, under the WAL and the snapshot
+//! files) keeps only what was synced and, drawn from the seed, part of what was not. LMDB runs
+//! on real files, which keep every commit (LMDB syncs each one).
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -20,6 +24,7 @@ use crate::cluster::{prepare_node, PreparedNode};
 use crate::config::{Config, Peers};
 use crate::error::{Error, Result};
 use crate::node::RaftNode;
+use crate::storage::fs::{CrashReport, FileSystem, SimDisk};
 
 /// The raft address of simulated node `id` (never dialled; the network routes by id).
 pub fn sim_addr(id: u64) -> String {
@@ -91,6 +96,8 @@ pub struct SimNode {
     /// The node id.
     pub id: u64,
     dir: PathBuf,
+    /// Its disk for the WAL and the snapshot files; it outlives the process.
+    disk: SimDisk,
     running: Option<Running>,
     /// It knows it was removed: never started again.
     pub removed: bool,
@@ -99,11 +106,13 @@ pub struct SimNode {
 }
 
 impl SimNode {
-    /// A node that has not started yet, keeping its data in `dir`.
-    pub fn new(id: u64, dir: PathBuf) -> Self {
+    /// A node that has not started yet, keeping its data in `dir` (LMDB) and on a simulated
+    /// disk drawn from `disk_seed` (the rest).
+    pub fn new(id: u64, dir: PathBuf, disk_seed: u64) -> Self {
         SimNode {
             id,
             dir,
+            disk: SimDisk::new(disk_seed),
             running: None,
             removed: false,
             starts: 0,
@@ -149,7 +158,8 @@ impl SimNode {
         config.raft.max_election_tick = election + 1;
         config.validate(self.id)?;
         let logger = logger.new(slog::o!("node" => self.id));
-        net.starting(self.id, self.dir.clone());
+        let fs: Arc<dyn FileSystem> = Arc::new(self.disk.clone());
+        net.starting(self.id, self.dir.clone(), fs.clone());
         let id = self.id;
         // A crashed predecessor's writer task may still hold the storage for a moment (its
         // abort lands when the runtime next polls it): retry the open a few times.
@@ -162,6 +172,7 @@ impl SimNode {
                 SimKv::default(),
                 config.clone(),
                 logger.clone(),
+                fs.clone(),
                 move |_| transport_net.transport(id),
             )
             .await
@@ -202,11 +213,11 @@ impl SimNode {
         Ok(())
     }
 
-    /// Kill its process: the run loop, its writer and everything they hold are dropped where
-    /// they stand. What reached storage stays.
-    pub async fn crash(&mut self, net: &SimNetwork) {
+    /// Cut its power: the run loop, its writer and everything they hold are dropped where
+    /// they stand, and its disk keeps what a power cut may keep.
+    pub async fn crash(&mut self, net: &SimNetwork) -> CrashReport {
         let Some(running) = self.running.take() else {
-            return;
+            return CrashReport::default();
         };
         net.detach(self.id);
         running.gate.set_paused(false);
@@ -216,6 +227,7 @@ impl SimNode {
         for _ in 0..4 {
             tokio::task::yield_now().await;
         }
+        self.disk.crash()
     }
 
     /// Stop it gracefully (`quit`) and return how its run loop ended.

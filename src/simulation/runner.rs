@@ -61,8 +61,10 @@ pub struct FaultCounts {
     pub partitions: u32,
     /// Periods of lossy, duplicating, slow links.
     pub flaky_links: u32,
-    /// Process crashes (each followed by a restart).
+    /// Power cuts (each followed by a restart).
     pub crashes: u32,
+    /// Unsynced writes the power cuts lost or tore, and unsynced names they reverted.
+    pub unsynced_lost: u32,
     /// Process pauses longer than an election timeout.
     pub pauses: u32,
     /// Leader transfers asked for.
@@ -302,7 +304,9 @@ impl Cluster {
             .unwrap_or_else(|p| p.into_inner())
             .remove(&id);
         if let Some(node) = self.nodes.get_mut(&id) {
-            node.crash(&self.net).await;
+            let lost = node.crash(&self.net).await;
+            self.faults.unsynced_lost +=
+                (lost.writes_lost + lost.writes_torn + lost.names_reverted) as u32;
         }
     }
 
@@ -558,7 +562,13 @@ async fn simulate(options: &SimOptions, dir: &Path, logger: Logger, report: &mut
     config.raft.heartbeat_tick = 3;
     let mut cluster = Cluster {
         nodes: (1..=JOINER)
-            .map(|id| (id, SimNode::new(id, dir.join(format!("node-{id}")))))
+            .map(|id| {
+                let disk_seed = rng.random();
+                (
+                    id,
+                    SimNode::new(id, dir.join(format!("node-{id}")), disk_seed),
+                )
+            })
             .collect(),
         net: SimNetwork::new(rng.random()),
         config,

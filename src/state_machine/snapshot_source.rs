@@ -11,8 +11,9 @@
 //!   it yields are exactly what the state machine's `snapshot` / `snapshot_to` produced.
 //! - It yields exactly `len()` bytes, then end of file.
 
-use std::fs::File;
 use std::io::{self, BufReader, Read};
+
+use crate::storage::fs::FileCursor;
 
 /// How much the source reads from the file at a time. A deserialiser makes many small reads; the
 /// buffer turns them into few system calls.
@@ -26,7 +27,7 @@ pub struct SnapshotSource {
 
 enum Inner {
     /// A snapshot file positioned at its first user byte, limited to the user bytes.
-    File(BufReader<io::Take<File>>),
+    File(BufReader<io::Take<FileCursor>>),
     /// Bytes already in memory (a snapshot that arrived inline). `read_all` hands them over
     /// without copying.
     Bytes(io::Cursor<Vec<u8>>),
@@ -34,7 +35,7 @@ enum Inner {
 
 impl SnapshotSource {
     /// The `len` user bytes that follow `file`'s current position.
-    pub(crate) fn from_file(file: File, len: u64) -> Self {
+    pub(crate) fn from_file(file: FileCursor, len: u64) -> Self {
         SnapshotSource {
             inner: Inner::File(BufReader::with_capacity(READ_BUFFER_BYTES, file.take(len))),
             len,
@@ -93,7 +94,9 @@ mod tests {
 
     #[test]
     fn a_file_source_yields_only_the_user_bytes_after_its_position() {
-        let mut file = tempfile::tempfile().expect("temp file");
+        let disk: std::sync::Arc<dyn crate::storage::fs::DiskFile> =
+            std::sync::Arc::new(tempfile::tempfile().expect("temp file"));
+        let mut file = FileCursor::new(disk);
         file.write_all(b"headerUSER BYTEStrailer").expect("write");
         file.seek(SeekFrom::Start(6)).expect("seek");
         let mut source = SnapshotSource::from_file(file, 10);

@@ -65,7 +65,7 @@ impl SnapshotEnvelope {
     pub(crate) fn write_streamed(
         &self,
         chunks: Receiver<SnapshotChunk>,
-        file: &mut std::fs::File,
+        file: &mut crate::storage::fs::FileCursor,
     ) -> Result<u64, StorageError> {
         let prefix = self.prefix()?;
         let mut crc = crc32fast::Hasher::new();
@@ -192,27 +192,38 @@ impl SnapshotEnvelope {
         path: &std::path::Path,
         meta: &raft::eraftpb::SnapshotMetadata,
     ) -> Result<(), StorageError> {
-        let mut file = std::fs::File::open(path)?;
-        Self::check_file(&mut file, meta).map(|_| ())
+        Self::verify_file_in(&crate::storage::fs::RealFs, path, meta)
+    }
+
+    /// `verify_file` for a file in `fs`.
+    pub(crate) fn verify_file_in(
+        fs: &dyn crate::storage::fs::FileSystem,
+        path: &std::path::Path,
+        meta: &raft::eraftpb::SnapshotMetadata,
+    ) -> Result<(), StorageError> {
+        let file = fs.open(path, crate::storage::fs::OpenMode::Read)?;
+        Self::check_file(&mut crate::storage::fs::FileCursor::new(file), meta).map(|_| ())
     }
 
     /// Open the envelope file at `path`, verify it like `verify_file`, and return its header
     /// (with empty `user_data`) and a `SnapshotSource` over its user bytes, so the state machine
     /// reads them straight from the file. The open file stays readable if `path` is renamed.
     pub(crate) fn open_checked(
+        fs: &dyn crate::storage::fs::FileSystem,
         path: &std::path::Path,
         meta: &raft::eraftpb::SnapshotMetadata,
     ) -> Result<(SnapshotEnvelope, SnapshotSource), StorageError> {
-        let mut file = std::fs::File::open(path)?;
-        let (header, user_len) = Self::check_file(&mut file, meta)?;
-        Ok((header, SnapshotSource::from_file(file, user_len)))
+        let file = fs.open(path, crate::storage::fs::OpenMode::Read)?;
+        let mut cursor = crate::storage::fs::FileCursor::new(file);
+        let (header, user_len) = Self::check_file(&mut cursor, meta)?;
+        Ok((header, SnapshotSource::from_file(cursor, user_len)))
     }
 
     /// Verify the envelope in `file` like `verify_file`, then leave the file positioned at the
     /// first user byte. Returns the header (with empty `user_data`) and the number of user
     /// bytes.
     fn check_file(
-        file: &mut std::fs::File,
+        file: &mut crate::storage::fs::FileCursor,
         meta: &raft::eraftpb::SnapshotMetadata,
     ) -> Result<(SnapshotEnvelope, u64), StorageError> {
         use std::io::Read;
@@ -221,7 +232,7 @@ impl SnapshotEnvelope {
             reason,
         };
         file.seek(SeekFrom::Start(0))?;
-        let file_len = file.metadata()?.len();
+        let file_len = file.file().len()?;
         let mut fixed = [0u8; 16];
         file.read_exact(&mut fixed)
             .map_err(|_| corrupt("shorter than its header".into()))?;
@@ -447,7 +458,9 @@ mod tests {
             user_data: Vec::new(),
             ..envelope
         };
-        let mut file = tempfile::tempfile().expect("tempfile");
+        let mut file = crate::storage::fs::FileCursor::new(std::sync::Arc::new(
+            tempfile::tempfile().expect("tempfile"),
+        ));
         let writer = std::thread::spawn(move || {
             let len = header.write_streamed(chunks, &mut file);
             (len, file)
@@ -477,7 +490,9 @@ mod tests {
         let (mut sink, chunks) = crate::state_machine::SnapshotSink::channel();
         sink.write_all(b"half a state").expect("write");
         drop(sink);
-        let mut file = tempfile::tempfile().expect("tempfile");
+        let mut file = crate::storage::fs::FileCursor::new(std::sync::Arc::new(
+            tempfile::tempfile().expect("tempfile"),
+        ));
         let err = SnapshotEnvelope::default()
             .write_streamed(chunks, &mut file)
             .expect_err("an unfinished snapshot must not be stored");
@@ -518,9 +533,12 @@ mod tests {
             user_data: b"the user's state".to_vec(),
             ..Default::default()
         };
-        let mut file = tempfile::tempfile().expect("tempfile");
+        let mut file = crate::storage::fs::FileCursor::new(std::sync::Arc::new(
+            tempfile::tempfile().expect("tempfile"),
+        ));
         file.write_all(&envelope.encode().expect("encode"))
             .expect("write");
+        file.seek(SeekFrom::Start(0)).expect("seek");
         let mut meta = raft::eraftpb::SnapshotMetadata {
             index: 7,
             term: 2,

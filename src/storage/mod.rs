@@ -15,15 +15,18 @@
 
 mod envelope;
 mod error;
+pub mod fs;
 mod lmdb;
 pub(crate) mod records;
 mod snapshot_files;
+mod snapshot_ref;
 mod staged;
 pub(crate) mod wal;
 
 pub use envelope::{crc32, SnapshotEnvelope, ENVELOPE_VERSION};
 pub use error::StorageError;
-pub use lmdb::{LmdbStorage, StoredIdentity, FORMAT_VERSION};
+pub use lmdb::{LmdbStorage, StorageOptions, StoredIdentity, FORMAT_VERSION};
+pub(crate) use snapshot_ref::{snapshot_file_data, snapshot_file_ref};
 pub use staged::StagedLog;
 
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -41,12 +44,6 @@ fn lock_read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
 
 fn lock_write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
     lock.write().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Make the names in `dir` (files created, renamed or removed) durable.
-fn sync_dir(dir: &std::path::Path) -> Result<(), StorageError> {
-    std::fs::File::open(dir)?.sync_all()?;
-    Ok(())
 }
 
 /// raft's size rule for `Storage::entries`: entries are taken while their total encoded size
@@ -83,8 +80,9 @@ pub struct PersistBatch {
     pub hard_state: Option<HardState>,
     /// The conf state after applying the conf change at the given log index.
     pub conf_state: Option<(ConfState, u64)>,
-    /// The address book, when it changed.
-    pub peers: Option<Peers>,
+    /// The address book, when it changed, with the log index it reflects (the entries applied
+    /// when it was taken): a restart trusts the newer of this and the latest snapshot's book.
+    pub peers: Option<(Peers, u64)>,
 }
 
 impl PersistBatch {
@@ -161,8 +159,19 @@ pub trait LogStore: raft::Storage + Clone + Send + Sync + 'static {
     fn save_snapshot_with(
         &self,
         meta: &SnapshotMetadata,
-        fill: &mut dyn FnMut(&mut std::fs::File) -> Result<(), StorageError>,
+        fill: &mut dyn FnMut(&mut fs::FileCursor) -> Result<(), StorageError>,
     ) -> Result<(), StorageError>;
+    /// The file system the store keeps its snapshot files in (the transport and the run loop
+    /// open snapshot files through it). The default is the operating system's.
+    fn file_system(&self) -> std::sync::Arc<dyn fs::FileSystem> {
+        fs::real()
+    }
+    /// A read of the log failed in a way raft could not be told about (raft-rs asked for
+    /// entries to send and was answered "not available yet"): the run loop stops the node with
+    /// this error. Taken once. The default store never fails this way.
+    fn take_read_failure(&self) -> Option<StorageError> {
+        None
+    }
     /// Remove every entry below `compact_index`. Requires `compact_index <= last_index() + 1`.
     fn compact(&self, compact_index: u64) -> Result<(), StorageError>;
     /// The latest stored snapshot's metadata (index 0 when there is none).
@@ -171,6 +180,11 @@ pub trait LogStore: raft::Storage + Clone + Send + Sync + 'static {
     fn latest_snapshot(&self) -> Result<Option<Snapshot>, StorageError>;
     /// The stored address book.
     fn peers(&self) -> Result<Peers, StorageError>;
+    /// The log index the stored address book reflects (0 when unknown: a data dir from before
+    /// the index was recorded).
+    fn peers_index(&self) -> u64 {
+        0
+    }
     /// The log index of the conf change the stored conf state reflects (0 = initial).
     fn conf_state_index(&self) -> u64;
     /// True (once) when raft asked for a snapshot the store could not give (none yet, too old,

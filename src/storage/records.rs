@@ -14,6 +14,8 @@ pub const K_CLUSTER: &str = "cluster_id";
 pub const K_CONF_STATE: &str = "conf_state";
 pub const K_SNAPSHOT_META: &str = "snapshot_meta";
 pub const K_PEERS: &str = "peers";
+/// The log index the stored `peers` reflect (absent in data dirs written before it existed).
+pub const K_PEERS_INDEX: &str = "peers_index";
 
 pub fn corrupt(what: &str, reason: impl ToString) -> StorageError {
     StorageError::Corrupt {

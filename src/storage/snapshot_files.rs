@@ -13,12 +13,13 @@
 //!   (an older snapshot not deleted yet, or a newer one whose metadata a crash cut off) and
 //!   temporary files are deleted when the store opens.
 
-use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use super::fs::{read_all, FileCursor, FileSystem, OpenMode};
 use super::records::corrupt;
-use super::{sync_dir, StorageError};
+use super::StorageError;
 
 const DIR: &str = "snapshots";
 const SUFFIX: &str = ".snap";
@@ -34,18 +35,23 @@ fn missing(path: &Path) -> StorageError {
 
 /// The snapshot files of one data dir.
 pub(crate) struct SnapshotFiles {
+    fs: Arc<dyn FileSystem>,
     dir: PathBuf,
 }
 
 impl SnapshotFiles {
     /// The snapshot directory of `data_dir` (created unless `read_only`).
-    pub(crate) fn open(data_dir: &Path, read_only: bool) -> Result<Self, StorageError> {
+    pub(crate) fn open(
+        fs: Arc<dyn FileSystem>,
+        data_dir: &Path,
+        read_only: bool,
+    ) -> Result<Self, StorageError> {
         let dir = data_dir.join(DIR);
-        if !read_only && !dir.exists() {
-            std::fs::create_dir_all(&dir)?;
-            sync_dir(data_dir)?;
+        if !read_only && !fs.exists(&dir) {
+            fs.create_dir_all(&dir)?;
+            fs.sync_dir(data_dir)?;
         }
-        Ok(SnapshotFiles { dir })
+        Ok(SnapshotFiles { fs, dir })
     }
 
     fn name(index: u64, term: u64) -> String {
@@ -67,20 +73,20 @@ impl SnapshotFiles {
         &self,
         index: u64,
         term: u64,
-        fill: &mut dyn FnMut(&mut File) -> Result<(), StorageError>,
+        fill: &mut dyn FnMut(&mut FileCursor) -> Result<(), StorageError>,
     ) -> Result<(), StorageError> {
         let tmp = self
             .dir
             .join(format!("{TMP_PREFIX}{}", Self::name(index, term)));
         let written = (|| -> Result<(), StorageError> {
-            let mut file = File::create(&tmp)?;
-            fill(&mut file)?;
+            let file = self.fs.open(&tmp, OpenMode::CreateTruncate)?;
+            fill(&mut FileCursor::new(file.clone()))?;
             file.sync_all()?;
-            std::fs::rename(&tmp, self.path(index, term))?;
-            sync_dir(&self.dir)
+            self.fs.rename(&tmp, &self.path(index, term))?;
+            Ok(self.fs.sync_dir(&self.dir)?)
         })();
         if written.is_err() {
-            let _ = std::fs::remove_file(&tmp);
+            let _ = self.fs.remove_file(&tmp);
         }
         written
     }
@@ -90,16 +96,16 @@ impl SnapshotFiles {
     /// into place instead of being copied. Should the rename fail (`from` on another file
     /// system), the data is copied. `from` is gone afterwards either way.
     pub(crate) fn adopt(&self, index: u64, term: u64, from: &Path) -> Result<(), StorageError> {
-        File::open(from)?.sync_all()?;
-        if std::fs::rename(from, self.path(index, term)).is_ok() {
-            return sync_dir(&self.dir);
+        self.fs.open(from, OpenMode::Read)?.sync_all()?;
+        if self.fs.rename(from, &self.path(index, term)).is_ok() {
+            return Ok(self.fs.sync_dir(&self.dir)?);
         }
-        let mut source = File::open(from)?;
+        let mut source = FileCursor::new(self.fs.open(from, OpenMode::Read)?);
         self.write_with(index, term, &mut |file| {
             std::io::copy(&mut source, file)?;
             Ok(())
         })?;
-        let _ = std::fs::remove_file(from);
+        let _ = self.fs.remove_file(from);
         Ok(())
     }
 
@@ -112,7 +118,7 @@ impl SnapshotFiles {
     /// The data of the snapshot at `index`/`term`.
     pub(crate) fn read(&self, index: u64, term: u64) -> Result<Vec<u8>, StorageError> {
         let path = self.path(index, term);
-        std::fs::read(&path).map_err(|e| {
+        read_all(&*self.fs, &path).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
                 missing(&path)
             } else {
@@ -124,7 +130,7 @@ impl SnapshotFiles {
     /// Check that the file of the snapshot at `index`/`term` is there.
     pub(crate) fn check(&self, index: u64, term: u64) -> Result<(), StorageError> {
         let path = self.path(index, term);
-        if path.is_file() {
+        if self.fs.is_file(&path) {
             Ok(())
         } else {
             Err(missing(&path))
@@ -135,14 +141,13 @@ impl SnapshotFiles {
     /// temporary file.
     pub(crate) fn keep_only(&self, keep: Option<(u64, u64)>) -> Result<(), StorageError> {
         let keep = keep.map(|(index, term)| Self::name(index, term));
-        for item in std::fs::read_dir(&self.dir)? {
-            let path = item?.path();
+        for path in self.fs.list(&self.dir)? {
             let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
                 continue;
             };
             let ours = name.ends_with(SUFFIX) || name.starts_with(TMP_PREFIX);
             if ours && Some(name) != keep.as_deref() {
-                match std::fs::remove_file(&path) {
+                match self.fs.remove_file(&path) {
                     Ok(()) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                     Err(e) => return Err(e.into()),

@@ -16,6 +16,11 @@
 //!   is always readable from one place or the other.
 //! - Staging never makes anything durable and never answers anyone: raft counts an entry towards
 //!   commit only after `on_persist_ready`, which the run loop calls after the writer's fsync.
+//!
+//! Read-ahead: raft-rs panics when `Storage::entries` fails while it builds a Ready. So before
+//! taking a Ready, the run loop reads the committed entries that Ready will hand out
+//! (`read_ahead`); a read that fails stops the node with the error, and one that succeeds is
+//! handed to raft-rs when it asks for exactly that range.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -30,6 +35,15 @@ use super::{LogStore, SizeBudget};
 pub struct StagedLog<S> {
     store: S,
     tail: Arc<Mutex<VecDeque<(u64, Entry)>>>,
+    ahead: Arc<Mutex<Option<ReadAhead>>>,
+}
+
+/// Entries read ahead for the next Ready, with the request they answer.
+struct ReadAhead {
+    low: u64,
+    high: u64,
+    max_size: Option<u64>,
+    entries: Vec<Entry>,
 }
 
 impl<S: LogStore> StagedLog<S> {
@@ -38,7 +52,29 @@ impl<S: LogStore> StagedLog<S> {
         StagedLog {
             store,
             tail: Arc::new(Mutex::new(VecDeque::new())),
+            ahead: Arc::new(Mutex::new(None)),
         }
+    }
+
+    /// Read entries `low..high` (within `max_size`) now, so that raft-rs, asking for the same
+    /// range while it builds the next Ready, gets them without touching the disk. An error is
+    /// the caller's to handle (the run loop stops the node); see the module docs.
+    pub fn read_ahead(&self, low: u64, high: u64, max_size: Option<u64>) -> raft::Result<()> {
+        self.end_read_ahead();
+        use raft::Storage as _;
+        let entries = self.entries(low, high, max_size, GetEntriesContext::empty(false))?;
+        *self.ahead.lock().unwrap_or_else(|p| p.into_inner()) = Some(ReadAhead {
+            low,
+            high,
+            max_size,
+            entries,
+        });
+        Ok(())
+    }
+
+    /// Drop entries read ahead and not asked for.
+    pub fn end_read_ahead(&self) {
+        self.ahead.lock().unwrap_or_else(|p| p.into_inner()).take();
     }
 
     /// The wrapped store.
@@ -101,6 +137,17 @@ impl<S: LogStore> raft::Storage for StagedLog<S> {
         context: GetEntriesContext,
     ) -> raft::Result<Vec<Entry>> {
         let max_size = max_size.into();
+        {
+            let mut ahead = self.ahead.lock().unwrap_or_else(|p| p.into_inner());
+            if ahead
+                .as_ref()
+                .is_some_and(|a| (a.low, a.high, a.max_size) == (low, high, max_size))
+            {
+                if let Some(a) = ahead.take() {
+                    return Ok(a.entries);
+                }
+            }
+        }
         let tail = self.tail();
         let (base, last) = match (tail.front(), tail.back()) {
             (Some((_, f)), Some((_, l))) => (f.index, l.index),

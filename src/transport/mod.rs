@@ -2,22 +2,20 @@
 //!
 //! The run loop hands outbound messages to a `Transport` and never waits on the network: `send`
 //! only enqueues. The default `GrpcTransport` keeps one sender task per peer (bounded queue,
-//! batching, capped backoff); `server` is the tonic service that receives them and the framework
-//! RPCs. A fault-injecting test double can implement the same trait.
+//! batching, capped backoff) and tells the node about its peers through `PeerFeedback`. The
+//! receiving side, the tonic service, sits above the node in `rpc`. A fault-injecting test
+//! double can implement the same trait.
 
+mod client_pool;
 mod faults;
 mod peer_sender;
-pub(crate) mod server;
-pub(crate) mod snapshot_receiver;
 mod snapshot_sender;
+pub(crate) mod wire;
 
+pub use client_pool::{connect_lazy, ClientPool};
 pub use faults::FaultInjector;
 pub(crate) use faults::Verdict;
 pub use peer_sender::GrpcTransport;
-pub use server::RaftGrpcService;
-pub(crate) use snapshot_receiver::{
-    remove_stale_snapshot_files, snapshot_file_data, snapshot_file_ref,
-};
 
 use raft::eraftpb::Message;
 
@@ -26,6 +24,34 @@ use crate::config::Peers;
 /// Generated gRPC types for `proto/raft_service.proto`.
 pub mod pb {
     tonic::include_proto!("pontoon");
+}
+
+/// What a transport reports about a peer; the node turns each into a command for its run loop.
+#[derive(Debug)]
+pub enum PeerEvent {
+    /// Messages to this peer could not be delivered (raft-rs `report_unreachable`).
+    Unreachable(u64),
+    /// A snapshot sent to this peer finished or failed (raft-rs `report_snapshot`).
+    SnapshotSent(u64, raft::SnapshotStatus),
+    /// The peer `by` refused this node because it applied this node's removal.
+    RemovedBy { by: u64, reason: String },
+}
+
+/// Where a transport sends its `PeerEvent`s. Reporting never blocks: an event that cannot be
+/// queued is dropped (raft probes the peer again anyway).
+#[derive(Clone)]
+pub struct PeerFeedback(std::sync::Arc<dyn Fn(PeerEvent) + Send + Sync>);
+
+impl PeerFeedback {
+    /// Feedback handled by `report`.
+    pub fn new(report: impl Fn(PeerEvent) + Send + Sync + 'static) -> Self {
+        PeerFeedback(std::sync::Arc::new(report))
+    }
+
+    /// Report `event`.
+    pub fn report(&self, event: PeerEvent) {
+        (self.0)(event)
+    }
 }
 
 /// How the run loop sends raft messages. Implementations must not block: queue, and drop when a

@@ -24,18 +24,17 @@ use tokio::task::JoinHandle;
 
 use super::pb;
 use super::snapshot_sender::snapshot_chunks;
-use super::{FaultInjector, Transport, Verdict};
+use super::{FaultInjector, PeerEvent, PeerFeedback, Transport, Verdict};
 use tonic::transport::Channel;
 use tonic::{Request, Status};
 
-use crate::client::connect_lazy;
-use crate::config::{Config, Peers};
-use crate::metrics::Metrics;
-use crate::node::Command;
-use crate::transport::pb::raft_service_client::RaftServiceClient as GrpcClient;
-use crate::transport::server::{
+use super::client_pool::connect_lazy;
+use super::wire::{
     is_removal_of, STREAM_CLUSTER_HEADER, STREAM_FROM_ADDR_HEADER, STREAM_FROM_HEADER,
 };
+use crate::config::{Config, Peers};
+use crate::metrics::Metrics;
+use crate::transport::pb::raft_service_client::RaftServiceClient as GrpcClient;
 
 const BACKOFF_START: Duration = Duration::from_millis(20);
 const BACKOFF_CAP: Duration = Duration::from_secs(1);
@@ -72,7 +71,7 @@ pub struct GrpcTransport {
     node_id: u64,
     cluster_id: String,
     config: Config,
-    feedback: mpsc::Sender<Command>,
+    feedback: PeerFeedback,
     peers: Mutex<HashMap<u64, PeerSender>>,
     metrics: Metrics,
     faults: Arc<FaultInjector>,
@@ -81,14 +80,15 @@ pub struct GrpcTransport {
 }
 
 impl GrpcTransport {
-    /// `feedback` is the run loop's mailbox, for unreachable / snapshot reports. `raft_addr` is
+    /// `feedback` takes unreachable / snapshot / removal reports (the node turns them into
+    /// commands for its run loop). `raft_addr` is
     /// this node's own address, announced on every stream so that a peer that does not know it
     /// yet (a node restarted half-way through its join) can answer.
     pub fn new(
         node_id: u64,
         raft_addr: &str,
         config: &Config,
-        feedback: mpsc::Sender<Command>,
+        feedback: PeerFeedback,
         metrics: Metrics,
         faults: Arc<FaultInjector>,
         logger: Logger,
@@ -186,11 +186,10 @@ impl Transport for GrpcTransport {
                     .peer_messages_dropped
                     .with_label_values(&[&to.to_string()])
                     .inc();
-                let _ = self.feedback.try_send(Command::ReportUnreachable(to));
+                self.feedback.report(PeerEvent::Unreachable(to));
                 if msg.get_msg_type() == MessageType::MsgSnapshot {
-                    let _ = self
-                        .feedback
-                        .try_send(Command::ReportSnapshot(to, SnapshotStatus::Failure));
+                    self.feedback
+                        .report(PeerEvent::SnapshotSent(to, SnapshotStatus::Failure));
                 }
             }
         }
@@ -221,7 +220,7 @@ struct SenderWorker {
     addr: String,
     cluster_id: String,
     config: Config,
-    feedback: mpsc::Sender<Command>,
+    feedback: PeerFeedback,
     sent: prometheus::IntCounter,
     dropped: prometheus::IntCounter,
     metrics_chunks: prometheus::IntCounter,
@@ -282,7 +281,7 @@ impl SenderWorker {
                     Err(reason) => {
                         slog::warn!(self.logger, "snapshot transfer failed; raft will retry"; "reason" => reason);
                         self.report_snapshot(SnapshotStatus::Failure);
-                        let _ = self.feedback.try_send(Command::ReportUnreachable(self.to));
+                        self.feedback.report(PeerEvent::Unreachable(self.to));
                     }
                 }
             }
@@ -290,9 +289,8 @@ impl SenderWorker {
     }
 
     fn report_snapshot(&self, status: SnapshotStatus) {
-        let _ = self
-            .feedback
-            .try_send(Command::ReportSnapshot(self.to, status));
+        self.feedback
+            .report(PeerEvent::SnapshotSent(self.to, status));
     }
 
     /// Push one batch into the stream (opening it first when there is none); false when it
@@ -330,7 +328,7 @@ impl SenderWorker {
                 }
                 if removed {
                     // A member applied this node's removal: the run loop stops the node.
-                    let _ = self.feedback.try_send(Command::RemovedBy {
+                    self.feedback.report(PeerEvent::RemovedBy {
                         by: self.to,
                         reason: status.message().to_string(),
                     });
@@ -457,7 +455,7 @@ impl SenderWorker {
             slog::warn!(self.logger, "cannot reach peer; will retry with backoff"; "addr" => &self.addr, "reason" => reason);
         }
         *failing = true;
-        let _ = self.feedback.try_send(Command::ReportUnreachable(self.to));
+        self.feedback.report(PeerEvent::Unreachable(self.to));
     }
 
     /// Wait out the backoff, then discard what queued up meanwhile: those messages are stale and
@@ -467,9 +465,8 @@ impl SenderWorker {
         *backoff = (*backoff * 2).min(BACKOFF_CAP);
         while let Ok(m) = queue.try_recv() {
             if m.get_msg_type() == MessageType::MsgSnapshot {
-                let _ = self
-                    .feedback
-                    .try_send(Command::ReportSnapshot(self.to, SnapshotStatus::Failure));
+                self.feedback
+                    .report(PeerEvent::SnapshotSent(self.to, SnapshotStatus::Failure));
             }
         }
     }

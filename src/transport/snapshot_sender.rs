@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::pb;
-use super::snapshot_file_ref;
+use crate::storage::snapshot_file_ref;
 
 /// The chunks of one snapshot stream, ready to hand to the `InstallSnapshot` call. A task
 /// produces them a few ahead; dropping the stream stops it.
@@ -206,7 +206,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("snap");
         std::fs::write(&path, &content).expect("write");
-        let (from_file, count) = collect(super::super::snapshot_file_data(&path), 4096).await;
+        let (from_file, count) = collect(crate::storage::snapshot_file_data(&path), 4096).await;
         check(&from_file, count, &content);
         assert_eq!(count, 3);
         let (from_bytes, count_bytes) = collect(Bytes::from(content.clone()), 4096).await;
@@ -224,7 +224,7 @@ mod tests {
     #[tokio::test]
     async fn a_missing_file_is_an_error_not_an_empty_snapshot() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let data = super::super::snapshot_file_data(&dir.path().join("gone"));
+        let data = crate::storage::snapshot_file_data(&dir.path().join("gone"));
         let err = snapshot_chunks(data, Vec::new(), "c".into(), 1, 4096, counter())
             .await
             .expect_err("refused");

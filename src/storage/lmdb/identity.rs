@@ -3,11 +3,18 @@
 
 use std::path::Path;
 
-use super::{MetaDb, FORMAT_VERSION};
 use crate::storage::records::{
     decode_cluster_id, decode_format_version, decode_node_id, K_CLUSTER, K_FORMAT, K_NODE,
 };
 use crate::storage::StorageError;
+use heed::types::{Bytes, Str};
+use heed::Database;
+
+/// The on-disk format this build writes and reads.
+pub const FORMAT_VERSION: u32 = 2;
+
+/// The `meta` database: identity, membership and snapshot metadata (see `lmdb/mod.rs`).
+pub(super) type MetaDb = Database<Str, Bytes>;
 
 /// Who a data dir belongs to, as recorded in it.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -8,6 +8,7 @@ use raft::eraftpb::{Snapshot, SnapshotMetadata};
 
 use super::LmdbStorage;
 use crate::config::Peers;
+use crate::storage::fs::{FileCursor, FileSystem};
 use crate::storage::records::{decode_peers, K_PEERS, K_SNAPSHOT_META};
 use crate::storage::{lock_read, LogStore, PersistBatch, StorageError};
 
@@ -25,14 +26,19 @@ impl LogStore for LmdbStorage {
                 if let Some((cs, index)) = &batch.conf_state {
                     inner.put_conf_state(wtxn, cs, *index)?;
                 }
-                if let Some(peers) = &batch.peers {
-                    inner.put_peers(wtxn, peers)?;
+                if let Some((peers, index)) = &batch.peers {
+                    inner.put_peers(wtxn, peers, *index)?;
                 }
                 Ok(())
             })?;
-            if let Some((_, index)) = &batch.conf_state {
-                self.update_cache(|c| c.conf_state_index = *index);
-            }
+            self.update_cache(|c| {
+                if let Some((_, index)) = &batch.conf_state {
+                    c.conf_state_index = *index;
+                }
+                if let Some((_, index)) = &batch.peers {
+                    c.peers_index = *index;
+                }
+            });
         }
         Ok(())
     }
@@ -93,10 +99,26 @@ impl LogStore for LmdbStorage {
         })
     }
 
+    fn file_system(&self) -> Arc<dyn FileSystem> {
+        self.inner.fs.clone()
+    }
+
+    fn take_read_failure(&self) -> Option<StorageError> {
+        self.inner
+            .read_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+
+    fn peers_index(&self) -> u64 {
+        self.cache().peers_index
+    }
+
     fn save_snapshot_with(
         &self,
         meta: &SnapshotMetadata,
-        fill: &mut dyn FnMut(&mut std::fs::File) -> Result<(), StorageError>,
+        fill: &mut dyn FnMut(&mut FileCursor) -> Result<(), StorageError>,
     ) -> Result<(), StorageError> {
         let current = self.cache().snapshot_meta.index;
         if meta.index < current {

@@ -5,7 +5,11 @@
 //!
 //! Layout (DESIGN §4, format 2; format 1 kept log and snapshot data in LMDB too):
 //! - DB `meta`: `format_version`, `node_id`, `cluster_id`, `conf_state` (`conf index u64 BE |
-//!   ConfState`), `snapshot_meta`, `peers` (bincode address book).
+//!   ConfState`), `snapshot_meta`, `peers` (bincode address book), `peers_index` (u64 BE: the
+//!   log index the book reflects; absent in older data dirs).
+//! - A restart takes the membership and the address book from whichever is newer by log index:
+//!   these keys, or the latest snapshot (its metadata and envelope). A snapshot's commit and the
+//!   writer's commit of a conf change are separate, and a crash may keep either alone.
 //! - `snapshots/<index>-<term>.snap`: the latest snapshot's envelope (`snapshot_files.rs`).
 //! - `wal/*.seg`: see `wal/mod.rs`.
 //!
@@ -30,17 +34,18 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, RwLock};
 
-use heed::types::{Bytes, Str};
+use heed::types::Bytes;
 use heed::{Database, Env, EnvOpenOptions, MdbError, RwTxn, WithoutTls};
 use protobuf::Message as PbMessage;
 use raft::eraftpb::{ConfState, HardState, SnapshotMetadata};
 
+use super::fs::FileSystem;
 use super::records::{
-    decode_conf_state, decode_snapshot_meta, encode_conf_state, encode_pb, encode_peers, K_CLUSTER,
-    K_CONF_STATE, K_FORMAT, K_NODE, K_PEERS, K_SNAPSHOT_META,
+    decode_conf_state, decode_snapshot_meta, encode_conf_state, encode_pb, encode_peers, u64_from,
+    K_CLUSTER, K_CONF_STATE, K_FORMAT, K_NODE, K_PEERS, K_PEERS_INDEX, K_SNAPSHOT_META,
 };
 use super::snapshot_files::SnapshotFiles;
-use super::wal::{Wal, DEFAULT_SEGMENT_BYTES};
+use super::wal::{Wal, WalOptions};
 use super::{lock_read, lock_write, StorageError};
 use crate::config::Peers;
 
@@ -50,16 +55,46 @@ mod log_store;
 mod raft_storage;
 
 use dir_lock::{DataDirLock, LOCK_FILE};
-pub use identity::StoredIdentity;
-use identity::{check_identity, read_identity};
-
-/// The on-disk format this build writes and reads.
-pub const FORMAT_VERSION: u32 = 2;
-
-type MetaDb = Database<Str, Bytes>;
+use identity::{check_identity, read_identity, MetaDb};
+pub use identity::{StoredIdentity, FORMAT_VERSION};
 
 /// The WAL's directory inside the data dir.
 const WAL_DIR: &str = "wal";
+
+/// How to open a data dir. `StorageOptions::default()` is what a node uses in production.
+#[derive(Clone)]
+pub struct StorageOptions {
+    /// Initial LMDB map size in bytes; it grows on demand.
+    pub initial_map_size: usize,
+    /// Bytes of recent log entries kept in memory (`Config::entry_cache_bytes`).
+    pub entry_cache_bytes: usize,
+    /// Size after which the WAL starts a new segment (tests use small ones).
+    pub segment_bytes: u64,
+    /// Where the WAL and the snapshot files live: the operating system's files, or a simulated
+    /// disk in tests. LMDB always uses the real data dir.
+    pub fs: Arc<dyn FileSystem>,
+}
+
+impl Default for StorageOptions {
+    fn default() -> Self {
+        let wal = WalOptions::default();
+        StorageOptions {
+            initial_map_size: 1 << 30,
+            entry_cache_bytes: wal.cache_bytes,
+            segment_bytes: wal.segment_bytes,
+            fs: super::fs::real(),
+        }
+    }
+}
+
+impl StorageOptions {
+    fn wal(&self) -> WalOptions {
+        WalOptions {
+            segment_bytes: self.segment_bytes,
+            cache_bytes: self.entry_cache_bytes,
+        }
+    }
+}
 
 /// An LMDB-backed raft log store. Cloning is cheap and shares the environment.
 #[derive(Clone)]
@@ -68,6 +103,7 @@ pub struct LmdbStorage {
 }
 
 struct Inner {
+    fs: Arc<dyn FileSystem>,
     env: Env<WithoutTls>,
     wal: Wal,
     meta: MetaDb,
@@ -78,6 +114,9 @@ struct Inner {
     cache: RwLock<Cache>,
     /// Set when raft asked for a snapshot this store could not serve.
     snapshot_request: AtomicBool,
+    /// A log read that failed where raft could only be told "not yet" (see
+    /// `LogStore::take_read_failure`).
+    read_failure: std::sync::Mutex<Option<StorageError>>,
     path: PathBuf,
     /// Held while a writable store is open (see `dir_lock`); `None` when opened read-only.
     _dir_lock: Option<DataDirLock>,
@@ -89,6 +128,7 @@ struct Cache {
     /// snapshot's conf state.
     snapshot_meta: Arc<SnapshotMetadata>,
     conf_state_index: u64,
+    peers_index: u64,
 }
 
 impl LmdbStorage {
@@ -112,12 +152,13 @@ impl LmdbStorage {
         self.write_txn(|inner, wtxn| {
             inner.put_pb(wtxn, K_SNAPSHOT_META, meta)?;
             inner.put_conf_state(wtxn, meta.get_conf_state(), meta.index)?;
-            inner.put_peers(wtxn, peers)?;
+            inner.put_peers(wtxn, peers, meta.index)?;
             Ok(())
         })?;
         self.update_cache(|c| {
             c.snapshot_meta = Arc::new(meta.clone());
             c.conf_state_index = meta.index;
+            c.peers_index = meta.index;
         });
         let mut hs = self.inner.wal.hard_state();
         hs.term = hs.term.max(meta.term);
@@ -138,22 +179,19 @@ impl LmdbStorage {
         cluster_id: &str,
         initial_map_size: usize,
     ) -> Result<Self, StorageError> {
-        Self::open_with_segment_bytes(
-            path,
-            node_id,
-            cluster_id,
+        let options = StorageOptions {
             initial_map_size,
-            DEFAULT_SEGMENT_BYTES,
-        )
+            ..Default::default()
+        };
+        Self::open_with(path, node_id, cluster_id, options)
     }
 
-    /// `open`, with WAL segments of `segment_bytes` (tests use small ones to exercise rotation).
-    pub(crate) fn open_with_segment_bytes(
+    /// `open` with every option (see `StorageOptions`).
+    pub fn open_with(
         path: impl AsRef<Path>,
         node_id: u64,
         cluster_id: &str,
-        initial_map_size: usize,
-        segment_bytes: u64,
+        options: StorageOptions,
     ) -> Result<Self, StorageError> {
         let path = path.as_ref().to_path_buf();
         if path.exists() && !path.is_dir() {
@@ -167,14 +205,7 @@ impl LmdbStorage {
         // with a clear error and touches nothing.
         let lock_was_there = path.join(LOCK_FILE).exists();
         let lock = DataDirLock::acquire(&path)?;
-        let opened = Self::open_locked(
-            &path,
-            lock,
-            node_id,
-            cluster_id,
-            initial_map_size,
-            segment_bytes,
-        );
+        let opened = Self::open_locked(&path, lock, node_id, cluster_id, options);
         match opened {
             Ok(store) => Ok(store),
             Err(e) => {
@@ -194,11 +225,10 @@ impl LmdbStorage {
         lock: DataDirLock,
         node_id: u64,
         cluster_id: &str,
-        initial_map_size: usize,
-        segment_bytes: u64,
+        options: StorageOptions,
     ) -> Result<Self, StorageError> {
         let path = path.to_path_buf();
-        let env = open_env(&path, initial_map_size, false)?;
+        let env = open_env(&path, options.initial_map_size, false)?;
 
         // Check identity first in a read transaction, so a foreign dir is never written to.
         let identity = {
@@ -235,7 +265,8 @@ impl LmdbStorage {
         wtxn.commit()?;
 
         // The snapshot the metadata names must be there before anything else is touched.
-        let snapshots = SnapshotFiles::open(&path, false)?;
+        let fs = options.fs.clone();
+        let snapshots = SnapshotFiles::open(fs.clone(), &path, false)?;
         let current = {
             let rtxn = env.read_txn()?;
             read_snapshot_meta(&meta, &rtxn)?
@@ -244,9 +275,9 @@ impl LmdbStorage {
         if let Some((index, term)) = current {
             snapshots.check(index, term)?;
         }
-        let wal = Wal::open(&path.join(WAL_DIR), false, segment_bytes)?;
+        let wal = Wal::open(fs.clone(), &path.join(WAL_DIR), false, options.wal())?;
         snapshots.keep_only(current)?;
-        let store = Self::from_parts(env, wal, meta, snapshots, path, Some(lock))?;
+        let store = Self::from_parts(fs, env, wal, meta, snapshots, path, Some(lock))?;
         store.reconcile_log_with_snapshot()?;
         Ok(store)
     }
@@ -269,6 +300,7 @@ impl LmdbStorage {
     }
 
     fn from_parts(
+        fs: Arc<dyn FileSystem>,
         env: Env<WithoutTls>,
         wal: Wal,
         meta: MetaDb,
@@ -277,6 +309,7 @@ impl LmdbStorage {
         dir_lock: Option<DataDirLock>,
     ) -> Result<Self, StorageError> {
         let inner = Inner {
+            fs,
             env,
             wal,
             meta,
@@ -284,6 +317,7 @@ impl LmdbStorage {
             txn_gate: RwLock::new(()),
             cache: RwLock::new(Cache::default()),
             snapshot_request: AtomicBool::new(false),
+            read_failure: std::sync::Mutex::new(None),
             path,
             _dir_lock: dir_lock,
         };
@@ -355,17 +389,25 @@ impl LmdbStorage {
                 return Err(e);
             }
         };
-        let wal = Wal::open(&path.join(WAL_DIR), true, DEFAULT_SEGMENT_BYTES)?;
-        let snapshots = SnapshotFiles::open(&path, true)?;
-        Self::from_parts(env, wal, meta, snapshots, path, None)
+        let fs = super::fs::real();
+        let wal = Wal::open(fs.clone(), &path.join(WAL_DIR), true, WalOptions::default())?;
+        let snapshots = SnapshotFiles::open(fs.clone(), &path, true)?;
+        Self::from_parts(fs, env, wal, meta, snapshots, path, None)
     }
 
-    /// The stored conf state and the log index of the change it reflects.
+    /// The membership this data dir holds and the log index it reflects: the stored conf state
+    /// or the latest snapshot's, whichever is newer. The two are written by separate LMDB
+    /// commits (the writer's and the snapshot's), so after a crash either may be the newer.
     pub fn conf_state(&self) -> Result<(ConfState, u64), StorageError> {
         let _gate = lock_read(&self.inner.txn_gate);
         let rtxn = self.inner.env.read_txn()?;
         let cs = self.inner.read_conf_state(&rtxn)?;
-        Ok((cs, self.cache().conf_state_index))
+        let cache = self.cache();
+        let snap = &cache.snapshot_meta;
+        if snap.index > cache.conf_state_index {
+            return Ok((snap.get_conf_state().clone(), snap.index));
+        }
+        Ok((cs, cache.conf_state_index))
     }
 
     /// The directory this store lives in.
@@ -477,9 +519,14 @@ impl Inner {
             Some(b) => decode_conf_state(b)?.1,
             None => 0,
         };
+        let peers_index = match self.meta.get(&rtxn, K_PEERS_INDEX)? {
+            Some(b) => u64_from(b, K_PEERS_INDEX)?,
+            None => 0,
+        };
         Ok(Cache {
             snapshot_meta: Arc::new(snapshot_meta),
             conf_state_index,
+            peers_index,
         })
     }
 
@@ -512,9 +559,10 @@ impl Inner {
         Ok(())
     }
 
-    fn put_peers(&self, wtxn: &mut RwTxn, peers: &Peers) -> Result<(), StorageError> {
+    fn put_peers(&self, wtxn: &mut RwTxn, peers: &Peers, index: u64) -> Result<(), StorageError> {
         let bytes = encode_peers(peers)?;
         self.meta.put(wtxn, K_PEERS, &bytes)?;
+        self.meta.put(wtxn, K_PEERS_INDEX, &index.to_be_bytes())?;
         Ok(())
     }
 }

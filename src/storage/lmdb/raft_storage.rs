@@ -7,14 +7,13 @@ use raft::eraftpb::{Entry, Snapshot};
 use raft::{GetEntriesContext, RaftState};
 
 use super::LmdbStorage;
-use crate::storage::{lock_read, LogStore, StorageError};
+use crate::storage::{LogStore, StorageError};
 
 impl raft::Storage for LmdbStorage {
     fn initial_state(&self) -> raft::Result<RaftState> {
-        let _gate = lock_read(&self.inner.txn_gate);
-        let rtxn = self.inner.env.read_txn().map_err(StorageError::from)?;
         let hard_state = self.inner.wal.hard_state();
-        let conf_state = self.inner.read_conf_state(&rtxn)?;
+        // The newer of the stored conf state and the latest snapshot's (see `conf_state`).
+        let (conf_state, _) = self.conf_state()?;
         Ok(RaftState::new(hard_state, conf_state))
     }
 
@@ -23,9 +22,34 @@ impl raft::Storage for LmdbStorage {
         low: u64,
         high: u64,
         max_size: impl Into<Option<u64>>,
-        _context: GetEntriesContext,
+        context: GetEntriesContext,
     ) -> raft::Result<Vec<Entry>> {
-        self.inner.wal.entries(low, high, max_size.into())
+        match self.inner.wal.entries(low, high, max_size.into()) {
+            Err(raft::Error::Store(raft::StorageError::Other(e))) => {
+                // A read that failed (bad bytes that did not go away, an I/O error). raft-rs
+                // panics on any error but these two; where it can wait ("not available yet") it
+                // does, and the run loop stops the node with the real error. Elsewhere the run
+                // loop reads the entries first (`StagedLog::read_ahead`), so it stops before
+                // raft-rs sees the error.
+                let err = match e.downcast::<StorageError>() {
+                    Ok(e) => *e,
+                    Err(other) => StorageError::InvalidOperation(other.to_string()),
+                };
+                if context.can_async() {
+                    let mut slot = self
+                        .inner
+                        .read_failure
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner());
+                    slot.get_or_insert(err);
+                    return Err(raft::Error::Store(
+                        raft::StorageError::LogTemporarilyUnavailable,
+                    ));
+                }
+                Err(err.into())
+            }
+            other => other,
+        }
     }
 
     fn term(&self, idx: u64) -> raft::Result<u64> {
@@ -66,7 +90,7 @@ impl raft::Storage for LmdbStorage {
                 || cs.learners_next.contains(&to);
             if meta.index >= request_index && includes_receiver {
                 let mut snap = Snapshot::default();
-                snap.set_data(crate::transport::snapshot_file_data(&path));
+                snap.set_data(crate::storage::snapshot_file_data(&path));
                 snap.set_metadata(meta);
                 return Ok(snap);
             }

@@ -200,7 +200,7 @@ fn snapshot_apply_sets_hard_state_and_conf_state() {
     let stored = lmdb.snapshot(0, 2).expect("snapshot");
     assert_eq!(stored.get_metadata().index, 9);
     // raft gets a reference to the file, which the transport streams.
-    let file = crate::transport::snapshot_file_ref(stored.get_data()).expect("a file reference");
+    let file = crate::storage::snapshot_file_ref(stored.get_data()).expect("a file reference");
     assert_eq!(std::fs::read(file).expect("read"), b"snap");
     // A snapshot older than the compacted log is refused and changes nothing.
     assert!(lmdb
@@ -242,7 +242,7 @@ fn hard_state_and_entries_survive_reopen_from_one_batch() {
             entries: (1..=3).map(|i| entry(i, 4)).collect(),
             hard_state: Some(hs),
             conf_state: Some((ConfState::from((vec![1, 2, 3], vec![])), 2)),
-            peers: Some(Peers::from([(2, "b".to_string())])),
+            peers: Some((Peers::from([(2, "b".to_string())]), 0)),
         })
         .expect("persist");
     }
@@ -340,7 +340,7 @@ fn map_grows_instead_of_failing() {
         let mut peers = book.clone();
         peers.insert(1, format!("round-{round}:7000"));
         lmdb.persist(PersistBatch {
-            peers: Some(peers),
+            peers: Some((peers, 0)),
             ..Default::default()
         })
         .expect("persist grows the map");
@@ -560,4 +560,52 @@ fn the_latest_snapshot_file_is_found_while_newer_snapshots_replace_it() {
     }
     saves.join().expect("saver");
     assert!(looked > 0);
+}
+
+/// Issue 21, defect 4: a conf change at X and a snapshot of this node's own at A >= X, the
+/// snapshot's LMDB commit landing before the writer's commit of the conf state, then a crash.
+/// The entries up to A are never replayed, so the restart must take the membership (and the
+/// address book) from the snapshot, not from the older stored conf state.
+#[test]
+fn a_restart_trusts_a_snapshot_newer_than_the_stored_membership() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(&dir);
+    let book = crate::config::Peers::from([(1, "a:1".to_string())]);
+    store
+        .install_snapshot(snapshot(1, 1, vec![1]).get_metadata(), b"s", &book)
+        .expect("initial snapshot");
+    append(&store, (2..=10).map(|i| entry(i, 1)).collect()).expect("append");
+    // Entry 5 added voter 2; the writer's conf-state commit never landed. The snapshot at 8 did.
+    store
+        .save_snapshot(&snapshot(8, 1, vec![1, 2]))
+        .expect("snapshot");
+    drop(store);
+    let store = open(&dir);
+    let state = store.initial_state().expect("initial state");
+    assert_eq!(
+        state.conf_state.voters,
+        vec![1, 2],
+        "the snapshot's membership"
+    );
+    assert_eq!(store.conf_state().expect("conf").1, 8);
+    assert_eq!(
+        store.peers_index(),
+        1,
+        "the stored book is older than the snapshot"
+    );
+    // Once the writer records a newer conf state, that one counts.
+    store
+        .persist(PersistBatch {
+            conf_state: Some((ConfState::from((vec![1, 2, 3], vec![])), 9)),
+            peers: Some((book.clone(), 9)),
+            ..Default::default()
+        })
+        .expect("persist");
+    drop(store);
+    let store = open(&dir);
+    assert_eq!(
+        store.initial_state().expect("state").conf_state.voters,
+        vec![1, 2, 3]
+    );
+    assert_eq!(store.peers_index(), 9);
 }

@@ -3,12 +3,13 @@
 //! their record is durable (or while replaying records that are).
 
 use std::collections::{BTreeMap, VecDeque};
-use std::fs::File;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use raft::eraftpb::HardState;
 
+use super::entry_cache::EntryCache;
+use crate::storage::fs::DiskFile;
 use crate::storage::records::corrupt;
 use crate::storage::StorageError;
 
@@ -19,10 +20,13 @@ pub(super) struct EntryLoc {
     pub(super) seq: u64,
     pub(super) offset: u64,
     pub(super) len: u32,
+    /// CRC-32 of the entry's bytes, taken when they were written or replayed (under the record's
+    /// own checksum), so that a later read can tell bad bytes from the file system.
+    pub(super) crc: u32,
 }
 
 pub(super) struct Segment {
-    pub(super) file: Arc<File>,
+    pub(super) file: Arc<dyn DiskFile>,
     pub(super) path: PathBuf,
     /// The highest entry index ever written to this segment (0: none live). A segment whose
     /// entries are all compacted can go.
@@ -38,6 +42,12 @@ pub(super) struct LogIndex {
     /// Replay only: entries began after a gap (deleted segments); a later compaction must cover
     /// it, so the term of `truncated.0` is not known yet.
     pub(super) gap_open: bool,
+    /// Replay only: the compaction point the records set (`Start`, `Compact`, `Reset`). Unlike
+    /// `truncated`, an open gap does not move it: an append inside the gap but above it replaces
+    /// the entries after it, as it did when it was written.
+    pub(super) floor: u64,
+    /// The newest entries, in memory (see `entry_cache`).
+    pub(super) cache: EntryCache,
 }
 
 impl LogIndex {
@@ -82,7 +92,11 @@ impl LogIndex {
     ) -> Result<(), StorageError> {
         let mut locs = locs.peekable();
         if let Some(&(first, _)) = locs.peek() {
-            if replaying && first > self.last() + 1 {
+            let restarts_gap = self.gap_open && first <= self.truncated.0 && first > self.floor;
+            if replaying && (first > self.last() + 1 || restarts_gap) {
+                // Entries before `first` are in deleted segments (a later `Compact` must cover
+                // them). An append at or below where the gap began is an overwrite a new leader
+                // made after the older append: it replaces everything from `first` on.
                 self.entries.clear();
                 self.truncated = (first - 1, 0);
                 self.gap_open = true;
@@ -108,6 +122,7 @@ impl LogIndex {
 
     /// Every entry up to `truncated.0` is gone.
     pub(super) fn apply_compact(&mut self, truncated: (u64, u64)) {
+        self.floor = self.floor.max(truncated.0);
         if truncated.0 < self.truncated.0 || (truncated.0 == self.truncated.0 && !self.gap_open) {
             return;
         }
@@ -119,6 +134,7 @@ impl LogIndex {
         }
         self.truncated = truncated;
         self.gap_open = false;
+        self.cache.on_compact(truncated.0);
     }
 
     pub(super) fn apply_reset(&mut self, truncated: (u64, u64), hard_state: HardState) {
@@ -126,6 +142,8 @@ impl LogIndex {
         self.truncated = truncated;
         self.hard_state = hard_state;
         self.gap_open = false;
+        self.floor = truncated.0;
+        self.cache.clear();
         for seg in self.segments.values_mut() {
             seg.max_index = 0;
         }

@@ -1,12 +1,11 @@
 //! Reading segments back on open: which files are segments, and replaying one into the index.
 
-use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::log_index::{EntryLoc, LogIndex, Segment};
 use super::record::{self, Frame, Record};
+use crate::storage::fs::{DiskFile, FileSystem};
 use crate::storage::records::corrupt;
 use crate::storage::StorageError;
 
@@ -14,10 +13,12 @@ use crate::storage::StorageError;
 const MAX_UNSTARTED_LEN: usize = 512;
 
 /// The segment files in `dir`, oldest first. Other files are ignored.
-pub(super) fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StorageError> {
+pub(super) fn list_segments(
+    fs: &dyn FileSystem,
+    dir: &Path,
+) -> Result<Vec<(u64, PathBuf)>, StorageError> {
     let mut out = Vec::new();
-    for item in std::fs::read_dir(dir)? {
-        let path = item?.path();
+    for path in fs.list(dir)? {
         let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
             continue;
         };
@@ -40,11 +41,11 @@ pub(super) fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StorageEr
 pub(super) fn replay_segment(
     index: &mut LogIndex,
     seq: u64,
-    file: Arc<File>,
+    file: Arc<dyn DiskFile>,
     path: &Path,
     is_last: bool,
 ) -> Result<Option<u64>, StorageError> {
-    let len = file.metadata()?.len();
+    let len = file.len()?;
     let mut bytes = vec![0u8; len as usize];
     file.read_exact_at(&mut bytes, 0)?;
     index.segments.insert(
@@ -59,11 +60,34 @@ pub(super) fn replay_segment(
     let mut first = true;
     loop {
         match record::next_frame(&bytes[pos..]) {
-            Frame::End => break,
-            Frame::Torn(why) => {
-                if is_last {
-                    break;
+            Frame::End if bytes[pos..].iter().all(|&b| b == 0) => break,
+            Frame::End | Frame::Torn(_) if is_last => {
+                // The end of the records. What follows may only be zeros or what is left of the
+                // one write the crash interrupted; an intact record after it means the damage is
+                // in the middle of the log, and cutting there would drop acknowledged records.
+                if let Some(intact) = next_intact_record(&bytes, pos + 1) {
+                    return Err(corrupt(
+                        "WAL segment",
+                        format!(
+                            "{}: damaged record at byte {pos} is followed by an intact record at \
+                             byte {intact}; refusing to cut acknowledged records (restore this \
+                             node from a backup, or remove its data dir and let it rejoin)",
+                            path.display()
+                        ),
+                    ));
                 }
+                break;
+            }
+            Frame::End => {
+                return Err(corrupt(
+                    "WAL segment",
+                    format!(
+                        "{}: zeros in the middle of the log at byte {pos}",
+                        path.display()
+                    ),
+                ));
+            }
+            Frame::Torn(why) => {
                 return Err(corrupt(
                     "WAL segment",
                     format!("{}: {why} at byte {pos}", path.display()),
@@ -104,6 +128,9 @@ pub(super) fn replay_segment(
                                     seq,
                                     offset: body_at + l.offset as u64,
                                     len: l.len,
+                                    crc: crc32fast::hash(
+                                        &body[l.offset..l.offset + l.len as usize],
+                                    ),
                                 },
                             )
                         });
@@ -132,4 +159,13 @@ pub(super) fn replay_segment(
         ));
     }
     Ok(Some(pos as u64))
+}
+
+/// The position of the first record at or after `from` whose frame is whole, whose checksum
+/// matches and whose body decodes, if any. Used only past a damaged frame, so every byte offset
+/// is tried: the damage hides where the next record would begin.
+fn next_intact_record(bytes: &[u8], from: usize) -> Option<usize> {
+    (from..bytes.len().saturating_sub(record::FRAME_HEADER)).find(|&at| {
+        matches!(record::next_frame(&bytes[at..]), Frame::Record(body, _) if record::decode(body).is_ok())
+    })
 }

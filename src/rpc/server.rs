@@ -10,11 +10,15 @@ use protobuf::Message as PbMessage;
 use raft::eraftpb::{ConfChangeType, ConfChangeV2, Message, MessageType};
 use tonic::{Request, Response, Status};
 
-use super::pb;
-use super::pb::raft_service_server::RaftService;
 use super::snapshot_receiver::receive_snapshot;
 use crate::node::{result_to_response, RaftNode};
 use crate::tls::constant_time_eq;
+use crate::transport::pb;
+use crate::transport::pb::raft_service_server::RaftService;
+use crate::transport::wire::{
+    check_cluster, REMOVED_HEADER, STREAM_CLUSTER_HEADER, STREAM_FROM_ADDR_HEADER,
+    STREAM_FROM_HEADER,
+};
 
 /// The gRPC service of one node.
 pub struct RaftGrpcService {
@@ -57,27 +61,6 @@ impl RaftGrpcService {
     }
 }
 
-/// Refuse a request addressed to another cluster.
-pub(crate) fn check_cluster(local: &str, cluster_id: &str) -> Result<(), Status> {
-    if cluster_id != local {
-        return Err(Status::permission_denied(format!(
-            "cluster id mismatch: this node belongs to cluster {local:?}, the request to {cluster_id:?}"
-        )));
-    }
-    Ok(())
-}
-
-/// Metadata naming the cluster of a `StreamMessages` stream (binary: cluster ids are any UTF-8).
-pub(crate) const STREAM_CLUSTER_HEADER: &str = "pontoon-cluster-bin";
-/// Metadata naming the sender of a `StreamMessages` stream.
-pub(crate) const STREAM_FROM_HEADER: &str = "pontoon-from";
-/// Header of a `StreamMessages` call: the sender's raft address, learned by a receiver that has
-/// no address for the sender (so it can answer).
-pub(crate) const STREAM_FROM_ADDR_HEADER: &str = "pontoon-from-addr";
-/// Metadata on the status a member refuses a removed node's messages with: the removed node's
-/// id. The removed node's sender reads it (`is_removal_of`) and stops its node.
-pub(crate) const REMOVED_HEADER: &str = "pontoon-removed";
-
 /// Refuse a sender this node saw removed from the cluster. Removal is final (ids are never
 /// reused), so the refusal is too; it is how a node cut off while it was removed learns of it.
 fn refuse_removed(node: &RaftNode, from: u64) -> Result<(), Status> {
@@ -95,17 +78,6 @@ fn refuse_removed(node: &RaftNode, from: u64) -> Result<(), Status> {
         ),
         meta,
     ))
-}
-
-/// Whether `status` is a member's refusal of node `me` as removed (see `refuse_removed`).
-pub(crate) fn is_removal_of(status: &Status, me: u64) -> bool {
-    status.code() == tonic::Code::FailedPrecondition
-        && status
-            .metadata()
-            .get(REMOVED_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-            == Some(me)
 }
 
 /// Check one batch (cluster, injected partition, every message) and hand its messages to the
