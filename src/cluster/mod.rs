@@ -23,8 +23,7 @@ use crate::metrics::Metrics;
 use crate::node::{RaftNode, ReadBatcher, Role, RunLoop, Shared, SoftStatus, Waiters, Writer};
 use crate::rpc::RaftGrpcService;
 use crate::state_machine::{AbstractStateMachine, SnapshotSource};
-use crate::storage::fs::FileSystem;
-use crate::storage::{LmdbStorage, LogStore, SnapshotEnvelope, StagedLog};
+use crate::storage::{LmdbStorage, LogStore, SnapshotEnvelope, StagedLog, StorageOptions};
 use crate::transport::ClientPool;
 use crate::transport::{FaultInjector, GrpcTransport, Transport};
 
@@ -107,8 +106,8 @@ impl<F: AbstractStateMachine> Raft<F> {
         let (listener, local_addr, raft_addr) = bind_listener(&listen, &config, &logger).await?;
         check_own_initial_address(node_id, &raft_addr, &config)?;
         let server = grpc_server(&config)?;
-        let fs = crate::storage::fs::real();
-        let prepared = prepare_node(node_id, raft_addr, fsm, config, logger, fs, |wiring| {
+        let storage = StorageOptions::default();
+        let prepared = prepare_node(node_id, raft_addr, fsm, config, logger, storage, |wiring| {
             let transport = GrpcTransport::new(
                 wiring.node_id,
                 &wiring.raft_addr,
@@ -323,18 +322,18 @@ fn check_own_initial_address(node_id: u64, raft_addr: &str, config: &Config) -> 
 
 /// Open the data dir's storage (creating it for a new node) and drop snapshot files a previous
 /// run received but never installed.
+/// `storage` says where the WAL and the snapshot files go; the sizes the config sets win.
 async fn open_storage(
     node_id: u64,
     config: &Config,
-    fs: Arc<dyn FileSystem>,
+    storage: StorageOptions,
 ) -> Result<LmdbStorage> {
     let dir = config.data_dir.clone();
     let cluster = config.cluster_id.clone();
-    let options = crate::storage::StorageOptions {
+    let options = StorageOptions {
         initial_map_size: config.initial_map_size,
         entry_cache_bytes: config.entry_cache_bytes,
-        fs,
-        ..Default::default()
+        ..storage
     };
     let store = crate::blocking::run_blocking(move || {
         LmdbStorage::open_with(dir, node_id, &cluster, options)
@@ -458,19 +457,19 @@ fn moved_from(peers: &Peers, node_id: u64, raft_addr: &str, logger: &Logger) -> 
     Some(known.clone())
 }
 
-/// Open the storage (the WAL and snapshot files on `fs`), load the starting state and build the
-/// run loop and its handle around the transport `make_transport` returns. Nothing runs yet and
-/// nothing listens.
+/// Open the storage (the WAL and snapshot files on `storage.fs`), load the starting state and
+/// build the run loop and its handle around the transport `make_transport` returns. Nothing
+/// runs yet and nothing listens.
 pub(crate) async fn prepare_node<F: AbstractStateMachine>(
     node_id: u64,
     raft_addr: String,
     mut fsm: F,
     config: Config,
     logger: Logger,
-    fs: Arc<dyn FileSystem>,
+    storage: StorageOptions,
     make_transport: impl FnOnce(TransportWiring) -> Arc<dyn Transport>,
 ) -> Result<PreparedNode<F>> {
-    let store = open_storage(node_id, &config, fs).await?;
+    let store = open_storage(node_id, &config, storage).await?;
     let start = initial_state(node_id, &raft_addr, &store, &mut fsm, &config, &logger).await?;
     let moved_from = moved_from(&start.peers, node_id, &raft_addr, &logger);
     slog::info!(logger, "node prepared"; "resumed" => start.resumed, "configured" => start.resumed || config.initial_peers.is_some(), "applied" => start.applied, "peers" => ?start.peers, "addr" => &raft_addr);

@@ -25,6 +25,10 @@ use crate::config::{Config, Peers};
 use crate::error::{Error, Result};
 use crate::node::RaftNode;
 use crate::storage::fs::{CrashReport, FileSystem, SimDisk};
+use crate::storage::StorageOptions;
+
+/// WAL segment size of simulated nodes.
+const SEGMENT_BYTES: u64 = 64 << 10;
 
 /// The raft address of simulated node `id` (never dialled; the network routes by id).
 pub fn sim_addr(id: u64) -> String {
@@ -172,7 +176,13 @@ impl SimNode {
                 SimKv::default(),
                 config.clone(),
                 logger.clone(),
-                fs.clone(),
+                StorageOptions {
+                    fs: fs.clone(),
+                    // Small segments: preallocation stays small on the in-memory disk, and the
+                    // WAL rolls over and drops segments often.
+                    segment_bytes: SEGMENT_BYTES,
+                    ..StorageOptions::default()
+                },
                 move |_| transport_net.transport(id),
             )
             .await

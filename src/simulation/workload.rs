@@ -63,7 +63,7 @@ impl Workload {
         let mut written = 0u64;
         let mut leader_hint: Option<u64> = None;
         while Instant::now() < self.stop_at {
-            tokio::time::sleep(Duration::from_millis(rng.random_range(5..200))).await;
+            tokio::time::sleep(Duration::from_millis(rng.random_range(20..400))).await;
             let node = {
                 let nodes = self.directory.lock().unwrap_or_else(|p| p.into_inner());
                 let hinted = leader_hint.and_then(|id| nodes.get(&id)).cloned();
