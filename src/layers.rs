@@ -5,7 +5,7 @@
 //! The rules, from the top down:
 //!
 //! 1. user API: `lib.rs`, `cluster`, `client`, `debug`, and `rpc` (the gRPC service, which calls
-//!    into the node the way an application does)
+//!    into the node the way an application does), and `simulation` (drives whole nodes)
 //! 2. node: the run loop and its handle (`node`)
 //! 3. `storage`, `transport`, `state_machine`
 //! 4. `config`, `error`, `tls`, `metrics`
@@ -40,7 +40,8 @@ const KNOWN_CYCLES: &[&[&str]] = &[
 /// The layer of a module path (its first segment), 1 = top.
 fn layer(module: &[String]) -> usize {
     match module.first().map(String::as_str) {
-        None | Some("cluster" | "client" | "debug" | "rpc" | "layers" | "fuzzing") => 1,
+        None
+        | Some("cluster" | "client" | "debug" | "rpc" | "layers" | "fuzzing" | "simulation") => 1,
         Some("node") => 2,
         Some("storage" | "transport" | "state_machine") => 3,
         Some(_) => 4,

@@ -17,6 +17,7 @@
 //! # Ok(()) }
 //! ```
 
+mod blocking;
 pub mod client;
 pub mod cluster;
 pub mod config;
@@ -29,6 +30,9 @@ mod layers;
 pub mod metrics;
 pub mod node;
 pub mod rpc;
+#[cfg(feature = "simulation")]
+#[doc(hidden)]
+pub mod simulation;
 pub mod state_machine;
 pub mod storage;
 pub mod tls;

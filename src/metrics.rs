@@ -16,6 +16,7 @@ pub struct Metrics {
     pub proposals: IntCounter,
     pub proposals_held: IntCounter,
     pub votes_withheld: IntCounter,
+    pub malformed_appends: IntCounter,
     pub committed_entries: IntCounter,
     pub applied_commands: IntCounter,
     pub applied_index: IntGauge,
@@ -90,6 +91,11 @@ impl Metrics {
                 r,
                 "votes_withheld_total",
                 "Vote requests ignored because this node holds only the bootstrap configuration and the candidate's log is longer (a lost data dir must not vote)",
+            ),
+            malformed_appends: counter(
+                r,
+                "malformed_appends_total",
+                "Appends dropped because their entries do not follow their index (raft-rs batch_append can build them); the leader resends",
             ),
             committed_entries: counter(
                 r,

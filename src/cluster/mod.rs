@@ -23,7 +23,7 @@ use crate::metrics::Metrics;
 use crate::node::{RaftNode, ReadBatcher, Role, RunLoop, Shared, SoftStatus, Waiters, Writer};
 use crate::rpc::RaftGrpcService;
 use crate::state_machine::{AbstractStateMachine, SnapshotSource};
-use crate::storage::{LmdbStorage, LogStore, SnapshotEnvelope, StagedLog};
+use crate::storage::{LmdbStorage, LogStore, SnapshotEnvelope, StagedLog, StorageOptions};
 use crate::transport::ClientPool;
 use crate::transport::{FaultInjector, GrpcTransport, Transport};
 
@@ -96,245 +96,41 @@ impl<F: AbstractStateMachine> Raft<F> {
     pub async fn bootstrap(
         node_id: u64,
         raft_addr: impl Into<String>,
-        mut fsm: F,
+        fsm: F,
         config: Config,
         logger: Logger,
     ) -> Result<Self> {
-        let mut raft_addr = raft_addr.into();
         config.validate(node_id)?;
         let logger = logger.new(slog::o!("node" => node_id));
-        if crate::config::port_of(&raft_addr) == Some(0) && config.advertise_addr.is_none() {
-            // Port 0 means "any free port" the first time only: members know the node by the
-            // port it got then and never learn a new one, so a restart takes that port again.
-            let dir = config.data_dir.clone();
-            let known = tokio::task::spawn_blocking(move || known_own_addr(&dir, node_id))
-                .await
-                .map_err(|e| Error::Other(format!("storage thread failed: {e}")))?;
-            if let Some(known) = known {
-                slog::info!(logger, "port 0 on a resumed data dir: listening on the port the members know"; "addr" => &known);
-                raft_addr = same_host_with_port(&raft_addr, &known).unwrap_or(raft_addr);
-            }
-        }
-        let listener = TcpListener::bind(&raft_addr).await.map_err(|e| {
-            Error::Io(std::io::Error::new(
-                e.kind(),
-                format!("cannot listen on raft address {raft_addr}: {e}"),
-            ))
-        })?;
-        let local_addr = listener.local_addr()?;
-        // From here on `raft_addr` is the address peers reach this node at.
-        let raft_addr = advertised_addr(&raft_addr, local_addr, config.advertise_addr.as_deref())?;
-        if local_addr.ip().is_unspecified() && config.advertise_addr.is_none() {
-            slog::warn!(logger, "listening on every interface without advertise_addr: only this machine can reach the address peers are told"; "announced" => &raft_addr);
-        }
-        if let Some(own) = config.initial_peers.as_ref().and_then(|p| p.get(&node_id)) {
-            // A new static member's own entry is what every member will dial for good.
-            let new_dir = !config.data_dir.join("data.mdb").exists();
-            if new_dir && own != &raft_addr && crate::config::port_of(own) != Some(0) {
-                return Err(Error::Config(format!(
-                    "initial_peers gives this node ({node_id}) the address {own}, but peers would \
-                     reach it at {raft_addr}: make the two the same, or set advertise_addr \
-                     (memstore: --advertise-addr) to {own} if that is how they reach it"
-                )));
-            }
-        }
+        let listen = listen_addr(raft_addr.into(), node_id, &config, &logger).await?;
+        let (listener, local_addr, raft_addr) = bind_listener(&listen, &config, &logger).await?;
+        check_own_initial_address(node_id, &raft_addr, &config)?;
         let server = grpc_server(&config)?;
-
-        let store = {
-            let dir = config.data_dir.clone();
-            let cluster = config.cluster_id.clone();
-            let options = crate::storage::StorageOptions {
-                initial_map_size: config.initial_map_size,
-                entry_cache_bytes: config.entry_cache_bytes,
-                ..Default::default()
-            };
-            tokio::task::spawn_blocking(move || {
-                LmdbStorage::open_with(dir, node_id, &cluster, options)
-            })
-            .await
-            .map_err(|e| Error::Other(format!("storage thread failed: {e}")))??
-        };
-
-        crate::rpc::remove_stale_snapshot_files(&config.data_dir);
-        let resumed = {
-            let store = store.clone();
-            tokio::task::spawn_blocking(move || store.is_initialized())
-                .await
-                .map_err(|e| Error::Other(format!("storage thread failed: {e}")))??
-        };
-        let mut applied = 0;
-        let mut max_node_id = 0;
-        let mut removed = Vec::new();
-        let peers = if resumed {
-            let mut book = store.peers()?;
-            if let Some((index, envelope)) = restore_latest_snapshot(&store, &mut fsm).await? {
-                applied = index;
-                max_node_id = envelope.max_node_id;
-                removed = envelope.removed;
-                // The snapshot's commit and the writer's commit of the book are separate: a
-                // crash may keep a snapshot newer than the stored book. The log is replayed only
-                // after the snapshot, so take the newer of the two.
-                if index > store.peers_index() {
-                    book = envelope.peers;
-                }
-                raise_commit_to(&store, applied, &logger).await?;
-            }
-            book
-        } else if let Some(mut initial) = config.initial_peers.clone() {
-            // Its own entry with port 0 ("any free port"): the address it got.
-            if let Some(own) = initial.get_mut(&node_id) {
-                if crate::config::port_of(own) == Some(0) {
-                    *own = raft_addr.clone();
-                }
-            }
-            // A new static cluster starts from a snapshot at index 1 holding the initial members
-            // and the state machine's initial state. Its log then starts at 2, so a node that
-            // joins later is caught up by that (or a later) snapshot: the initial membership is
-            // never an entry it would have to replay.
-            max_node_id = initial.keys().copied().max().unwrap_or(node_id);
-            let voters: Vec<u64> = initial.keys().copied().collect();
-            let conf_state = ConfState::from((voters, vec![]));
-            let envelope = SnapshotEnvelope {
-                index: INITIAL_INDEX,
-                term: INITIAL_TERM,
-                peers: initial.clone(),
-                max_node_id,
-                user_data: fsm.snapshot().await?,
-                ..Default::default()
-            }
-            .with_conf_state(&conf_state);
-            let mut snapshot = Snapshot::default();
-            snapshot.set_data(envelope.encode()?.into());
-            let meta = snapshot.mut_metadata();
-            meta.index = INITIAL_INDEX;
-            meta.term = INITIAL_TERM;
-            meta.set_conf_state(conf_state);
-            let store = store.clone();
-            let book = initial.clone();
-            tokio::task::spawn_blocking(move || {
-                store.install_snapshot(snapshot.get_metadata(), snapshot.get_data(), &book)
-            })
-            .await
-            .map_err(|e| Error::Other(format!("storage thread failed: {e}")))??;
-            applied = INITIAL_INDEX;
-            initial
-        } else {
-            // Not a member of anything yet: wait for a leader to add this node
-            // (`join_cluster`), which sends it a snapshot with the members and their addresses.
-            Peers::from([(node_id, raft_addr.clone())])
-        };
-        // Restarted on another address: `run` asks the members to record the new one. Not an
-        // address meaning "every interface", which no member could dial.
-        let moved_from = peers
-            .get(&node_id)
-            .filter(|stored| **stored != raft_addr)
-            .cloned();
-        let moved_from = match moved_from {
-            Some(known) if crate::config::has_unspecified_host(&raft_addr) => {
-                slog::warn!(logger, "this node listens on every interface at another address than the members know, and no member could dial it: set advertise_addr to the address they should use"; "given" => &raft_addr, "known" => &known);
-                None
-            }
-            other => other,
-        };
-        slog::info!(logger, "node prepared"; "resumed" => resumed, "configured" => resumed || config.initial_peers.is_some(), "applied" => applied, "peers" => ?peers, "listen" => %local_addr);
-
-        let mut raft_config = config.raft.clone();
-        raft_config.id = node_id;
-        raft_config.applied = applied;
-        let raft_logger = {
-            use slog::Drain;
-            let filtered = slog::LevelFilter::new(logger.clone(), config.raft_log_level);
-            Logger::root(filtered.fuse(), slog::o!())
-        };
-        let raw = RawNode::new(&raft_config, StagedLog::new(store.clone()), &raft_logger)?;
-
-        let (mailbox_tx, mailbox_rx) = mpsc::channel(config.mailbox_capacity);
-        let replayed_until = raw.raft.raft_log.committed;
-        let initial = SoftStatus {
-            role: raw.raft.state.into(),
-            term: raw.raft.term,
-            leader_id: raw.raft.leader_id,
-            commit: raw.raft.raft_log.committed,
-            applied,
-        };
-        let (status_tx, status_rx) = watch::channel(initial);
-        let (stopped_tx, stopped_rx) = watch::channel(false);
-        let (started_tx, started_rx) = watch::channel(false);
-        let book = AddressBook::new(peers.clone());
-        book.extend_removed(&removed);
-        let metrics = Metrics::new(node_id);
-        let faults = Arc::new(FaultInjector::default());
-        let transport = GrpcTransport::new(
-            node_id,
-            &raft_addr,
-            &config,
-            crate::node::peer_feedback(mailbox_tx.clone()),
-            metrics.clone(),
-            faults.clone(),
-            logger.clone(),
-        );
-        transport.set_peers(&peers);
-
-        let node = RaftNode {
-            shared: Arc::new(Shared {
-                id: node_id,
-                addr: raft_addr,
-                config: config.clone(),
-                mailbox: mailbox_tx,
-                status: status_rx,
-                stopped: stopped_rx,
-                started: started_rx,
-                peers: book.clone(),
-                clients: ClientPool::default(),
-                query_handler: std::sync::RwLock::new(None),
-                metrics: metrics.clone(),
-                cut_snapshot_stream_after: std::sync::atomic::AtomicU64::new(0),
-                faults,
-            }),
-        };
-        let writer = Writer::idle();
-        let run_loop = RunLoop {
-            raw,
-            writer,
-            store,
-            fsm,
-            mailbox: mailbox_rx,
-            transport: transport as Arc<dyn Transport>,
-            peers: book,
-            config,
-            status_tx,
-            logger,
-            waiters: Waiters::new(node_id),
-            applied,
-            replayed_until,
-            commit_dirty: false,
-            pending_conf: None,
-            peers_dirty: false,
-            leader_since: None,
-            max_node_id,
-            reads: ReadBatcher::default(),
-            metrics,
-            snapshot_policy: Default::default(),
-            snapshot_task: None,
-            fatal: None,
-            proposal_batch: Vec::new(),
-            proposals_marked_held: 0,
-            vote_withheld_warned_term: 0,
-            leaving: false,
-            left: false,
-            removal: None,
-        };
-        let service = RaftGrpcService::new(node.clone());
+        let storage = StorageOptions::default();
+        let prepared = prepare_node(node_id, raft_addr, fsm, config, logger, storage, |wiring| {
+            let transport = GrpcTransport::new(
+                wiring.node_id,
+                &wiring.raft_addr,
+                &wiring.config,
+                wiring.feedback,
+                wiring.metrics,
+                wiring.faults,
+                wiring.logger,
+            );
+            transport as Arc<dyn Transport>
+        })
+        .await?;
+        let service = RaftGrpcService::new(prepared.node.clone());
         Ok(Raft {
-            node,
+            node: prepared.node,
             parts: Arc::new(Mutex::new(Some(Parts {
-                run_loop,
+                run_loop: prepared.run_loop,
                 listener,
                 server,
                 service,
-                stopped_tx,
-                started_tx,
-                moved_from,
+                stopped_tx: prepared.stopped_tx,
+                started_tx: prepared.started_tx,
+                moved_from: prepared.moved_from,
             }))),
             local_addr,
         })
@@ -441,6 +237,363 @@ impl<F: AbstractStateMachine> Raft<F> {
     }
 }
 
+/// A node ready to run, with no server around it: what `Raft::bootstrap` serves over gRPC, and
+/// what a simulation drives with its own transport.
+pub(crate) struct PreparedNode<F: AbstractStateMachine> {
+    pub(crate) node: RaftNode,
+    pub(crate) run_loop: RunLoop<LmdbStorage, F>,
+    /// Set when the node has fully stopped (see `RaftNode::stopped`).
+    pub(crate) stopped_tx: watch::Sender<bool>,
+    /// Set when the run loop took over the mailbox (see `RaftNode::send_until`).
+    pub(crate) started_tx: watch::Sender<bool>,
+    /// The address the members knew this node by, when it now has another.
+    pub(crate) moved_from: Option<String>,
+}
+
+/// What a transport is built from (see `prepare_node`).
+pub(crate) struct TransportWiring {
+    pub(crate) node_id: u64,
+    pub(crate) raft_addr: String,
+    pub(crate) config: Config,
+    /// Where the transport reports unreachable peers, snapshot transfers and refusals.
+    pub(crate) feedback: crate::transport::PeerFeedback,
+    pub(crate) metrics: Metrics,
+    pub(crate) faults: Arc<FaultInjector>,
+    pub(crate) logger: Logger,
+}
+
+/// The address to listen on: `raft_addr`, except that port 0 on a resumed data dir means the
+/// port the members already know (they never learn a new one).
+async fn listen_addr(
+    raft_addr: String,
+    node_id: u64,
+    config: &Config,
+    logger: &Logger,
+) -> Result<String> {
+    if crate::config::port_of(&raft_addr) != Some(0) || config.advertise_addr.is_some() {
+        return Ok(raft_addr);
+    }
+    let dir = config.data_dir.clone();
+    let known = crate::blocking::run_blocking(move || known_own_addr(&dir, node_id)).await?;
+    let Some(known) = known else {
+        return Ok(raft_addr);
+    };
+    slog::info!(logger, "port 0 on a resumed data dir: listening on the port the members know"; "addr" => &known);
+    Ok(same_host_with_port(&raft_addr, &known).unwrap_or(raft_addr))
+}
+
+/// Bind the raft port; returns the listener, the bound address and the address peers reach
+/// this node at.
+async fn bind_listener(
+    listen: &str,
+    config: &Config,
+    logger: &Logger,
+) -> Result<(TcpListener, SocketAddr, String)> {
+    let listener = TcpListener::bind(listen).await.map_err(|e| {
+        Error::Io(std::io::Error::new(
+            e.kind(),
+            format!("cannot listen on raft address {listen}: {e}"),
+        ))
+    })?;
+    let local_addr = listener.local_addr()?;
+    let raft_addr = advertised_addr(listen, local_addr, config.advertise_addr.as_deref())?;
+    if local_addr.ip().is_unspecified() && config.advertise_addr.is_none() {
+        slog::warn!(logger, "listening on every interface without advertise_addr: only this machine can reach the address peers are told"; "announced" => &raft_addr);
+    }
+    Ok((listener, local_addr, raft_addr))
+}
+
+/// A new static member's own entry in `initial_peers` is what every member will dial for good:
+/// refuse to start when peers would reach it elsewhere.
+fn check_own_initial_address(node_id: u64, raft_addr: &str, config: &Config) -> Result<()> {
+    let Some(own) = config.initial_peers.as_ref().and_then(|p| p.get(&node_id)) else {
+        return Ok(());
+    };
+    let new_dir = !config.data_dir.join("data.mdb").exists();
+    if new_dir && own != raft_addr && crate::config::port_of(own) != Some(0) {
+        return Err(Error::Config(format!(
+            "initial_peers gives this node ({node_id}) the address {own}, but peers would \
+             reach it at {raft_addr}: make the two the same, or set advertise_addr \
+             (memstore: --advertise-addr) to {own} if that is how they reach it"
+        )));
+    }
+    Ok(())
+}
+
+/// Open the data dir's storage (creating it for a new node) and drop snapshot files a previous
+/// run received but never installed.
+/// `storage` says where the WAL and the snapshot files go; the sizes the config sets win.
+async fn open_storage(
+    node_id: u64,
+    config: &Config,
+    storage: StorageOptions,
+) -> Result<LmdbStorage> {
+    let dir = config.data_dir.clone();
+    let cluster = config.cluster_id.clone();
+    let options = StorageOptions {
+        initial_map_size: config.initial_map_size,
+        entry_cache_bytes: config.entry_cache_bytes,
+        ..storage
+    };
+    let store = crate::blocking::run_blocking(move || {
+        LmdbStorage::open_with(dir, node_id, &cluster, options)
+    })
+    .await??;
+    crate::rpc::remove_stale_snapshot_files(&config.data_dir);
+    Ok(store)
+}
+
+/// Where a node starts from: what it has applied and the replicated framework state.
+struct StartState {
+    /// The data dir already held a node (it resumes).
+    resumed: bool,
+    applied: u64,
+    max_node_id: u64,
+    removed: Vec<u64>,
+    peers: Peers,
+}
+
+/// Load where this node starts: a resumed data dir restores the state machine from its latest
+/// snapshot; a new static member stores the initial snapshot; a node that is no member yet
+/// starts empty, knowing only itself.
+async fn initial_state<F: AbstractStateMachine>(
+    node_id: u64,
+    raft_addr: &str,
+    store: &LmdbStorage,
+    fsm: &mut F,
+    config: &Config,
+    logger: &Logger,
+) -> Result<StartState> {
+    let resumed = {
+        let store = store.clone();
+        crate::blocking::run_blocking(move || store.is_initialized()).await??
+    };
+    let mut start = StartState {
+        resumed,
+        applied: 0,
+        max_node_id: 0,
+        removed: Vec::new(),
+        peers: Peers::new(),
+    };
+    if resumed {
+        start.peers = store.peers()?;
+        if let Some((index, envelope)) = restore_latest_snapshot(store, fsm).await? {
+            start.applied = index;
+            start.max_node_id = envelope.max_node_id;
+            start.removed = envelope.removed;
+            // The snapshot's commit and the writer's commit of the book are separate: a crash
+            // may keep a snapshot newer than the stored book. The log is replayed only after
+            // the snapshot, so take the newer of the two.
+            if index > store.peers_index() {
+                start.peers = envelope.peers;
+            }
+            raise_commit_to(store, index, logger).await?;
+        }
+    } else if let Some(initial) = config.initial_peers.clone() {
+        start.peers = store_initial_snapshot(node_id, raft_addr, initial, store, fsm).await?;
+        start.max_node_id = start.peers.keys().copied().max().unwrap_or(node_id);
+        start.applied = INITIAL_INDEX;
+    } else {
+        // Not a member of anything yet: wait for a leader to add this node
+        // (`join_cluster`), which sends it a snapshot with the members and their addresses.
+        start.peers = Peers::from([(node_id, raft_addr.to_string())]);
+    }
+    Ok(start)
+}
+
+/// A new static cluster starts from a snapshot at index 1 holding the initial members and the
+/// state machine's initial state. Its log then starts at 2, so a node that joins later is
+/// caught up by that (or a later) snapshot: the initial membership is never an entry it would
+/// have to replay. Returns the members (this node's own port 0 replaced by `raft_addr`).
+async fn store_initial_snapshot<F: AbstractStateMachine>(
+    node_id: u64,
+    raft_addr: &str,
+    mut initial: Peers,
+    store: &LmdbStorage,
+    fsm: &mut F,
+) -> Result<Peers> {
+    // Its own entry with port 0 ("any free port"): the address it got.
+    if let Some(own) = initial.get_mut(&node_id) {
+        if crate::config::port_of(own) == Some(0) {
+            *own = raft_addr.to_string();
+        }
+    }
+    let max_node_id = initial.keys().copied().max().unwrap_or(node_id);
+    let voters: Vec<u64> = initial.keys().copied().collect();
+    let conf_state = ConfState::from((voters, vec![]));
+    let envelope = SnapshotEnvelope {
+        index: INITIAL_INDEX,
+        term: INITIAL_TERM,
+        peers: initial.clone(),
+        max_node_id,
+        user_data: fsm.snapshot().await?,
+        ..Default::default()
+    }
+    .with_conf_state(&conf_state);
+    let mut snapshot = Snapshot::default();
+    snapshot.set_data(envelope.encode()?.into());
+    let meta = snapshot.mut_metadata();
+    meta.index = INITIAL_INDEX;
+    meta.term = INITIAL_TERM;
+    meta.set_conf_state(conf_state);
+    let store = store.clone();
+    let book = initial.clone();
+    crate::blocking::run_blocking(move || {
+        store.install_snapshot(snapshot.get_metadata(), snapshot.get_data(), &book)
+    })
+    .await??;
+    Ok(initial)
+}
+
+/// The address the members know this node by, when it restarted on another one (`run` then
+/// asks them to record the new one). Not when it listens on every interface, which no member
+/// could dial.
+fn moved_from(peers: &Peers, node_id: u64, raft_addr: &str, logger: &Logger) -> Option<String> {
+    let known = peers.get(&node_id).filter(|stored| *stored != raft_addr)?;
+    if crate::config::has_unspecified_host(raft_addr) {
+        slog::warn!(logger, "this node listens on every interface at another address than the members know, and no member could dial it: set advertise_addr to the address they should use"; "given" => raft_addr, "known" => known);
+        return None;
+    }
+    Some(known.clone())
+}
+
+/// Open the storage (the WAL and snapshot files on `storage.fs`), load the starting state and
+/// build the run loop and its handle around the transport `make_transport` returns. Nothing
+/// runs yet and nothing listens.
+pub(crate) async fn prepare_node<F: AbstractStateMachine>(
+    node_id: u64,
+    raft_addr: String,
+    mut fsm: F,
+    config: Config,
+    logger: Logger,
+    storage: StorageOptions,
+    make_transport: impl FnOnce(TransportWiring) -> Arc<dyn Transport>,
+) -> Result<PreparedNode<F>> {
+    let store = open_storage(node_id, &config, storage).await?;
+    let start = initial_state(node_id, &raft_addr, &store, &mut fsm, &config, &logger).await?;
+    let moved_from = moved_from(&start.peers, node_id, &raft_addr, &logger);
+    slog::info!(logger, "node prepared"; "resumed" => start.resumed, "configured" => start.resumed || config.initial_peers.is_some(), "applied" => start.applied, "peers" => ?start.peers, "addr" => &raft_addr);
+    let mut prepared = build_run_loop(
+        node_id,
+        raft_addr,
+        fsm,
+        store,
+        start,
+        config,
+        logger,
+        make_transport,
+    )?;
+    prepared.moved_from = moved_from;
+    Ok(prepared)
+}
+
+/// Build raft (over the staged log), the mailbox, the status channels, the address book, the
+/// transport, the run loop and the `RaftNode` handle.
+#[allow(clippy::too_many_arguments)]
+fn build_run_loop<F: AbstractStateMachine>(
+    node_id: u64,
+    raft_addr: String,
+    fsm: F,
+    store: LmdbStorage,
+    start: StartState,
+    config: Config,
+    logger: Logger,
+    make_transport: impl FnOnce(TransportWiring) -> Arc<dyn Transport>,
+) -> Result<PreparedNode<F>> {
+    let mut raft_config = config.raft.clone();
+    raft_config.id = node_id;
+    raft_config.applied = start.applied;
+    let raft_logger = {
+        use slog::Drain;
+        let filtered = slog::LevelFilter::new(logger.clone(), config.raft_log_level);
+        Logger::root(filtered.fuse(), slog::o!())
+    };
+    let raw = RawNode::new(&raft_config, StagedLog::new(store.clone()), &raft_logger)?;
+
+    let (mailbox_tx, mailbox_rx) = mpsc::channel(config.mailbox_capacity);
+    let replayed_until = raw.raft.raft_log.committed;
+    let initial = SoftStatus {
+        role: raw.raft.state.into(),
+        term: raw.raft.term,
+        leader_id: raw.raft.leader_id,
+        commit: raw.raft.raft_log.committed,
+        applied: start.applied,
+    };
+    let (status_tx, status_rx) = watch::channel(initial);
+    let (stopped_tx, stopped_rx) = watch::channel(false);
+    let (started_tx, started_rx) = watch::channel(false);
+    let book = AddressBook::new(start.peers.clone());
+    book.extend_removed(&start.removed);
+    let metrics = Metrics::new(node_id);
+    let faults = Arc::new(FaultInjector::default());
+    let transport = make_transport(TransportWiring {
+        node_id,
+        raft_addr: raft_addr.clone(),
+        config: config.clone(),
+        feedback: crate::node::peer_feedback(mailbox_tx.clone()),
+        metrics: metrics.clone(),
+        faults: faults.clone(),
+        logger: logger.clone(),
+    });
+    transport.set_peers(&start.peers);
+
+    let node = RaftNode {
+        shared: Arc::new(Shared {
+            id: node_id,
+            addr: raft_addr,
+            config: config.clone(),
+            mailbox: mailbox_tx,
+            status: status_rx,
+            stopped: stopped_rx,
+            started: started_rx,
+            peers: book.clone(),
+            clients: ClientPool::default(),
+            query_handler: std::sync::RwLock::new(None),
+            metrics: metrics.clone(),
+            cut_snapshot_stream_after: std::sync::atomic::AtomicU64::new(0),
+            faults,
+        }),
+    };
+    let run_loop = RunLoop {
+        raw,
+        writer: Writer::idle(),
+        store,
+        fsm,
+        mailbox: mailbox_rx,
+        transport,
+        peers: book,
+        config,
+        status_tx,
+        logger,
+        waiters: Waiters::new(node_id),
+        applied: start.applied,
+        replayed_until,
+        commit_dirty: false,
+        pending_conf: None,
+        peers_dirty: false,
+        leader_since: None,
+        max_node_id: start.max_node_id,
+        reads: ReadBatcher::default(),
+        metrics,
+        snapshot_policy: Default::default(),
+        snapshot_task: None,
+        fatal: None,
+        proposal_batch: Vec::new(),
+        proposals_marked_held: 0,
+        vote_withheld_warned_term: 0,
+        leaving: false,
+        left: false,
+        removal: None,
+    };
+    Ok(PreparedNode {
+        node,
+        run_loop,
+        stopped_tx,
+        started_tx,
+        moved_from: None,
+    })
+}
+
 /// A task that ends with its owner.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
@@ -494,23 +647,16 @@ async fn raise_commit_to(store: &LmdbStorage, index: u64, logger: &slog::Logger)
     slog::info!(logger, "stored commit index behind the snapshot; raising it"; "commit" => hs.commit, "snapshot" => index);
     hs.commit = index;
     let store = store.clone();
-    tokio::task::spawn_blocking(move || {
+    crate::blocking::run_blocking(move || {
         store.persist(crate::storage::PersistBatch {
             hard_state: Some(hs),
             ..Default::default()
         })
     })
-    .await
-    .map_err(|e| Error::Other(format!("storage thread failed: {e}")))??;
+    .await??;
     Ok(())
 }
 
-/// Restore `fsm` from the latest stored snapshot, if there is one. Returns the snapshot's index
-/// and its envelope header (without user bytes).
-///
-/// The file is checked (checksum, header, metadata) on a storage thread, reading it in blocks;
-/// the state machine then reads it through `restore_from`, so a restart does not hold the whole
-/// snapshot in memory beside the state rebuilt from it.
 /// The address the members know this node by, as recorded in its data dir (None for a new or
 /// unreadable dir: the open that follows says what is wrong with it).
 fn known_own_addr(dir: &std::path::Path, node_id: u64) -> Option<String> {
@@ -547,12 +693,18 @@ fn advertised_addr(listen: &str, bound: SocketAddr, advertise: Option<&str>) -> 
     }
 }
 
+/// Restore `fsm` from the latest stored snapshot, if there is one. Returns the snapshot's index
+/// and its envelope header (without user bytes).
+///
+/// The file is checked (checksum, header, metadata) on a storage thread, reading it in blocks;
+/// the state machine then reads it through `restore_from`, so a restart does not hold the whole
+/// snapshot in memory beside the state rebuilt from it.
 async fn restore_latest_snapshot<S: LogStore, F: AbstractStateMachine>(
     store: &S,
     fsm: &mut F,
 ) -> Result<Option<(u64, SnapshotEnvelope)>> {
     let store = store.clone();
-    let found = tokio::task::spawn_blocking(move || -> Result<_> {
+    let found = crate::blocking::run_blocking(move || -> Result<_> {
         if let Some((meta, path)) = store.latest_snapshot_file()? {
             let fs = store.file_system();
             let (header, source) = SnapshotEnvelope::open_checked(&*fs, &path, &meta)?;
@@ -571,8 +723,7 @@ async fn restore_latest_snapshot<S: LogStore, F: AbstractStateMachine>(
             SnapshotSource::from_bytes(user_data),
         )))
     })
-    .await
-    .map_err(|e| Error::Other(format!("storage thread failed: {e}")))??;
+    .await??;
     let Some((index, envelope, mut source)) = found else {
         return Ok(None);
     };

@@ -9,7 +9,7 @@
 //! `ProposalDropped` error instead of waiting for its timeout. The commands of a batch entry
 //! (`command_batch`) share one index and have consecutive sequence numbers.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::RangeBounds;
 
 use tokio::sync::oneshot;
@@ -112,7 +112,8 @@ pub struct Waiters {
     node_id: u64,
     nonce: u64,
     next_seq: u64,
-    by_seq: HashMap<u64, Waiter>,
+    /// Ordered, so that failing them all answers in one order (a simulation replays it).
+    by_seq: BTreeMap<u64, Waiter>,
     /// `(index, seq)` of every waiter: several commands of a batch share an index.
     by_index: BTreeSet<(u64, u64)>,
 }
@@ -121,9 +122,9 @@ impl Waiters {
     pub fn new(node_id: u64) -> Self {
         Waiters {
             node_id,
-            nonce: rand::random(),
+            nonce: crate::blocking::random_u64(),
             next_seq: 1,
-            by_seq: HashMap::new(),
+            by_seq: BTreeMap::new(),
             by_index: BTreeSet::new(),
         }
     }
@@ -231,7 +232,7 @@ impl Waiters {
     /// Fail every waiter (shutdown, fatal storage error).
     pub fn fail_all(&mut self, err: impl Fn() -> Error) {
         self.by_index.clear();
-        for (_, w) in self.by_seq.drain() {
+        for (_, w) in std::mem::take(&mut self.by_seq) {
             let _ = w.reply.send(Err(err()));
         }
     }

@@ -99,7 +99,11 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
         let outcome = loop {
             // 1. Wait for the next message or tick, then drain the mailbox without waiting.
             let mut quit = false;
+            // Biased: polled in this order, not at random, so a simulation replays the same
+            // turns from the same seed. Writes done and ticks are bounded in rate, so the
+            // mailbox is never starved.
             tokio::select! {
+                biased;
                 done = self.writer.next_done(), if self.writer.inflight() > 0 => match done {
                     Some(done) => {
                         if let Err(e) = self.on_persisted(done) {
@@ -208,6 +212,12 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
                     return true;
                 }
                 if self.withholds_vote(&msg) {
+                    return false;
+                }
+                if let Some(reason) = malformed_append(&msg) {
+                    // Stepping it would acknowledge entries this node does not hold.
+                    slog::warn!(self.logger, "dropping a malformed append"; "from" => msg.from, "reason" => reason);
+                    self.metrics.malformed_appends.inc();
                     return false;
                 }
                 if let Err(e) = self.raw.step(*msg) {
@@ -474,9 +484,7 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
     async fn persist(&self, batch: PersistBatch) -> Result<()> {
         let store = self.store.clone();
         let metrics = self.metrics.clone();
-        tokio::task::spawn_blocking(move || write_batch(&store, &metrics, batch))
-            .await
-            .map_err(|e| Error::Other(format!("storage thread failed: {e}")))?
+        crate::blocking::run_blocking(move || write_batch(&store, &metrics, batch)).await?
     }
 
     /// Let every queued write land, then write what is still only in memory (the latest commit
@@ -571,4 +579,31 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
             peers,
         }
     }
+}
+
+/// Why an append cannot be stepped, if it cannot: its entries must follow its `index` (the
+/// entry before them) one by one.
+///
+/// raft-rs 0.7 breaks this itself with `batch_append` (on by default here): when a leader
+/// already queued an append without entries for a follower (a commit update at index `i`) and,
+/// in the same Ready, a rejection moves that follower's next index back below `i + 1`, the
+/// entries it sends from there are added to the queued message, which keeps `index = i`
+/// (`Raft::try_batching` only checks that entries follow entries). The follower would then
+/// acknowledge `i + n` while holding less, and the leader could count that towards a commit.
+/// Dropping the message is what losing it would do: the leader sends again.
+fn malformed_append(msg: &raft::eraftpb::Message) -> Option<String> {
+    if msg.get_msg_type() != raft::eraftpb::MessageType::MsgAppend {
+        return None;
+    }
+    let mut expected = msg.index + 1;
+    for entry in msg.get_entries() {
+        if entry.index != expected {
+            return Some(format!(
+                "entry {} where {expected} should follow index {}",
+                entry.index, msg.index
+            ));
+        }
+        expected += 1;
+    }
+    None
 }

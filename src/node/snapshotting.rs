@@ -106,7 +106,7 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
         let data = snapshot.take_data();
         let file = crate::storage::snapshot_file_ref(&data);
         let store = self.store.clone();
-        let (envelope, mut source) = tokio::task::spawn_blocking(move || -> Result<_> {
+        let (envelope, mut source) = crate::blocking::run_blocking(move || -> Result<_> {
             match &file {
                 Some(path) => {
                     let installed = (|| -> Result<_> {
@@ -133,8 +133,7 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
                 }
             }
         })
-        .await
-        .map_err(|e| Error::Other(format!("storage thread failed: {e}")))??;
+        .await??;
         let user_data_len = source.len();
         // Before any entry after the snapshot is applied (which would call this node's waiters
         // at or below it "overwritten").
@@ -214,8 +213,8 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
         let store = self.store.clone();
         // A storage thread writes the file while the state machine serialises into the sink, so
         // the state is never held twice in memory.
-        let (mut sink, chunks) = SnapshotSink::channel();
-        let stored = tokio::task::spawn_blocking(move || -> Result<u64> {
+        let (sink, chunks) = SnapshotSink::channel();
+        let store_file = move || -> Result<u64> {
             let mut chunks = Some(chunks);
             let mut size = 0;
             store.save_snapshot_with(&meta, &mut |file| {
@@ -229,43 +228,10 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
                 store.compact(compact_to)?;
             }
             Ok(size)
-        });
-        // The state machine's bytes: written off the loop from a frozen copy when it can give
-        // one, else serialised here (the loop waits, so the state cannot move meanwhile).
-        let produced = match self.fsm.freeze() {
-            Some(frozen) => {
-                self.snapshot_policy.on_started();
-                let size_report = self.snapshot_policy.size_report();
-                Produced::Frozen(tokio::task::spawn_blocking(move || {
-                    let bytes = write_frozen(frozen, sink)?;
-                    size_report.store(bytes, Ordering::Relaxed);
-                    Ok(bytes)
-                }))
-            }
-            None => {
-                let written = self.fsm.snapshot_to(&mut sink).await;
-                let produced = finish_sink(written, sink);
-                if let Ok(user_bytes) = &produced {
-                    self.snapshot_policy.on_taken(*user_bytes);
-                }
-                Produced::OnLoop(produced)
-            }
         };
         let metrics = self.metrics.clone();
         let logger = self.logger.clone();
-        self.snapshot_task = Some(tokio::spawn(async move {
-            let produced = match produced {
-                Produced::OnLoop(produced) => produced,
-                Produced::Frozen(task) => task.await.unwrap_or_else(|e| {
-                    Err(Error::StateMachine(format!(
-                        "writing the frozen state failed: {e}"
-                    )))
-                }),
-            };
-            let stored = match stored.await {
-                Ok(r) => r,
-                Err(e) => Err(Error::Other(format!("storage thread failed: {e}"))),
-            };
+        let conclude = move |produced: Result<u64>, stored: Result<u64>| {
             let result = match (produced, stored) {
                 (Ok(_), Ok(size)) => {
                     metrics.snapshots.inc();
@@ -283,7 +249,69 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
                 slog::error!(logger, "snapshot not taken; the log is not compacted"; "error" => %e);
             }
             answer(reply, result);
+        };
+        if crate::blocking::is_simulated() {
+            // A simulation runs it all inline, in this order: the state machine's bytes first
+            // (they fit the sink's queue: a simulated state is small), then the file.
+            let produced = match self.fsm.freeze() {
+                Some(frozen) => {
+                    self.snapshot_policy.on_started();
+                    let bytes = write_frozen(frozen, sink);
+                    if let Ok(bytes) = &bytes {
+                        self.snapshot_policy
+                            .size_report()
+                            .store(*bytes, Ordering::Relaxed);
+                    }
+                    bytes
+                }
+                None => self.snapshot_on_loop(sink).await,
+            };
+            conclude(produced, store_file());
+            return;
+        }
+        let stored = tokio::task::spawn_blocking(store_file);
+        // The state machine's bytes: written off the loop from a frozen copy when it can give
+        // one, else serialised here (the loop waits, so the state cannot move meanwhile).
+        let produced = match self.fsm.freeze() {
+            Some(frozen) => {
+                self.snapshot_policy.on_started();
+                let size_report = self.snapshot_policy.size_report();
+                Produced::Frozen(tokio::task::spawn_blocking(move || {
+                    let bytes = write_frozen(frozen, sink)?;
+                    size_report.store(bytes, Ordering::Relaxed);
+                    Ok(bytes)
+                }))
+            }
+            None => Produced::OnLoop(self.snapshot_on_loop(sink).await),
+        };
+        self.snapshot_task = Some(tokio::spawn(async move {
+            let produced = match produced {
+                Produced::OnLoop(produced) => produced,
+                Produced::Frozen(task) => task.await.unwrap_or_else(|e| {
+                    Err(Error::StateMachine(format!(
+                        "writing the frozen state failed: {e}"
+                    )))
+                }),
+            };
+            let stored = match stored.await {
+                Ok(r) => r,
+                Err(e) => Err(Error::Other(format!("storage thread failed: {e}"))),
+            };
+            conclude(produced, stored);
         }));
+    }
+}
+
+impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
+    /// Serialise the state machine into `sink` on the loop (`snapshot_to`); returns its byte
+    /// count.
+    async fn snapshot_on_loop(&mut self, mut sink: SnapshotSink) -> Result<u64> {
+        let written = self.fsm.snapshot_to(&mut sink).await;
+        let produced = finish_sink(written, sink);
+        if let Ok(user_bytes) = &produced {
+            self.snapshot_policy.on_taken(*user_bytes);
+        }
+        produced
     }
 }
 

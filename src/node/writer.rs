@@ -14,8 +14,11 @@
 //!   transaction committed when the batch changed the membership).
 //! - A failed write is reported and the thread stops: the loop treats it as fatal, so nothing
 //!   written after a lost write can ever be acknowledged.
+//!
+//! In a deterministic simulation (see `crate::blocking`) the writer is a task on the
+//! simulation's runtime instead of a thread, writing inline when it is polled; it merges what
+//! is queued the same way.
 
-use std::sync::mpsc as std_mpsc;
 use std::thread::JoinHandle;
 
 use raft::eraftpb::Message;
@@ -47,10 +50,18 @@ pub(crate) struct WriteDone {
 
 /// The run loop's side of the writer thread.
 pub(crate) struct Writer {
-    jobs: Option<std_mpsc::Sender<WriteJob>>,
+    jobs: Option<mpsc::UnboundedSender<WriteJob>>,
     done: Option<mpsc::UnboundedReceiver<WriteDone>>,
     inflight: usize,
-    thread: Option<JoinHandle<()>>,
+    thread: Option<WriterRuns>,
+}
+
+/// Where the writer runs.
+enum WriterRuns {
+    /// Its own thread (always, outside a simulation).
+    Thread(JoinHandle<()>),
+    /// A task on the simulation's runtime.
+    Task(tokio::task::JoinHandle<()>),
 }
 
 impl Writer {
@@ -73,12 +84,29 @@ impl Writer {
         metrics: Metrics,
         node_id: u64,
     ) -> Result<()> {
-        let (job_tx, job_rx) = std_mpsc::channel::<WriteJob>();
+        let (job_tx, mut job_rx) = mpsc::unbounded_channel::<WriteJob>();
         let (done_tx, done_rx) = mpsc::unbounded_channel();
-        let thread = std::thread::Builder::new()
-            .name(format!("pontoon-writer-{node_id}"))
-            .spawn(move || write_loop(store, metrics, job_rx, done_tx))
-            .map_err(|e| Error::Other(format!("cannot start the writer thread: {e}")))?;
+        let thread = if crate::blocking::is_simulated() {
+            WriterRuns::Task(tokio::spawn(async move {
+                while let Some(first) = job_rx.recv().await {
+                    if !write_merged(&store, &metrics, first, &mut job_rx, &done_tx) {
+                        return;
+                    }
+                }
+            }))
+        } else {
+            let thread = std::thread::Builder::new()
+                .name(format!("pontoon-writer-{node_id}"))
+                .spawn(move || {
+                    while let Some(first) = job_rx.blocking_recv() {
+                        if !write_merged(&store, &metrics, first, &mut job_rx, &done_tx) {
+                            return;
+                        }
+                    }
+                })
+                .map_err(|e| Error::Other(format!("cannot start the writer thread: {e}")))?;
+            WriterRuns::Thread(thread)
+        };
         self.jobs = Some(job_tx);
         self.done = Some(done_rx);
         self.inflight = 0;
@@ -118,42 +146,57 @@ impl Writer {
     /// handle held by the writer is released when this returns).
     pub(crate) async fn shutdown(&mut self) {
         self.jobs = None;
-        if let Some(thread) = self.thread.take() {
-            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        match self.thread.take() {
+            Some(WriterRuns::Thread(thread)) => {
+                let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+            }
+            Some(WriterRuns::Task(task)) => {
+                let _ = task.await;
+            }
+            None => {}
         }
     }
 }
 
-fn write_loop<S: LogStore>(
-    store: S,
-    metrics: Metrics,
-    jobs: std_mpsc::Receiver<WriteJob>,
-    done: mpsc::UnboundedSender<WriteDone>,
-) {
-    while let Ok(first) = jobs.recv() {
-        let mut number = first.number;
-        let mut count = 1;
-        let mut messages = first.persisted_messages;
-        let mut batch = first.batch;
-        // Everything queued meanwhile goes into the same transaction.
-        while let Ok(next) = jobs.try_recv() {
-            number = next.number;
-            count += 1;
-            messages.extend(next.persisted_messages);
-            batch.merge(next.batch);
-        }
-        let result = write_batch(&store, &metrics, batch);
-        let failed = result.is_err();
-        let report = WriteDone {
-            number,
-            jobs: count,
-            messages,
-            result,
-        };
-        if done.send(report).is_err() || failed {
-            return;
+impl Drop for Writer {
+    /// A simulated writer ends with its run loop, as a writer thread ends with its process:
+    /// a crash of a simulated node must not leave its writer holding the store.
+    fn drop(&mut self) {
+        if let Some(WriterRuns::Task(task)) = &self.thread {
+            task.abort();
         }
     }
+}
+
+/// Write `first` and every job queued behind it as one transaction, and report it. False when
+/// the writer must stop (the write failed, or the run loop is gone).
+fn write_merged<S: LogStore>(
+    store: &S,
+    metrics: &Metrics,
+    first: WriteJob,
+    jobs: &mut mpsc::UnboundedReceiver<WriteJob>,
+    done: &mpsc::UnboundedSender<WriteDone>,
+) -> bool {
+    let mut number = first.number;
+    let mut count = 1;
+    let mut messages = first.persisted_messages;
+    let mut batch = first.batch;
+    // Everything queued meanwhile goes into the same transaction.
+    while let Ok(next) = jobs.try_recv() {
+        number = next.number;
+        count += 1;
+        messages.extend(next.persisted_messages);
+        batch.merge(next.batch);
+    }
+    let result = write_batch(store, metrics, batch);
+    let failed = result.is_err();
+    let report = WriteDone {
+        number,
+        jobs: count,
+        messages,
+        result,
+    };
+    done.send(report).is_ok() && !failed
 }
 
 /// Write one batch (one transaction, one fsync) and count it in the metrics; an empty batch

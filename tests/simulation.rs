@@ -1,0 +1,108 @@
+//! The bounded sweep of deterministic cluster simulations (see `pontoon::simulation`): many
+//! seeds, each a whole cluster under faults for 60 simulated seconds, every check after every
+//! run. `PONTOON_SIM_RUNS` and `PONTOON_SIM_FROM` change how many seeds and from where;
+//! `examples/simulate.rs` runs an open-ended sweep.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use pontoon::simulation::{replay_command, run, RunReport, SimOptions};
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[test]
+fn a_sweep_of_simulated_clusters_passes_every_check() {
+    let runs = env_u64("PONTOON_SIM_RUNS", 500);
+    let from = env_u64("PONTOON_SIM_FROM", 1);
+    let next = Arc::new(AtomicU64::new(from));
+    let reports: Arc<Mutex<Vec<RunReport>>> = Arc::default();
+    let started = Instant::now();
+    let workers: Vec<_> = (0..2)
+        .map(|_| {
+            let (next, reports) = (next.clone(), reports.clone());
+            std::thread::spawn(move || loop {
+                let seed = next.fetch_add(1, Ordering::SeqCst);
+                if seed >= from + runs {
+                    return;
+                }
+                let report = run(&SimOptions::new(seed));
+                reports.lock().unwrap().push(report);
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.join().expect("a sweep thread");
+    }
+    let reports = std::mem::take(&mut *reports.lock().unwrap());
+    let wall = started.elapsed();
+    assert_eq!(reports.len() as u64, runs);
+    let failed: Vec<&RunReport> = reports.iter().filter(|r| !r.passed()).collect();
+    let mut message = String::new();
+    for report in &failed {
+        message.push_str(&format!(
+            "seed {} failed:\n  {}\n  replay: {}\n",
+            report.seed,
+            report.failures.join("\n  "),
+            replay_command(report.seed)
+        ));
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {runs} runs failed:\n{message}",
+        failed.len()
+    );
+    // Every run must have done what the sweep claims: faults for at least 60 simulated
+    // seconds, client traffic, and each kind of fault somewhere in the sweep.
+    for report in &reports {
+        assert!(
+            report.simulated >= Duration::from_secs(60),
+            "seed {}: {:?}",
+            report.seed,
+            report.simulated
+        );
+        assert!(
+            report.acknowledged_writes > 0,
+            "seed {}: no write acknowledged",
+            report.seed
+        );
+    }
+    let total = |f: fn(&RunReport) -> u32| reports.iter().map(f).sum::<u32>();
+    let kinds = [
+        ("partitions", total(|r| r.faults.partitions)),
+        ("flaky links", total(|r| r.faults.flaky_links)),
+        ("crashes", total(|r| r.faults.crashes)),
+        ("pauses", total(|r| r.faults.pauses)),
+        ("leader transfers", total(|r| r.faults.transfers)),
+        ("snapshots", total(|r| r.faults.snapshots)),
+        ("membership changes", total(|r| r.faults.membership_changes)),
+    ];
+    for (kind, count) in kinds {
+        assert!(count > 0, "the sweep injected no {kind}");
+    }
+    let snapshots: u64 = reports.iter().map(|r| r.network.snapshots).sum();
+    assert!(snapshots > 0, "no snapshot was ever sent to a follower");
+    eprintln!(
+        "{runs} runs in {:.1} s ({:.2} runs/s); faults: {kinds:?}; snapshots sent: {snapshots}",
+        wall.as_secs_f64(),
+        runs as f64 / wall.as_secs_f64()
+    );
+}
+
+#[test]
+fn one_seed_replays_the_same_run() {
+    let seed = env_u64("PONTOON_SIM_FROM", 1) + 7;
+    let first = run(&SimOptions::new(seed));
+    let second = run(&SimOptions::new(seed));
+    assert!(first.ops > 0);
+    assert_eq!(
+        (first.fingerprint, first.ops, &first.failures),
+        (second.fingerprint, second.ops, &second.failures),
+        "seed {seed} ran differently twice"
+    );
+}
