@@ -207,7 +207,11 @@ pub async fn run(
                 } else {
                     ""
                 },
-                if hit_leader { " (leader)" } else { "" },
+                if hit_leader && cut < 3 {
+                    " (leader)"
+                } else {
+                    ""
+                },
                 if cut_ok { "" } else { " (cache clear FAILED)" }
             ));
             tokio::time::sleep(hold).await;
