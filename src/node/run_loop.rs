@@ -595,15 +595,49 @@ fn malformed_append(msg: &raft::eraftpb::Message) -> Option<String> {
     if msg.get_msg_type() != raft::eraftpb::MessageType::MsgAppend {
         return None;
     }
-    let mut expected = msg.index + 1;
-    for entry in msg.get_entries() {
-        if entry.index != expected {
-            return Some(format!(
+    (msg.index + 1..)
+        .zip(msg.get_entries())
+        .find(|(expected, entry)| entry.index != *expected)
+        .map(|(expected, entry)| {
+            format!(
                 "entry {} where {expected} should follow index {}",
                 entry.index, msg.index
-            ));
-        }
-        expected += 1;
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::malformed_append;
+    use raft::eraftpb::{Entry, Message, MessageType};
+
+    fn append(index: u64, entries: &[u64]) -> Message {
+        let mut msg = Message::default();
+        msg.set_msg_type(MessageType::MsgAppend);
+        msg.index = index;
+        msg.set_entries(
+            entries
+                .iter()
+                .map(|i| Entry {
+                    index: *i,
+                    ..Default::default()
+                })
+                .collect(),
+        );
+        msg
     }
-    None
+
+    #[test]
+    fn an_append_whose_entries_follow_its_index_is_stepped() {
+        assert_eq!(malformed_append(&append(10, &[11, 12])), None);
+        assert_eq!(malformed_append(&append(10, &[])), None);
+    }
+
+    #[test]
+    fn an_append_batched_onto_a_later_index_is_dropped() {
+        // What raft-rs' try_batching builds: a commit-only append at 10, then entries from 9.
+        let reason = malformed_append(&append(10, &[9, 10])).expect("malformed");
+        assert!(reason.contains("entry 9 where 11"), "{reason}");
+        assert!(malformed_append(&append(10, &[11, 13])).is_some());
+    }
 }
