@@ -66,7 +66,8 @@ pub(crate) struct RunLoop<S: LogStore, F: AbstractStateMachine> {
     /// When the next automatic snapshot is due (see `snapshotting`).
     pub(crate) snapshot_policy: SnapshotPolicy,
     /// The background task storing the latest snapshot, if one is running.
-    pub(crate) snapshot_task: Option<tokio::task::JoinHandle<()>>,
+    /// Its answer is a failure that stops the node (see `take_snapshot_failure`), if any.
+    pub(crate) snapshot_task: Option<tokio::task::JoinHandle<Option<Error>>>,
     /// A fatal error found while handling a command; the loop stops with it.
     pub(crate) fatal: Option<Error>,
     /// Proposals accepted and not yet appended: this turn's, and any the append window holds
@@ -135,6 +136,9 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
                     Err(_) => break,
                 }
             }
+            if let Some(e) = self.take_snapshot_failure().await {
+                self.fatal.get_or_insert(e);
+            }
             if let Some(e) = self.fatal.take() {
                 if !matches!(e, Error::Removed { .. }) {
                     slog::crit!(self.logger, "run loop stopped by a fatal error"; "error" => %e);
@@ -168,12 +172,21 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
                 break Ok(());
             }
         };
-        let flushed = self.flush().await;
+        // Only a loop that stops on request writes what is still in memory: after a fatal error
+        // that state may be what failed (a snapshot raft adopted and the store did not; found
+        // by the simulation, which then saw raft-rs refuse the data dir on restart because its
+        // commit index was past its log).
+        let flushed = if outcome.is_ok() {
+            self.flush().await
+        } else {
+            Ok(())
+        };
         self.writer.shutdown().await;
         // Let a snapshot being stored finish, so the storage is closed when `run` returns.
-        if let Some(task) = self.snapshot_task.take() {
-            let _ = task.await;
-        }
+        let snapshot_failure = match self.snapshot_task.take() {
+            Some(task) => task.await.ok().flatten(),
+            None => None,
+        };
         self.waiters.fail_all(|| {
             Error::OutcomeUnknown("the node stopped before the entry was applied".into())
         });
@@ -186,7 +199,9 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
         self.reads.fail_all();
         self.status_tx.send_modify(|s| s.role = Role::Stopped);
         slog::info!(self.logger, "run loop stopped"; "applied" => self.applied);
-        outcome.and(flushed)
+        outcome
+            .and(flushed)
+            .and(snapshot_failure.map_or(Ok(()), Err))
     }
 
     /// Handle one mailbox command; true when it asks the loop to stop.

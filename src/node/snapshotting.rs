@@ -99,7 +99,9 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
         // A snapshot of our own still being stored would otherwise land after this one and
         // name an older state as the latest.
         if let Some(task) = self.snapshot_task.take() {
-            let _ = task.await;
+            if let Ok(Some(e)) = task.await {
+                return Err(e);
+            }
         }
         let meta = snapshot.take_metadata();
         let index = meta.index;
@@ -231,7 +233,16 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
         };
         let metrics = self.metrics.clone();
         let logger = self.logger.clone();
-        let conclude = move |produced: Result<u64>, stored: Result<u64>| {
+        // A failed write or sync of the store stops the node (see `stops_the_node`); the
+        // returned error is the loop's to stop with.
+        let conclude = move |produced: Result<u64>, stored: Result<u64>| -> Option<Error> {
+            let (stored, fatal) = match stored {
+                Err(e) if stops_the_node(&e) => (
+                    Err(Error::Other(format!("snapshot not stored: {e}"))),
+                    Some(e),
+                ),
+                other => (other, None),
+            };
             let result = match (produced, stored) {
                 (Ok(_), Ok(size)) => {
                     metrics.snapshots.inc();
@@ -249,6 +260,7 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
                 slog::error!(logger, "snapshot not taken; the log is not compacted"; "error" => %e);
             }
             answer(reply, result);
+            fatal
         };
         if crate::blocking::is_simulated() {
             // A simulation runs it all inline, in this order: the state machine's bytes first
@@ -266,7 +278,9 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
                 }
                 None => self.snapshot_on_loop(sink).await,
             };
-            conclude(produced, store_file());
+            if let Some(e) = conclude(produced, store_file()) {
+                self.fatal.get_or_insert(e);
+            }
             return;
         }
         let stored = tokio::task::spawn_blocking(store_file);
@@ -297,9 +311,29 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
                 Ok(r) => r,
                 Err(e) => Err(Error::Other(format!("storage thread failed: {e}"))),
             };
-            conclude(produced, stored);
+            conclude(produced, stored)
         }));
     }
+
+    /// A snapshot stored in the background that failed in a way that stops the node: take its
+    /// error (the loop stops with it). Called every turn; never waits.
+    pub(crate) async fn take_snapshot_failure(&mut self) -> Option<Error> {
+        if !self.snapshot_task.as_ref().is_some_and(|t| t.is_finished()) {
+            return None;
+        }
+        let task = self.snapshot_task.take()?;
+        task.await.ok().flatten()
+    }
+}
+
+/// Whether a failure to store a snapshot stops the node: a failed write or sync of the disk (a
+/// sync is never retried, and the disk may have dropped what it said it wrote) or damage found,
+/// as for the log. A refusal (an older snapshot, a state machine that stopped writing) does not.
+fn stops_the_node(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Storage(StorageError::Io(_) | StorageError::Lmdb(_) | StorageError::Corrupt { .. })
+    )
 }
 
 impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {

@@ -283,6 +283,18 @@ impl SimNetwork {
                 file.write_all_at(&bytes, 0)?;
                 Ok(target)
             });
+            // Like the gRPC receiver, hand raft only a file whose envelope checks out (the
+            // sender's disk may have read back bad bytes); otherwise the transfer failed.
+            let copied = copied.and_then(|target| {
+                let meta = msg.get_snapshot().get_metadata();
+                match crate::storage::SnapshotEnvelope::verify_file_in(&*to_fs, &target, meta) {
+                    Ok(()) => Ok(target),
+                    Err(e) => {
+                        let _ = to_fs.remove_file(&target);
+                        Err(std::io::Error::other(e.to_string()))
+                    }
+                }
+            });
             let Ok(target) = copied else {
                 drop(state);
                 self.report_snapshot(from, to, SnapshotStatus::Failure);

@@ -24,7 +24,7 @@ use crate::cluster::{prepare_node, PreparedNode};
 use crate::config::{Config, Peers};
 use crate::error::{Error, Result};
 use crate::node::RaftNode;
-use crate::storage::fs::{CrashReport, FileSystem, SimDisk};
+use crate::storage::fs::{CrashReport, FileSystem, SimDisk, SimFaults};
 use crate::storage::StorageOptions;
 
 /// WAL segment size of simulated nodes.
@@ -107,6 +107,10 @@ pub struct SimNode {
     pub removed: bool,
     /// How often it was started.
     pub starts: u32,
+    /// Its disk failed calls or returned bad reads since the machine last lost power (an injected
+    /// disk fault): its page cache may hold writes whose sync failed, which no later sync will
+    /// write, so a node that stops on the fault must not restart before the machine reboots.
+    pub disk_fault: bool,
 }
 
 impl SimNode {
@@ -120,7 +124,25 @@ impl SimNode {
             running: None,
             removed: false,
             starts: 0,
+            disk_fault: false,
         }
+    }
+
+    /// Make its disk fail calls or return bad reads (`SimFaults::default()` heals it).
+    pub fn set_disk_faults(&mut self, faults: SimFaults) {
+        self.disk_fault |= faults != SimFaults::default();
+        self.disk.set_faults(faults);
+    }
+
+    /// The machine of a node that stopped on a disk error reboots: what its disk did not sync
+    /// may be gone (a failed sync may have dropped it), and the disk works again.
+    pub fn reboot_after_disk_error(&mut self) -> CrashReport {
+        self.disk.set_faults(SimFaults::default());
+        // The power cut ends the disk fault too (the machine comes back healthy), so the restart
+        // is not refused by the fault.
+        self.disk.set_faults(SimFaults::default());
+        self.disk_fault = false;
+        self.disk.crash()
     }
 
     /// Its handle, while it runs.
@@ -237,6 +259,10 @@ impl SimNode {
         for _ in 0..4 {
             tokio::task::yield_now().await;
         }
+        // The power cut ends the disk fault too (the machine comes back healthy), so the restart
+        // is not refused by the fault.
+        self.disk.set_faults(SimFaults::default());
+        self.disk_fault = false;
         self.disk.crash()
     }
 

@@ -24,6 +24,7 @@ use super::workload::{Directory, Recorded, Workload};
 use crate::config::{Config, Peers};
 use crate::error::{Error, Result};
 use crate::node::{single_change, RaftNode, Role};
+use crate::storage::fs::SimFaults;
 
 /// The initial voters; `JOINER` joins during the run.
 const INITIAL: [u64; 3] = [1, 2, 3];
@@ -73,6 +74,12 @@ pub struct FaultCounts {
     pub snapshots: u32,
     /// Membership changes proposed (add learner, promote, remove).
     pub membership_changes: u32,
+    /// Periods in which a node's disk failed syncs or writes (EIO, ENOSPC) or returned bad
+    /// bytes on reads.
+    pub disk_faults: u32,
+    /// Nodes that stopped on such a fault (as they must: a failed sync is never retried) and
+    /// were restarted from what their disk kept.
+    pub disk_stops: u32,
 }
 
 /// The outcome of one run.
@@ -221,6 +228,7 @@ fn run_dir(seed: u64) -> PathBuf {
 enum Undo {
     Heal,
     HealthyLinks,
+    HealthyDisk(u64),
     Restart(u64),
     Resume(u64),
 }
@@ -323,6 +331,15 @@ impl Cluster {
             match ended {
                 Ended::Returned(Ok(())) => {}
                 Ended::Returned(Err(Error::Removed { .. })) => node.removed = true,
+                Ended::Returned(Err(e)) if node.disk_fault && stopped_by_disk(&e) => {
+                    // What it must do: stop, and start again from what its disk kept.
+                    let lost = node.reboot_after_disk_error();
+                    self.faults.disk_stops += 1;
+                    self.faults.unsynced_lost +=
+                        (lost.writes_lost + lost.writes_torn + lost.names_reverted) as u32;
+                    let at = Instant::now() + Duration::from_millis(500);
+                    self.undo.push((at, Undo::Restart(*id)));
+                }
                 Ended::Returned(Err(e)) => self
                     .failures
                     .push(format!("node {id} stopped on its own: {e}")),
@@ -452,6 +469,41 @@ impl Cluster {
                         tokio::time::timeout(Duration::from_secs(10), node.make_snapshot()).await;
                 }));
             }
+            80..=85 => {
+                let running: Vec<u64> = self
+                    .nodes
+                    .values()
+                    .filter(|n| n.is_running() && !n.disk_fault)
+                    .map(|n| n.id)
+                    .collect();
+                let Some(id) = self.pick(&running) else {
+                    return;
+                };
+                let faults = match self.rng.random_range(0..4) {
+                    0 => SimFaults {
+                        sync_error_ppm: 1_000_000,
+                        ..SimFaults::default()
+                    },
+                    1 => SimFaults {
+                        write_error_ppm: 300_000,
+                        ..SimFaults::default()
+                    },
+                    2 => SimFaults {
+                        no_space_ppm: 1_000_000,
+                        ..SimFaults::default()
+                    },
+                    _ => SimFaults {
+                        bad_read_ppm: 300_000,
+                        ..SimFaults::default()
+                    },
+                };
+                if let Some(node) = self.nodes.get_mut(&id) {
+                    node.set_disk_faults(faults);
+                }
+                self.faults.disk_faults += 1;
+                let at = now + Duration::from_millis(self.rng.random_range(200..3_000));
+                self.undo.push((at, Undo::HealthyDisk(id)));
+            }
             90..=99 => self.change_membership().await,
             _ => {}
         }
@@ -531,6 +583,11 @@ impl Cluster {
                 self.partitioned = false;
             }
             Undo::HealthyLinks => self.net.set_faults(LinkFaults::healthy()),
+            Undo::HealthyDisk(id) => {
+                if let Some(node) = self.nodes.get_mut(&id) {
+                    node.set_disk_faults(SimFaults::default());
+                }
+            }
             Undo::Restart(id) => self.start(id).await,
             Undo::Resume(id) => {
                 if let Some(node) = self.nodes.get_mut(&id) {
@@ -788,4 +845,11 @@ async fn describe_stuck(cluster: &Cluster) -> String {
         "the members did not converge within {CONVERGE_WITHIN:?} after healing: {}",
         parts.join("; ")
     )
+}
+
+/// Whether a node's error is the stop an injected disk fault must cause: a storage error, or a
+/// log read that kept failing its checksum.
+fn stopped_by_disk(e: &Error) -> bool {
+    let text = e.to_string();
+    matches!(e, Error::Storage(_)) || text.contains("simulated") || text.contains("checksum")
 }
