@@ -110,8 +110,8 @@ fn segments_rotate_and_compaction_deletes_the_old_ones() {
     assert_eq!(wal.term(201), Some(4));
 }
 
-#[test]
-fn a_torn_tail_is_cut_off_and_the_log_goes_on() {
+/// A WAL holding entries 1..=5 in one segment, closed; its dir and that segment.
+fn five_entries_in_one_segment() -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().expect("tempdir");
     let wal = open_wal(dir.path(), false, 1 << 20).expect("open");
     wal.append(&(1..=5).map(|i| entry(i, 1)).collect::<Vec<_>>(), None)
@@ -121,6 +121,12 @@ fn a_torn_tail_is_cut_off_and_the_log_goes_on() {
         .expect("list")
         .pop()
         .expect("a segment");
+    (dir, last)
+}
+
+#[test]
+fn a_torn_tail_is_cut_off_and_the_log_goes_on() {
+    let (dir, last) = five_entries_in_one_segment();
     let intact = records_end(&last);
     assert!(
         intact < std::fs::metadata(&last).expect("meta").len(),
@@ -283,15 +289,7 @@ fn a_damaged_record_followed_by_intact_ones_in_the_newest_segment_is_refused() {
 /// beginning (sectors reach the disk in any order): that is still a torn tail, cut on open.
 #[test]
 fn the_remains_of_a_torn_last_write_after_zeros_are_cut() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let wal = open_wal(dir.path(), false, 1 << 20).expect("open");
-    wal.append(&(1..=5).map(|i| entry(i, 1)).collect::<Vec<_>>(), None)
-        .expect("append");
-    drop(wal);
-    let (_, last) = list_segments(&fs::RealFs, dir.path())
-        .expect("list")
-        .pop()
-        .expect("a segment");
+    let (dir, last) = five_entries_in_one_segment();
     let intact = records_end(&last);
     let f = std::fs::OpenOptions::new()
         .write(true)
