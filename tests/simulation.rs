@@ -116,9 +116,11 @@ fn one_seed_replays_the_same_run() {
 /// - 22, 77: a node whose disk returned bad bytes failed to install the leader's snapshot and
 ///   stopped, but on its way out wrote the commit index raft had taken from that snapshot; on
 ///   restart raft-rs refused a commit index past the log (a fatal stop no longer writes).
+/// - 100645: a leader applied its own removal and raft-rs 0.7 panicked when its next write was
+///   persisted (it looked up its own progress); a removed leader now steps down at once.
 #[test]
 fn seeds_that_once_failed_pass_every_check() {
-    for seed in [253, 22, 77] {
+    for seed in [253, 22, 77, 100645] {
         let report = run(&SimOptions::new(seed));
         assert!(
             report.passed(),

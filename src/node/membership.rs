@@ -273,6 +273,15 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
         let before = conf_members(&self.raw.raft.prs().conf().to_conf_state());
         let cs = self.raw.apply_conf_change(&cc)?;
         let after = conf_members(&cs);
+        if self.raw.raft.state == raft::StateRole::Leader
+            && self.raw.raft.prs().get(self.raw.raft.id).is_none()
+        {
+            // A leader that applied its own removal steps down: raft-rs 0.7 would otherwise
+            // look up its own progress when its next write is persisted, find none, and panic
+            // (found by the simulation, seed 100645). The remaining voters elect a leader.
+            let term = self.raw.raft.term;
+            self.raw.raft.become_follower(term, raft::INVALID_ID);
+        }
         let removed: Vec<u64> = before.difference(&after).copied().collect();
         self.note_removed(&removed, index);
         for (id, addr) in ctx.addrs {
