@@ -163,10 +163,7 @@ impl RaftServiceClient {
                     return Ok(peers);
                 }
                 Ok(Err(status)) if status.code() == tonic::Code::PermissionDenied => {
-                    return Err(Error::ClusterMismatch {
-                        local: self.cluster_id.clone(),
-                        remote: crate::transport::wire::refusing_cluster(&status),
-                    })
+                    return Err(self.cluster_mismatch(&status))
                 }
                 Ok(Err(status)) => last_error = format!("{addr}: {}", status.message()),
                 Err(_) => last_error = format!("{addr}: timed out"),
@@ -197,11 +194,9 @@ impl RaftServiceClient {
 
     /// A linearizable read answered by the cluster's query handler (`Raft::set_query_handler`).
     pub async fn read(&self, query: Vec<u8>) -> Result<Vec<u8>> {
-        self.call(Call::Read(query)).await.map_err(|e| match e {
-            // A read has no side effect: "unknown outcome" is just a timeout.
-            Error::OutcomeUnknown(m) => Error::timeout(format!("read: {m}")),
-            other => other,
-        })
+        self.call(Call::Read(query))
+            .await
+            .map_err(|e| read_error("read", e))
     }
 
     /// A linearizable read answered by the member at `addr`, which need not be the leader: it
@@ -218,16 +213,19 @@ impl RaftServiceClient {
             .await
             .map_err(|_| Error::timeout(format!("read from {addr}")))?
             .map_err(|status| match status.code() {
-                tonic::Code::PermissionDenied => Error::ClusterMismatch {
-                    local: self.cluster_id.clone(),
-                    remote: crate::transport::wire::refusing_cluster(&status),
-                },
+                tonic::Code::PermissionDenied => self.cluster_mismatch(&status),
                 _ => Error::Transport(format!("{addr}: {}", status.message())),
             })?;
-        crate::node::response_to_result(reply.into_inner()).map_err(|e| match e {
-            Error::OutcomeUnknown(m) => Error::timeout(format!("read from {addr}: {m}")),
-            other => other,
-        })
+        crate::node::response_to_result(reply.into_inner())
+            .map_err(|e| read_error(&format!("read from {addr}"), e))
+    }
+
+    /// A member's refusal of a request for another cluster, naming both clusters.
+    fn cluster_mismatch(&self, status: &tonic::Status) -> Error {
+        Error::ClusterMismatch {
+            local: self.cluster_id.clone(),
+            remote: crate::transport::wire::refusing_cluster(status),
+        }
     }
 
     async fn call(&self, call: Call) -> Result<Vec<u8>> {
@@ -279,10 +277,7 @@ impl RaftServiceClient {
                     })
                 }
                 Ok(Err(status)) if status.code() == tonic::Code::PermissionDenied => {
-                    return Err(Error::ClusterMismatch {
-                        local: self.cluster_id.clone(),
-                        remote: crate::transport::wire::refusing_cluster(&status),
-                    })
+                    return Err(self.cluster_mismatch(&status))
                 }
                 Ok(Err(status)) if crate::node::is_connect_error(&status) => {
                     // Never reached that member: safe to try another.
@@ -340,5 +335,13 @@ impl RaftServiceClient {
                 self.deadline
             )))
         }
+    }
+}
+
+/// A read has no side effect: an "unknown outcome" from it is just a timeout of `what`.
+fn read_error(what: &str, e: Error) -> Error {
+    match e {
+        Error::OutcomeUnknown(m) => Error::timeout(format!("{what}: {m}")),
+        other => other,
     }
 }
