@@ -453,7 +453,20 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
         self.raw
             .store()
             .read_ahead(low, high, Some(max))
-            .map_err(|e| Error::Other(format!("cannot read committed entries {low}..{high}: {e}")))
+            .map_err(|e| match e {
+                // A storage failure stays typed: its message names the file and the offset.
+                raft::Error::Store(raft::StorageError::Other(inner)) => {
+                    match inner.downcast::<crate::storage::StorageError>() {
+                        Ok(storage) => Error::Storage(*storage),
+                        Err(other) => Error::Other(format!(
+                            "cannot read committed entries {low}..{high}: {other}"
+                        )),
+                    }
+                }
+                other => Error::Other(format!(
+                    "cannot read committed entries {low}..{high}: {other}"
+                )),
+            })
     }
 
     /// 7. The writer made Readies up to `done.number` durable: send the messages that waited
