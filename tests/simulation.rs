@@ -118,9 +118,13 @@ fn one_seed_replays_the_same_run() {
 ///   restart raft-rs refused a commit index past the log (a fatal stop no longer writes).
 /// - 100645: a leader applied its own removal and raft-rs 0.7 panicked when its next write was
 ///   persisted (it looked up its own progress); a removed leader now steps down at once.
+/// - 201973: a node restoring a verified snapshot file got zeros on the second read, and the
+///   simulated state machine decoded them as an empty state: the node lost every write below
+///   the snapshot. A snapshot source now checks its bytes against the CRC again as the state
+///   machine reads them, and the node stops on a mismatch.
 #[test]
 fn seeds_that_once_failed_pass_every_check() {
-    for seed in [253, 22, 77, 100645] {
+    for seed in [253, 22, 77, 100645, 201973] {
         let report = run(&SimOptions::new(seed));
         assert!(
             report.passed(),

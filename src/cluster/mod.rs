@@ -727,7 +727,7 @@ async fn restore_latest_snapshot<S: LogStore, F: AbstractStateMachine>(
     let Some((index, envelope, mut source)) = found else {
         return Ok(None);
     };
-    fsm.restore_from(&mut source).await?;
+    crate::node::restore_checked(fsm, &mut source).await?;
     Ok(Some((index, envelope)))
 }
 

@@ -80,4 +80,5 @@ pub(crate) use rpc_results::{
     describe_status, is_connect_error, response_to_result, result_to_response,
 };
 pub(crate) use run_loop::RunLoop;
+pub(crate) use snapshotting::restore_checked;
 pub(crate) use writer::Writer;

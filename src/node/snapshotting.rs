@@ -90,6 +90,21 @@ impl SnapshotPolicy {
     }
 }
 
+/// Restore `fsm` from `source`, then check that the bytes it read are the ones verified before
+/// (see `SnapshotSource`). A mismatch is a `Corrupt` storage error, which stops the node: the
+/// state just restored is never used.
+pub(crate) async fn restore_checked<F: AbstractStateMachine>(
+    fsm: &mut F,
+    source: &mut SnapshotSource,
+) -> Result<()> {
+    let restored = fsm.restore_from(source).await;
+    source.finish().map_err(|e| StorageError::Corrupt {
+        what: "snapshot file".into(),
+        reason: e.to_string(),
+    })?;
+    restored
+}
+
 impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
     /// Install a snapshot from the leader. Its data is usually a reference to the file the
     /// transport received it into (see `storage::snapshot_file_ref`): the storage thread checks
@@ -140,7 +155,7 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
         // Before any entry after the snapshot is applied (which would call this node's waiters
         // at or below it "overwritten").
         self.waiters.on_snapshot_installed(index);
-        self.fsm.restore_from(&mut source).await?;
+        restore_checked(&mut self.fsm, &mut source).await?;
         self.snapshot_policy.on_taken(user_data_len);
         self.max_node_id = envelope.max_node_id;
         self.peers.extend_removed(&envelope.removed);

@@ -20,6 +20,7 @@ use crate::error::{Error, Result};
 pub(crate) use snapshot_sink::SnapshotChunk;
 pub use snapshot_sink::SnapshotSink;
 pub use snapshot_source::SnapshotSource;
+pub(crate) use snapshot_source::UserBytesCrc;
 
 /// A command in the replicated log. pontoon never looks inside: it stores and replicates the bytes.
 ///
@@ -87,8 +88,10 @@ pub trait AbstractStateMachine: Clone + Send + Sync + 'static {
     ///
     /// Override it for a large state: `source` reads the snapshot file through a buffer while
     /// you deserialise, so the file's bytes are never held in memory beside the state rebuilt
-    /// from them. The snapshot's checksum was verified before this is called. Like `restore`,
-    /// it runs on the run loop.
+    /// from them. The snapshot's checksum was verified before this is called, and is checked
+    /// again as you read: bytes that differ from the verified ones make the last read fail
+    /// with `InvalidData` (and stop the node even if you stopped reading early). Like
+    /// `restore`, it runs on the run loop.
     async fn restore_from(&mut self, source: &mut SnapshotSource) -> Result<()> {
         let bytes = source
             .read_all()

@@ -7,8 +7,14 @@
 //! the state it rebuilds is held.
 //!
 //! Invariants:
-//! - The checksum and header of the snapshot were verified before the source is made; the bytes
-//!   it yields are exactly what the state machine's `snapshot` / `snapshot_to` produced.
+//! - The checksum and header of the snapshot were verified before the source is made.
+//! - A file is read twice (once to verify it, once to restore from it), and a disk can return
+//!   bad bytes on the second read as well as on the first. So a file source checks its bytes
+//!   against the envelope's CRC again as they pass: reaching the end with a mismatch is an
+//!   `InvalidData` error instead of end of file, and `finish` (which the node calls after
+//!   `restore_from`, whether or not the state machine read to the end) drains and checks what
+//!   was left. A state machine restored from bytes that fail the check is never used: the node
+//!   stops, and restores again from the stored file when it restarts.
 //! - It yields exactly `len()` bytes, then end of file.
 
 use std::io::{self, BufReader, Read};
@@ -27,18 +33,34 @@ pub struct SnapshotSource {
 
 enum Inner {
     /// A snapshot file positioned at its first user byte, limited to the user bytes.
-    File(BufReader<io::Take<FileCursor>>),
+    File(BufReader<CheckedUserBytes>),
     /// Bytes already in memory (a snapshot that arrived inline). `read_all` hands them over
     /// without copying.
     Bytes(io::Cursor<Vec<u8>>),
 }
 
 impl SnapshotSource {
-    /// The `len` user bytes that follow `file`'s current position.
-    pub(crate) fn from_file(file: FileCursor, len: u64) -> Self {
+    /// The `len` user bytes that follow `file`'s current position, checked against `crc` as
+    /// they are read.
+    pub(crate) fn from_file(file: FileCursor, len: u64, crc: UserBytesCrc) -> Self {
+        let checked = CheckedUserBytes {
+            file: file.take(len),
+            crc,
+            failed: false,
+        };
         SnapshotSource {
-            inner: Inner::File(BufReader::with_capacity(READ_BUFFER_BYTES, file.take(len))),
+            inner: Inner::File(BufReader::with_capacity(READ_BUFFER_BYTES, checked)),
             len,
+        }
+    }
+
+    /// Read whatever the state machine left unread and check the whole against the envelope's
+    /// CRC. An `InvalidData` error means the bytes read differ from the ones verified before:
+    /// the state restored from them must not be used.
+    pub(crate) fn finish(&mut self) -> io::Result<()> {
+        match &mut self.inner {
+            Inner::File(reader) => io::copy(reader, &mut io::sink()).map(|_| ()),
+            Inner::Bytes(_) => Ok(()),
         }
     }
 
@@ -77,6 +99,50 @@ impl SnapshotSource {
     }
 }
 
+/// The envelope's checksum as of the first user byte, and the CRC the whole must reach.
+pub(crate) struct UserBytesCrc {
+    /// The CRC state after every envelope byte before the user bytes.
+    pub(crate) before: crc32fast::Hasher,
+    /// The CRC stored in the envelope.
+    pub(crate) expected: u32,
+}
+
+/// The user bytes of a file, hashed as they are read; end of file is reported only when the
+/// hash matches.
+struct CheckedUserBytes {
+    file: io::Take<FileCursor>,
+    crc: UserBytesCrc,
+    /// Set once the end was reached with a mismatch: every later read fails too.
+    failed: bool,
+}
+
+impl CheckedUserBytes {
+    fn mismatch() -> io::Error {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            "snapshot file read back different bytes than were verified (checksum mismatch)",
+        )
+    }
+}
+
+impl Read for CheckedUserBytes {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.failed {
+            return Err(Self::mismatch());
+        }
+        let n = self.file.read(buf)?;
+        if n > 0 {
+            self.crc.before.update(&buf[..n]);
+            return Ok(n);
+        }
+        if !buf.is_empty() && self.crc.before.clone().finalize() != self.crc.expected {
+            self.failed = true;
+            return Err(Self::mismatch());
+        }
+        Ok(0)
+    }
+}
+
 impl Read for SnapshotSource {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match &mut self.inner {
@@ -99,13 +165,53 @@ mod tests {
         let mut file = FileCursor::new(disk);
         file.write_all(b"headerUSER BYTEStrailer").expect("write");
         file.seek(SeekFrom::Start(6)).expect("seek");
-        let mut source = SnapshotSource::from_file(file, 10);
+        let mut source = SnapshotSource::from_file(file, 10, crc_of(b"USER BYTES"));
         assert_eq!(source.len(), 10);
         let mut first = [0u8; 4];
         source.read_exact(&mut first).expect("read");
         assert_eq!(&first, b"USER");
         assert_eq!(source.read_all().expect("rest"), b" BYTES");
         assert_eq!(source.read(&mut first).expect("end"), 0, "then end of file");
+    }
+
+    fn crc_of(user_bytes: &[u8]) -> UserBytesCrc {
+        UserBytesCrc {
+            before: crc32fast::Hasher::new(),
+            expected: crc32fast::hash(user_bytes),
+        }
+    }
+
+    fn file_holding(bytes: &[u8]) -> FileCursor {
+        let disk: std::sync::Arc<dyn crate::storage::fs::DiskFile> =
+            std::sync::Arc::new(tempfile::tempfile().expect("temp file"));
+        let mut file = FileCursor::new(disk);
+        file.write_all(bytes).expect("write");
+        file.seek(SeekFrom::Start(0)).expect("seek");
+        file
+    }
+
+    #[test]
+    fn bytes_that_differ_from_the_verified_ones_fail_at_the_end_instead_of_restoring() {
+        // What the disk returns on the second read differs from what was verified.
+        let verified = crc_of(b"state");
+        let mut whole = SnapshotSource::from_file(file_holding(b"\0\0\0\0\0"), 5, verified);
+        let err = whole.read_all().expect_err("a mismatch is not end of file");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(whole.finish().is_err(), "and stays an error");
+
+        // A state machine that stops reading before the end: `finish` still checks it all.
+        let mut partial =
+            SnapshotSource::from_file(file_holding(b"\0\0\0\0\0"), 5, crc_of(b"state"));
+        let mut first = [0u8; 2];
+        partial
+            .read_exact(&mut first)
+            .expect("a read before the end succeeds");
+        assert!(partial.finish().is_err());
+
+        let mut good = SnapshotSource::from_file(file_holding(b"state"), 5, crc_of(b"state"));
+        let mut first = [0u8; 2];
+        good.read_exact(&mut first).expect("read");
+        good.finish().expect("the verified bytes pass");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::StorageError;
 use crate::config::Peers;
-use crate::state_machine::{SnapshotChunk, SnapshotSource};
+use crate::state_machine::{SnapshotChunk, SnapshotSource, UserBytesCrc};
 
 /// Current envelope version.
 pub const ENVELOPE_VERSION: u32 = 1;
@@ -215,17 +215,21 @@ impl SnapshotEnvelope {
     ) -> Result<(SnapshotEnvelope, SnapshotSource), StorageError> {
         let file = fs.open(path, crate::storage::fs::OpenMode::Read)?;
         let mut cursor = crate::storage::fs::FileCursor::new(file);
-        let (header, user_len) = Self::check_file(&mut cursor, meta)?;
-        Ok((header, SnapshotSource::from_file(cursor, user_len)))
+        let (header, user_len, user_crc) = Self::check_file(&mut cursor, meta)?;
+        Ok((
+            header,
+            SnapshotSource::from_file(cursor, user_len, user_crc),
+        ))
     }
 
     /// Verify the envelope in `file` like `verify_file`, then leave the file positioned at the
-    /// first user byte. Returns the header (with empty `user_data`) and the number of user
-    /// bytes.
+    /// first user byte. Returns the header (with empty `user_data`), the number of user bytes,
+    /// and the checksum of the bytes before them with the stored CRC, so a second read of the
+    /// user bytes can be checked too (see `SnapshotSource`).
     fn check_file(
         file: &mut crate::storage::fs::FileCursor,
         meta: &raft::eraftpb::SnapshotMetadata,
-    ) -> Result<(SnapshotEnvelope, u64), StorageError> {
+    ) -> Result<(SnapshotEnvelope, u64, UserBytesCrc), StorageError> {
         use std::io::Read;
         let corrupt = |reason: String| StorageError::Corrupt {
             what: "snapshot envelope".into(),
@@ -258,6 +262,7 @@ impl SnapshotEnvelope {
         let mut hasher = crc32fast::Hasher::new();
         hasher.update(&fixed[12..]);
         hasher.update(&header_bytes);
+        let before_user_bytes = hasher.clone();
         let mut block = vec![0u8; 1 << 20];
         loop {
             let n = file.read(&mut block)?;
@@ -274,7 +279,11 @@ impl SnapshotEnvelope {
             .into_envelope(Vec::new());
         envelope.check_matches(meta)?;
         file.seek(SeekFrom::Start(user_start))?;
-        Ok((envelope, file_len - user_start))
+        let user_crc = UserBytesCrc {
+            before: before_user_bytes,
+            expected: stored_crc,
+        };
+        Ok((envelope, file_len - user_start, user_crc))
     }
 
     /// Decode and verify an envelope; any mismatch is a `Corrupt` error, never a panic.
@@ -545,7 +554,7 @@ mod tests {
             ..Default::default()
         };
         meta.mut_conf_state().voters = vec![1];
-        let (header, user_len) = SnapshotEnvelope::check_file(&mut file, &meta).expect("checks");
+        let (header, user_len, _) = SnapshotEnvelope::check_file(&mut file, &meta).expect("checks");
         assert_eq!(user_len, envelope.user_data.len() as u64);
         assert_eq!(header.peers, envelope.peers);
         assert!(header.user_data.is_empty());
