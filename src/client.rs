@@ -1,14 +1,15 @@
 //! Talking to pontoon nodes over gRPC from outside: `RaftServiceClient` for applications, and
 //! `connect_lazy` for a raw gRPC client to one node (the channels live in `transport`).
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use crate::config::{Config, Peers};
 use crate::error::{Error, Result};
-use crate::node::NodeStatus;
+use crate::node::{NodeStatus, SessionCommand};
+use crate::session::{Session, SessionRoute};
 use crate::tls::TlsConfig;
 use crate::transport::pb;
 pub use crate::transport::{connect_lazy, ClientPool};
@@ -19,14 +20,18 @@ pub use crate::transport::{connect_lazy, ClientPool};
 ///
 /// Proposal outcomes: `Ok` means committed and applied. `Timeout` / `OutcomeUnknown` mean the
 /// entry may or may not be applied; a proposal is never re-sent after it may have reached a
-/// leader, so a retry is the caller's decision.
+/// leader, so a retry is the caller's decision. For commands that must apply exactly once
+/// through retries, use a session (`RaftServiceClient::session`).
+///
+/// Clones share the connections and what the client learnt about the leader.
+#[derive(Clone)]
 pub struct RaftServiceClient {
     cluster_id: String,
     config: Config,
     deadline: Duration,
     max_attempts: usize,
-    known: Mutex<Vec<String>>,
-    leader: Mutex<Option<String>>,
+    known: Arc<Mutex<Vec<String>>>,
+    leader: Arc<Mutex<Option<String>>>,
     pool: ClientPool,
 }
 
@@ -69,8 +74,8 @@ impl ClientBuilder {
             config,
             deadline: self.deadline,
             max_attempts: 64,
-            known: Mutex::new(self.addrs),
-            leader: Mutex::new(None),
+            known: Arc::new(Mutex::new(self.addrs)),
+            leader: Arc::new(Mutex::new(None)),
             pool: ClientPool::default(),
         };
         client.get_peers().await?;
@@ -81,6 +86,15 @@ impl ClientBuilder {
 enum Call {
     Propose(Vec<u8>),
     Read(Vec<u8>),
+    OpenSession(u64),
+    SessionCommand(SessionCommand, Vec<u8>),
+}
+
+impl Call {
+    /// Whether the call may append to the log (so an unanswered one has an unknown outcome).
+    fn writes(&self) -> bool {
+        !matches!(self, Call::Read(_))
+    }
 }
 
 const CLIENT_BACKOFF_START: Duration = Duration::from_millis(20);
@@ -192,6 +206,13 @@ impl RaftServiceClient {
         self.call(Call::Propose(data)).await
     }
 
+    /// Open a client session on the cluster: commands sent through it (`Session::propose`)
+    /// apply exactly once however often they are retried. Window: the leader's
+    /// `Config::session_window`. Opening is always safe to retry.
+    pub async fn session(&self) -> Result<Session> {
+        Session::open(Box::new(self.clone()), 0).await
+    }
+
     /// A linearizable read answered by the cluster's query handler (`Raft::set_query_handler`).
     pub async fn read(&self, query: Vec<u8>) -> Result<Vec<u8>> {
         self.call(Call::Read(query))
@@ -258,6 +279,7 @@ impl RaftServiceClient {
                     let request = pb::ProposeRequest {
                         cluster_id: self.cluster_id.clone(),
                         data: data.clone(),
+                        ..Default::default()
                     };
                     tokio::time::timeout(remaining, grpc.propose(request)).await
                 }
@@ -268,12 +290,30 @@ impl RaftServiceClient {
                     };
                     tokio::time::timeout(remaining, grpc.read(request)).await
                 }
+                Call::OpenSession(window) => {
+                    let request = pb::OpenSessionRequest {
+                        cluster_id: self.cluster_id.clone(),
+                        window: *window,
+                    };
+                    tokio::time::timeout(remaining, grpc.open_session(request)).await
+                }
+                Call::SessionCommand(header, data) => {
+                    let request = pb::ProposeRequest {
+                        cluster_id: self.cluster_id.clone(),
+                        data: data.clone(),
+                        session_id: header.session,
+                        seq: header.seq,
+                        acked: header.acked,
+                    };
+                    tokio::time::timeout(remaining, grpc.propose(request)).await
+                }
             };
             let reply = match reply {
                 Err(_) => {
-                    return Err(match call {
-                        Call::Propose(_) => Error::write_timeout("proposal through the client"),
-                        Call::Read(_) => Error::timeout("read through the client"),
+                    return Err(if call.writes() {
+                        Error::write_timeout("proposal through the client")
+                    } else {
+                        Error::timeout("read through the client")
                     })
                 }
                 Ok(Err(status)) if status.code() == tonic::Code::PermissionDenied => {
@@ -290,11 +330,10 @@ impl RaftServiceClient {
                     continue;
                 }
                 Ok(Err(status)) => {
-                    return Err(match call {
-                        Call::Propose(_) => {
-                            Error::OutcomeUnknown(format!("{addr}: {}", status.message()))
-                        }
-                        Call::Read(_) => Error::Transport(format!("{addr}: {}", status.message())),
+                    return Err(if call.writes() {
+                        Error::OutcomeUnknown(format!("{addr}: {}", status.message()))
+                    } else {
+                        Error::Transport(format!("{addr}: {}", status.message()))
                     })
                 }
                 Ok(Ok(reply)) => reply.into_inner(),
@@ -343,5 +382,21 @@ fn read_error(what: &str, e: Error) -> Error {
     match e {
         Error::OutcomeUnknown(m) => Error::timeout(format!("{what}: {m}")),
         other => other,
+    }
+}
+
+#[crate::async_trait]
+impl SessionRoute for RaftServiceClient {
+    async fn open(&self, window: u64) -> Result<(u64, u64)> {
+        let answer = self.call(Call::OpenSession(window)).await?;
+        crate::node::decode_opened(&answer)
+    }
+
+    async fn send(&self, header: SessionCommand, data: Vec<u8>) -> Result<Vec<u8>> {
+        self.call(Call::SessionCommand(header, data)).await
+    }
+
+    fn retry_timeout(&self) -> Duration {
+        self.config.session_retry_timeout
     }
 }

@@ -78,6 +78,18 @@ pub struct Config {
     pub max_message_bytes: usize,
     /// Largest proposal accepted, in bytes.
     pub max_proposal_bytes: usize,
+    /// At most this many client sessions are open at once; opening one more expires the one
+    /// used least recently. Carried in each session's opening entry, so the leader's value at
+    /// that time is what every node applies. With `session_window` it bounds the session
+    /// table: at most `max_sessions * session_window` answers are kept.
+    pub max_sessions: u64,
+    /// The largest window a session may have: how many of its commands may be unanswered at
+    /// once (a session that asks for more gets this many). Each node keeps the answers of at
+    /// most this many commands per session.
+    pub session_window: u64,
+    /// How long `Session::propose` keeps retrying one command before it answers
+    /// `OutcomeUnknown` (the command then applied at most once).
+    pub session_retry_timeout: Duration,
     /// At most this many user commands proposed in the same turn share one log entry (see
     /// `node::command_batch`); a batch also stays within `raft.max_size_per_msg` bytes. Packing
     /// saves raft's per-entry work on every node under load; `apply` still sees each command on
@@ -169,6 +181,9 @@ impl Default for Config {
             max_batch_messages: 512,
             max_message_bytes: 64 * 1024 * 1024,
             max_proposal_bytes: 8 * 1024 * 1024,
+            max_sessions: 4096,
+            session_window: 64,
+            session_retry_timeout: Duration::from_secs(30),
             max_commands_per_entry: 1024,
             append_window: 0,
             raft_log_level: slog::Level::Warning,
@@ -233,6 +248,11 @@ impl Config {
         }
         if self.tick_interval.is_zero() {
             return Err(Error::Config("tick_interval must be above zero".into()));
+        }
+        if self.max_sessions == 0 || self.session_window == 0 {
+            return Err(Error::Config(
+                "max_sessions and session_window must be above zero".into(),
+            ));
         }
         if self.snapshot_threshold == 0 {
             return Err(Error::Config(

@@ -40,6 +40,13 @@ pub enum Error {
     /// or may not be committed. Check before retrying a non-idempotent command.
     #[error("outcome unknown: {0}; the entry may still be applied")]
     OutcomeUnknown(String),
+    /// A command sent through a session (`Session::propose`) was refused because its session
+    /// is no longer open (it expired, least recently used first, or was closed) or its answer
+    /// is no longer kept. This attempt applied nothing and the command will never be applied
+    /// under its (session, number) again; if an earlier attempt of the same command got no
+    /// answer, that attempt may have applied it once. Open a new session for new commands.
+    #[error("session expired: {0}; open a new session")]
+    SessionExpired(String),
     /// Another membership change is not applied yet (or the cluster is in a joint configuration
     /// that must be left first). Retry when it is applied.
     #[error("a membership change is in progress: {0}")]

@@ -4,8 +4,9 @@
 //! three files imported each other in a ring and a reader could not tell which layer owned what.
 //! The rules, from the top down:
 //!
-//! 1. user API: `lib.rs`, `cluster`, `client`, `debug`, and `rpc` (the gRPC service, which calls
-//!    into the node the way an application does), and `simulation` (drives whole nodes)
+//! 1. user API: `lib.rs`, `cluster`, `client`, `session`, `debug`, and `rpc` (the gRPC service,
+//!    which calls into the node the way an application does), and `simulation` (drives whole
+//!    nodes)
 //! 2. node: the run loop and its handle (`node`)
 //! 3. `storage`, `transport`, `state_machine`
 //! 4. `config`, `error`, `tls`, `metrics`
@@ -41,7 +42,10 @@ const KNOWN_CYCLES: &[&[&str]] = &[
 fn layer(module: &[String]) -> usize {
     match module.first().map(String::as_str) {
         None
-        | Some("cluster" | "client" | "debug" | "rpc" | "layers" | "fuzzing" | "simulation") => 1,
+        | Some(
+            "cluster" | "client" | "session" | "debug" | "rpc" | "layers" | "fuzzing"
+            | "simulation",
+        ) => 1,
         Some("node") => 2,
         Some("storage" | "transport" | "state_machine") => 3,
         Some(_) => 4,

@@ -30,6 +30,7 @@ mod layers;
 pub mod metrics;
 pub mod node;
 pub mod rpc;
+mod session;
 #[cfg(feature = "simulation")]
 #[doc(hidden)]
 pub mod simulation;
@@ -42,6 +43,7 @@ pub use cluster::{default_logger, JoinTicket, Raft};
 pub use config::{parse_peers, Config, Peers};
 pub use error::{Error, Result};
 pub use node::{NodeStatus, PeerRole, RaftNode, Role, SoftStatus};
+pub use session::Session;
 pub use state_machine::{
     AbstractLogEntry, AbstractStateMachine, FrozenState, SnapshotSink, SnapshotSource,
 };

@@ -397,6 +397,7 @@ async fn rpc_from_another_cluster_or_malformed_is_refused_and_node_keeps_serving
         .propose(pb::ProposeRequest {
             cluster_id: "someone-else".into(),
             data: b"x".to_vec(),
+            ..Default::default()
         })
         .await
         .expect_err("foreign proposal refused");

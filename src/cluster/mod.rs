@@ -20,7 +20,9 @@ use tokio::sync::{mpsc, watch};
 use crate::config::{Config, Peers};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::node::{RaftNode, ReadBatcher, Role, RunLoop, Shared, SoftStatus, Waiters, Writer};
+use crate::node::{
+    RaftNode, ReadBatcher, Role, RunLoop, SessionTable, Shared, SoftStatus, Waiters, Writer,
+};
 use crate::rpc::RaftGrpcService;
 use crate::state_machine::{AbstractStateMachine, SnapshotSource};
 use crate::storage::{LmdbStorage, LogStore, SnapshotEnvelope, StagedLog, StorageOptions};
@@ -351,6 +353,8 @@ struct StartState {
     max_node_id: u64,
     removed: Vec<u64>,
     peers: Peers,
+    /// The client session table as of `applied` (see `node::session_table`).
+    sessions: SessionTable,
 }
 
 /// Load where this node starts: a resumed data dir restores the state machine from its latest
@@ -374,6 +378,7 @@ async fn initial_state<F: AbstractStateMachine>(
         max_node_id: 0,
         removed: Vec::new(),
         peers: Peers::new(),
+        sessions: SessionTable::default(),
     };
     if resumed {
         start.peers = store.peers()?;
@@ -381,6 +386,7 @@ async fn initial_state<F: AbstractStateMachine>(
             start.applied = index;
             start.max_node_id = envelope.max_node_id;
             start.removed = envelope.removed;
+            start.sessions = SessionTable::decode(&envelope.sessions)?;
             // The snapshot's commit and the writer's commit of the book are separate: a crash
             // may keep a snapshot newer than the stored book. The log is replayed only after
             // the snapshot, so take the newer of the two.
@@ -573,6 +579,7 @@ fn build_run_loop<F: AbstractStateMachine>(
         peers_dirty: false,
         leader_since: None,
         max_node_id: start.max_node_id,
+        sessions: start.sessions,
         reads: ReadBatcher::default(),
         metrics,
         snapshot_policy: Default::default(),

@@ -170,6 +170,28 @@ pub(crate) fn view_entry(
                         Err(e) => format!("unreadable batch: {e}"),
                     },
                 ),
+                Some(c) if c.kind == EntryKind::Session => (
+                    "session",
+                    match command_batch::decode(data) {
+                        Ok(batch) => {
+                            commands = batch
+                                .iter()
+                                .map(|c| match crate::node::SessionCommand::split(c) {
+                                    Ok((h, payload)) => format!(
+                                        "session {} #{} (acked {}): {}",
+                                        h.session,
+                                        h.seq,
+                                        h.acked,
+                                        render(payload)
+                                    ),
+                                    Err(e) => format!("unreadable session command: {e}"),
+                                })
+                                .collect();
+                            summarize_batch(&commands)
+                        }
+                        Err(e) => format!("unreadable session entry: {e}"),
+                    },
+                ),
                 Some(c) if c.kind == EntryKind::Framework => (
                     "framework",
                     match FrameworkEntry::decode(data) {
@@ -179,6 +201,13 @@ pub(crate) fn view_entry(
                         Ok(FrameworkEntry::UpdateAddress { node_id, raft_addr }) => {
                             format!("node {node_id} is now reached at {raft_addr}")
                         }
+                        Ok(FrameworkEntry::OpenSession {
+                            max_sessions,
+                            window,
+                        }) => format!(
+                            "open a client session (window {window}, at most {max_sessions} sessions)"
+                        ),
+
                         Err(e) => format!("unreadable framework entry: {e}"),
                     },
                 ),

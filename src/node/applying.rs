@@ -8,6 +8,7 @@ use raft::eraftpb::{Entry, EntryType};
 use super::command_batch;
 use super::proposals::{EntryKind, FrameworkEntry, ProposalContext};
 use super::run_loop::RunLoop;
+use super::session_table::{SessionCommand, Verdict};
 use crate::error::{Error, Result};
 use crate::state_machine::AbstractStateMachine;
 use crate::storage::LogStore;
@@ -26,6 +27,8 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
                     let data = entry.take_data();
                     if let Some(batch) = ctx.filter(|c| c.kind == EntryKind::UserBatch) {
                         self.apply_batch(index, batch, &data).await;
+                    } else if let Some(batch) = ctx.filter(|c| c.kind == EntryKind::Session) {
+                        self.apply_session_batch(index, batch, &data).await;
                     } else {
                         let result = match ctx {
                             Some(c) if c.kind == EntryKind::Framework => {
@@ -82,6 +85,52 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
         }
     }
 
+    /// Apply the session commands of an entry through the session table: a number the table
+    /// already holds is answered from it, a refused one gets its definite error, and only a new
+    /// one reaches the state machine. Like `apply_batch`, an entry that cannot be decoded is
+    /// skipped the same way on every node.
+    pub(super) async fn apply_session_batch(
+        &mut self,
+        index: u64,
+        ctx: ProposalContext,
+        data: &[u8],
+    ) {
+        let commands = match command_batch::decode(data) {
+            Ok(commands) => commands,
+            Err(e) => {
+                slog::error!(self.logger, "skipping a session entry that cannot be decoded"; "index" => index, "error" => %e);
+                let why = e.to_string();
+                self.waiters
+                    .on_applied_unreadable(index, || Error::Encoding(why.clone()));
+                return;
+            }
+        };
+        let mut results = Vec::with_capacity(commands.len());
+        for command in commands {
+            let result = match SessionCommand::split(command) {
+                Err(e) => Err(e),
+                Ok((header, payload)) => match self.sessions.check(index, &header) {
+                    Verdict::Apply => {
+                        self.metrics.applied_commands.inc();
+                        let result = self
+                            .fsm
+                            .apply(payload.to_vec())
+                            .await
+                            .map_err(applied_with_error);
+                        self.sessions.record(&header, &result);
+                        result
+                    }
+                    Verdict::Answer(answer) => {
+                        self.metrics.session_commands_not_reapplied.inc();
+                        answer
+                    }
+                },
+            };
+            results.push(result);
+        }
+        self.waiters.on_applied_batch(index, Some(ctx), results);
+    }
+
     /// Apply one of pontoon's own entries. Deterministic: every node derives the same answer.
     pub(super) fn apply_framework(&mut self, index: u64, data: &[u8]) -> Result<Vec<u8>> {
         match FrameworkEntry::decode(data)? {
@@ -97,6 +146,14 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
             FrameworkEntry::UpdateAddress { node_id, raft_addr } => {
                 self.apply_address_update(index, node_id, raft_addr)?;
                 Ok(Vec::new())
+            }
+            FrameworkEntry::OpenSession {
+                max_sessions,
+                window,
+            } => {
+                let id = self.sessions.open(index, max_sessions, window);
+                self.metrics.sessions_open.set(self.sessions.len() as i64);
+                Ok(super::session_table::opened_answer(id, window.max(1)))
             }
         }
     }

@@ -10,8 +10,10 @@
 //!
 //! # Format
 //!
-//! `count: u32 BE`, then `count` times `len: u32 BE | len bytes`, and nothing after. A batch
-//! always holds at least two commands (a single proposal stays a plain user entry).
+//! `count: u32 BE`, then `count` times `len: u32 BE | len bytes`, and nothing after. A user
+//! batch always holds at least two commands (a single proposal stays a plain user entry). The
+//! commands of client sessions (`EntryKind::Session`) always travel in this format, even one
+//! alone, and are packed only with each other.
 //!
 //! # Invariants
 //!
@@ -140,8 +142,8 @@ impl EntryPacker {
         let Some((last, _)) = self.run.last() else {
             return false;
         };
-        ctx.kind == EntryKind::User
-            && last.kind == EntryKind::User
+        matches!(ctx.kind, EntryKind::User | EntryKind::Session)
+            && last.kind == ctx.kind
             && last.seq.checked_add(1) == Some(ctx.seq)
             && self.run.len() < self.max_commands
             && self.run_bytes + WORD + len <= self.max_bytes
@@ -149,9 +151,10 @@ impl EntryPacker {
 
     fn flush(&mut self, entries: &mut Vec<Entry>) {
         self.run_bytes = WORD;
+        let session = self.run.first().map(|(ctx, _)| ctx.kind) == Some(EntryKind::Session);
         let entry = match self.run.len() {
             0 => return,
-            1 => {
+            1 if !session => {
                 let Some((ctx, data)) = self.run.pop() else {
                     return;
                 };
@@ -163,7 +166,11 @@ impl EntryPacker {
             }
             _ => {
                 let first = ProposalContext {
-                    kind: EntryKind::UserBatch,
+                    kind: if session {
+                        EntryKind::Session
+                    } else {
+                        EntryKind::UserBatch
+                    },
                     ..self.run[0].0
                 };
                 let data = encode(self.run.iter().map(|(_, d)| d.as_slice()));
@@ -242,6 +249,32 @@ mod tests {
         assert_eq!(kind_of(&entries[1]), Framework);
         assert_eq!(kind_of(&entries[2]), User);
         assert_eq!(entries[2].data.as_ref(), &[5, 5]);
+    }
+
+    #[test]
+    fn session_commands_pack_only_with_each_other_and_always_as_a_batch() {
+        use EntryKind::{Session, User, UserBatch};
+        let (offsets, entries) = pack(
+            100,
+            1 << 20,
+            &[
+                (Session, 1, 2),
+                (Session, 2, 2),
+                (User, 3, 1),
+                (User, 4, 1),
+                (Session, 5, 3),
+            ],
+        );
+        assert_eq!(offsets, vec![0, 0, 1, 1, 2]);
+        assert_eq!(
+            entries.iter().map(kind_of).collect::<Vec<_>>(),
+            vec![Session, UserBatch, Session]
+        );
+        // Alone, a session command is still a batch of one: apply reads one format.
+        assert_eq!(
+            decode(&entries[2].data).expect("batch"),
+            vec![[5u8; 3].as_slice()]
+        );
     }
 
     #[test]

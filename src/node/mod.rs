@@ -57,6 +57,7 @@ mod relocation;
 mod removal;
 mod rpc_results;
 mod run_loop;
+mod session_table;
 mod snapshotting;
 mod status;
 mod submit;
@@ -80,5 +81,7 @@ pub(crate) use rpc_results::{
     describe_status, is_connect_error, response_to_result, result_to_response,
 };
 pub(crate) use run_loop::RunLoop;
+pub(crate) use session_table::SessionTable;
+pub(crate) use session_table::{decode_opened, SessionCommand};
 pub(crate) use snapshotting::restore_checked;
 pub(crate) use writer::Writer;

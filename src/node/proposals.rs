@@ -26,6 +26,10 @@ pub enum EntryKind {
     /// Several user commands in one entry (see `command_batch`); the context's `seq` is the
     /// first command's, the others follow consecutively.
     UserBatch = 2,
+    /// One or more commands of client sessions in one entry, in the batch format of
+    /// `command_batch` (even a single one); each is a `SessionCommand` header and the user's
+    /// bytes, applied through the session table (`session_table`).
+    Session = 3,
 }
 
 /// Commands pontoon replicates for itself through the log.
@@ -38,6 +42,11 @@ pub enum FrameworkEntry {
     /// it updates every node's address book, durably; an id that is not a member is refused
     /// the same way everywhere. Appended after `ReserveId` so older logs decode unchanged.
     UpdateAddress { node_id: u64, raft_addr: String },
+    /// Open a client session. Its id is this entry's log index. The limits ride in the entry
+    /// so every node keeps the same sessions whatever its own configuration: at most
+    /// `max_sessions` open (the least recently used expires first), and `window`
+    /// unacknowledged commands for this one (see `session_table`).
+    OpenSession { max_sessions: u64, window: u64 },
 }
 
 impl FrameworkEntry {
@@ -83,6 +92,7 @@ impl ProposalContext {
             0 => EntryKind::User,
             1 => EntryKind::Framework,
             2 => EntryKind::UserBatch,
+            3 => EntryKind::Session,
             _ => return None,
         };
         let word = |i: usize| {

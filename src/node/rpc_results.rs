@@ -26,6 +26,7 @@ pub(crate) fn response_to_result(response: pb::ProposeResponse) -> Result<Vec<u8
         Ok(S::Unauthorized) => Err(Error::Unauthorized(msg)),
         Ok(S::TimedOut) => Err(Error::timeout(msg)),
         Ok(S::Unreachable) => Err(Error::Transport(msg)),
+        Ok(S::SessionExpired) => Err(Error::SessionExpired(msg)),
         Ok(S::ShuttingDown) => Err(Error::NotLeader {
             leader_id: None,
             leader_addr: None,
@@ -76,6 +77,7 @@ pub(crate) fn result_to_response(result: Result<Vec<u8>>) -> pb::ProposeResponse
             ..
         } => S::TimedOut,
         Error::Transport(_) => S::Unreachable,
+        Error::SessionExpired(_) => S::SessionExpired,
         _ => S::UnknownOutcome,
     };
     resp.set_status(status);
@@ -90,6 +92,7 @@ pub(crate) fn result_to_response(result: Result<Vec<u8>>) -> pb::ProposeResponse
         | Error::Busy(m)
         | Error::Unauthorized(m)
         | Error::OutcomeUnknown(m)
+        | Error::SessionExpired(m)
         | Error::Transport(m) => m,
         Error::Timeout {
             what,

@@ -18,6 +18,7 @@ use super::address_book::AddressBook;
 use super::mailbox::Command;
 use super::proposals::{ProposalContext, Waiters};
 use super::reads::ReadBatcher;
+use super::session_table::SessionTable;
 use super::snapshotting::SnapshotPolicy;
 use super::status::{NodeStatus, PeerRole, PeerStatus, Role, SoftStatus};
 use super::writer::{write_batch, WriteDone, WriteJob, Writer};
@@ -61,6 +62,8 @@ pub(crate) struct RunLoop<S: LogStore, F: AbstractStateMachine> {
     pub(crate) leader_since: Option<tokio::time::Instant>,
     /// The highest node id ever admitted or reserved (replicated state, see `FrameworkEntry`).
     pub(crate) max_node_id: u64,
+    /// The client sessions and the answers they keep (replicated state, see `session_table`).
+    pub(crate) sessions: SessionTable,
     pub(crate) reads: ReadBatcher,
     pub(crate) metrics: Metrics,
     /// When the next automatic snapshot is due (see `snapshotting`).

@@ -23,6 +23,7 @@ use raft::eraftpb::{Snapshot, SnapshotMetadata};
 use tokio::sync::oneshot;
 
 use super::run_loop::RunLoop;
+use super::session_table::SessionTable;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::state_machine::{AbstractStateMachine, FrozenState, SnapshotSink, SnapshotSource};
@@ -152,12 +153,17 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
         })
         .await??;
         let user_data_len = source.len();
+        // Decoded before anything changes: a table that cannot be read stops the node with the
+        // state machine untouched.
+        let sessions = SessionTable::decode(&envelope.sessions)?;
         // Before any entry after the snapshot is applied (which would call this node's waiters
         // at or below it "overwritten").
         self.waiters.on_snapshot_installed(index);
         restore_checked(&mut self.fsm, &mut source).await?;
         self.snapshot_policy.on_taken(user_data_len);
         self.max_node_id = envelope.max_node_id;
+        self.sessions = sessions;
+        self.metrics.sessions_open.set(self.sessions.len() as i64);
         self.peers.extend_removed(&envelope.removed);
         self.peers.replace(envelope.peers);
         self.prune_redirects();
@@ -216,6 +222,10 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
             peers: self.peers.to_peers(),
             max_node_id: self.max_node_id,
             removed: self.peers.removed(),
+            sessions: match self.sessions.encode() {
+                Ok(bytes) => bytes,
+                Err(e) => return answer(reply, Err(e)),
+            },
             ..Default::default()
         }
         .with_conf_state(&conf_state);

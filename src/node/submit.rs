@@ -13,6 +13,7 @@ use super::handle::{RaftNode, LEADER_POLL_CAP};
 use super::mailbox::Command;
 use super::proposals::{EntryKind, FrameworkEntry};
 use super::rpc_results::{is_connect_error, response_to_result, status_to_error};
+use super::session_table::{decode_opened, SessionCommand};
 use crate::config::Peers;
 use crate::error::{Error, Result};
 use crate::transport::pb;
@@ -21,9 +22,24 @@ use crate::transport::pb;
 #[derive(Clone)]
 pub(super) enum Submission {
     Entry(Vec<u8>),
-    ConfChange { cc: ConfChangeV2, addrs: Peers },
+    ConfChange {
+        cc: ConfChangeV2,
+        addrs: Peers,
+    },
     ReserveId(String),
-    UpdateAddress { node_id: u64, raft_addr: String },
+    UpdateAddress {
+        node_id: u64,
+        raft_addr: String,
+    },
+    /// Open a client session with at most this window (0: the leader's `session_window`).
+    OpenSession {
+        window: u64,
+    },
+    /// A command of a client session.
+    SessionCommand {
+        header: SessionCommand,
+        data: Vec<u8>,
+    },
 }
 
 impl RaftNode {
@@ -58,6 +74,42 @@ impl RaftNode {
         }
     }
 
+    /// Open a client session through the log (forwarded to the leader); answers its id and the
+    /// window granted. See `crate::Session`.
+    pub(crate) async fn open_session(&self, window: u64) -> Result<(u64, u64)> {
+        let answer = self.submit(Submission::OpenSession { window }).await?;
+        decode_opened(&answer)
+    }
+
+    /// `open_session` on this node only (the gRPC server's side): `NotLeader` elsewhere.
+    pub(crate) async fn open_session_local(&self, window: u64) -> Result<Vec<u8>> {
+        let deadline = Instant::now() + self.shared.config.propose_timeout;
+        self.submit_local(Submission::OpenSession { window }, deadline)
+            .await
+    }
+
+    /// Send one command of a session (forwarded to the leader); one attempt. Answers what
+    /// `apply` returned the first time this (session, seq) applied.
+    pub(crate) async fn propose_in_session(
+        &self,
+        header: SessionCommand,
+        data: Vec<u8>,
+    ) -> Result<Vec<u8>> {
+        self.submit(Submission::SessionCommand { header, data })
+            .await
+    }
+
+    /// `propose_in_session` on this node only (the gRPC server's side).
+    pub(crate) async fn propose_in_session_local(
+        &self,
+        header: SessionCommand,
+        data: Vec<u8>,
+    ) -> Result<Vec<u8>> {
+        let deadline = Instant::now() + self.shared.config.propose_timeout;
+        self.submit_local(Submission::SessionCommand { header, data }, deadline)
+            .await
+    }
+
     pub(super) async fn submit_local(
         &self,
         submission: Submission,
@@ -79,6 +131,29 @@ impl RaftNode {
             Submission::UpdateAddress { node_id, raft_addr } => Command::Propose {
                 data: FrameworkEntry::UpdateAddress { node_id, raft_addr }.encode()?,
                 kind: EntryKind::Framework,
+                reply,
+            },
+            Submission::OpenSession { window } => {
+                // The proposer (the leader) fixes the limits in the entry: every node applies
+                // the same ones, whatever its own configuration.
+                let config = &self.shared.config;
+                let window = match window {
+                    0 => config.session_window,
+                    asked => asked.min(config.session_window),
+                };
+                Command::Propose {
+                    data: FrameworkEntry::OpenSession {
+                        max_sessions: config.max_sessions,
+                        window,
+                    }
+                    .encode()?,
+                    kind: EntryKind::Framework,
+                    reply,
+                }
+            }
+            Submission::SessionCommand { header, data } => Command::Propose {
+                data: header.encode_with(&data),
+                kind: EntryKind::Session,
                 reply,
             },
         };
@@ -139,6 +214,7 @@ impl RaftNode {
                         .propose(pb::ProposeRequest {
                             cluster_id,
                             data: data.clone(),
+                            ..Default::default()
                         })
                         .await
                 }
@@ -158,6 +234,25 @@ impl RaftNode {
                             node_id: *node_id,
                             raft_addr: raft_addr.clone(),
                             join_token,
+                        })
+                        .await
+                }
+                Submission::OpenSession { window } => {
+                    client
+                        .open_session(pb::OpenSessionRequest {
+                            cluster_id,
+                            window: *window,
+                        })
+                        .await
+                }
+                Submission::SessionCommand { header, data } => {
+                    client
+                        .propose(pb::ProposeRequest {
+                            cluster_id,
+                            data: data.clone(),
+                            session_id: header.session,
+                            seq: header.seq,
+                            acked: header.acked,
                         })
                         .await
                 }

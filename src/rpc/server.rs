@@ -260,8 +260,27 @@ impl RaftService for RaftGrpcService {
     ) -> Result<Response<pb::ProposeResponse>, Status> {
         let req = request.into_inner();
         self.check_cluster(&req.cluster_id)?;
+        let result = if req.session_id == 0 {
+            self.node.propose_local(req.data).await
+        } else {
+            let header = crate::node::SessionCommand {
+                session: req.session_id,
+                seq: req.seq,
+                acked: req.acked,
+            };
+            self.node.propose_in_session_local(header, req.data).await
+        };
+        Ok(Response::new(result_to_response(result)))
+    }
+
+    async fn open_session(
+        &self,
+        request: Request<pb::OpenSessionRequest>,
+    ) -> Result<Response<pb::ProposeResponse>, Status> {
+        let req = request.into_inner();
+        self.check_cluster(&req.cluster_id)?;
         Ok(Response::new(result_to_response(
-            self.node.propose_local(req.data).await,
+            self.node.open_session_local(req.window).await,
         )))
     }
 

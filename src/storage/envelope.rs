@@ -40,6 +40,10 @@ pub struct SnapshotEnvelope {
     /// Encoded after the header's other fields, inside its length: an envelope written before
     /// this field existed reads as "none removed", and an older reader ignores it.
     pub removed: Vec<u64>,
+    /// The client session table at the snapshot index, as the node encodes it (opaque here;
+    /// see `node::session_table`). A second trailer after `removed`, written only when a
+    /// session is open, so a cluster without sessions writes the envelopes it always wrote.
+    pub sessions: Vec<u8>,
     /// What the user's `AbstractStateMachine::snapshot` returned.
     pub user_data: Vec<u8>,
 }
@@ -103,14 +107,20 @@ impl SnapshotEnvelope {
             voters_outgoing: self.voters_outgoing.clone(),
             peers: self.peers.clone(),
             removed: Vec::new(),
+            sessions: Vec::new(),
         };
         let encoding_failed = |e: bincode::Error| StorageError::Corrupt {
             what: "snapshot envelope".into(),
             reason: e.to_string(),
         };
         let mut header = bincode::serialize(&header).map_err(encoding_failed)?;
-        if !self.removed.is_empty() {
+        // The trailers: removed ids, then the session table; each present only when it or a
+        // later one has something to say.
+        if !self.removed.is_empty() || !self.sessions.is_empty() {
             bincode::serialize_into(&mut header, &self.removed).map_err(encoding_failed)?;
+        }
+        if !self.sessions.is_empty() {
+            bincode::serialize_into(&mut header, &self.sessions).map_err(encoding_failed)?;
         }
         let header_len = u32::try_from(header.len()).map_err(|_| StorageError::Corrupt {
             what: "snapshot envelope".into(),
@@ -337,6 +347,9 @@ struct EnvelopeHeader {
     /// `SnapshotEnvelope::removed`).
     #[serde(skip)]
     removed: Vec<u64>,
+    /// The second trailer (see `SnapshotEnvelope::sessions`).
+    #[serde(skip)]
+    sessions: Vec<u8>,
 }
 
 impl EnvelopeHeader {
@@ -347,6 +360,10 @@ impl EnvelopeHeader {
         if !bytes.is_empty() {
             header.removed = bincode::deserialize_from(&mut bytes)
                 .map_err(|e| format!("removed ids unreadable: {e}"))?;
+        }
+        if !bytes.is_empty() {
+            header.sessions = bincode::deserialize_from(&mut bytes)
+                .map_err(|e| format!("session table unreadable: {e}"))?;
         }
         if !bytes.is_empty() {
             return Err(format!("{} unexpected bytes after the header", bytes.len()));
@@ -364,6 +381,7 @@ impl EnvelopeHeader {
             learners: self.learners,
             voters_outgoing: self.voters_outgoing,
             removed: self.removed,
+            sessions: self.sessions,
             user_data,
         }
     }
@@ -446,6 +464,23 @@ mod tests {
             .expect("decode")
             .removed
             .is_empty());
+    }
+
+    #[test]
+    fn the_session_table_rides_after_the_removed_ids_even_when_none_were_removed() {
+        let mut env = SnapshotEnvelope {
+            index: 9,
+            term: 3,
+            voters: vec![1],
+            sessions: b"table".to_vec(),
+            user_data: b"state".to_vec(),
+            ..Default::default()
+        };
+        let bytes = env.encode().expect("encode");
+        assert_eq!(SnapshotEnvelope::decode(&bytes).expect("decode"), env);
+        env.removed = vec![4];
+        let both = env.encode().expect("encode");
+        assert_eq!(SnapshotEnvelope::decode(&both).expect("decode"), env);
     }
 
     #[test]
