@@ -427,6 +427,107 @@ async fn memstore_routes_answer_with_values_and_clear_status_codes() {
     }
 }
 
+/// `POST /incr/{key}` on `url`: the status, the outcome header and the body.
+async fn incr(http: &reqwest::Client, url: &str, key: &str) -> (u16, Option<String>, String) {
+    let response = http
+        .post(format!("{url}/incr/{key}"))
+        .send()
+        .await
+        .expect("incr");
+    let status = response.status().as_u16();
+    let outcome = outcome(&response).map(str::to_string);
+    (status, outcome, response.text().await.expect("body"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memstore_incr_counts_through_the_log_on_any_node_and_refuses_values_that_are_not_numbers()
+{
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nodes = start_cluster(dir.path()).await;
+    let http = http_client(Duration::from_secs(15));
+    let leader_id = nodes[0].raft.get_leader_id();
+    let leader = nodes
+        .iter()
+        .find(|n| n.raft.id() == leader_id)
+        .expect("the leader");
+    let follower = nodes
+        .iter()
+        .find(|n| n.raft.id() != leader_id)
+        .expect("a follower");
+
+    // A missing key counts from zero; each increment answers the new value, and a read sees it.
+    let first = incr(&http, &leader.url, "hits").await;
+    assert_eq!((first.0, first.2.as_str()), (200, "1"));
+    let second = incr(&http, &leader.url, "hits").await;
+    assert_eq!((second.0, second.2.as_str()), (200, "2"));
+    let got = http
+        .get(format!("{}/store/hits", leader.url))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(got.status(), 200);
+    assert_eq!(got.text().await.expect("body"), "2");
+
+    // Through a follower: forwarded to the leader, counted once, read back on the follower (a
+    // linearizable read, so it sees the increment it answered).
+    let third = incr(&http, &follower.url, "hits").await;
+    assert_eq!((third.0, third.2.as_str()), (200, "3"));
+    let got = http
+        .get(format!("{}/store/hits", follower.url))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(got.text().await.expect("body"), "3");
+
+    // A key holding text is no counter: refused with a one-line reason, nothing changed, and
+    // the header says a retry cannot count twice.
+    let put = http
+        .put(format!("{}/store/name/alice", leader.url))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(put.status(), 200);
+    let (status, outcome, reason) = incr(&http, &follower.url, "name").await;
+    assert_eq!(status, 409, "{reason:?}");
+    assert_eq!(outcome.as_deref(), Some("not-applied"));
+    assert_eq!(
+        reason.trim().lines().count(),
+        1,
+        "one-line reason: {reason:?}"
+    );
+    assert!(reason.contains("not a counter"), "{reason:?}");
+    // Every node applied the refused entry and kept the value.
+    let last = leader.raft.status().applied;
+    for node in &nodes {
+        support::eventually(
+            Duration::from_secs(10),
+            "every node applies the refused increment",
+            || node.raft.status().applied >= last,
+        )
+        .await;
+        let got = http
+            .get(format!("{}/store/name?consistency=stale", node.url))
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(
+            got.text().await.expect("body"),
+            "alice",
+            "node {}",
+            node.raft.id()
+        );
+    }
+
+    // A key over the limit is refused before anything is proposed.
+    let long_key = "k".repeat(web::MAX_KEY_BYTES + 1);
+    let (status, outcome, _) = incr(&http, &leader.url, &long_key).await;
+    assert_eq!((status, outcome.as_deref()), (400, Some("not-applied")));
+
+    for node in &nodes {
+        node.raft.quit().await.expect("quit");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memstore_write_without_quorum_answers_503_instead_of_hanging() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -565,16 +666,22 @@ async fn memstore_snapshot_streamed_to_disk_restores_every_key_after_restart() {
             .expect("put");
         assert_eq!(put.status(), 200);
     }
+    // A counter is a value like any other: it lives in the snapshot too.
+    for expected in 1..=3 {
+        let (status, _, body) = incr(&http, &nodes[0].url, "counter").await;
+        assert_eq!((status, body), (200, expected.to_string()));
+    }
     // Node 1 answered every write (forwarding when it is not the leader), but may still be
     // applying the last ones: take the snapshot once it has them all.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
         let got = http
-            .get(format!("{}/store/key-199?consistency=stale", nodes[0].url))
+            .get(format!("{}/store/counter?consistency=stale", nodes[0].url))
             .send()
             .await
             .expect("get");
-        if got.status() == 200 {
+        // The counter is the last write: at 3, node 1 has applied them all.
+        if got.status() == 200 && got.text().await.expect("body") == "3" {
             break;
         }
         assert!(
@@ -597,6 +704,7 @@ async fn memstore_snapshot_streamed_to_disk_restores_every_key_after_restart() {
     let restarted = Raft::bootstrap(1, peers[&1].clone(), store.clone(), config, test_logger())
         .await
         .expect("restart from the streamed snapshot");
+    assert_eq!(store.get("counter").as_deref(), Some("3"), "the counter");
     for i in 0..200 {
         assert_eq!(
             store.get(&format!("key-{i}")),
