@@ -786,3 +786,128 @@ async fn memstore_follower_behind_a_compacted_log_installs_the_snapshot_file_and
         node.raft.quit().await.expect("quit");
     }
 }
+
+/// What a client that sends an oversized request saw: the start of the answer it read, and
+/// whether every byte of its request was sent without the connection failing.
+struct OversizedOutcome {
+    answer: String,
+    sent_in_full: Result<(), std::io::Error>,
+}
+
+/// Send `head` and then `trailing` bytes of filler to `addr` in 64 KiB pieces, while reading
+/// what the server answers. The client's send buffer is kept small, so the request cannot hide
+/// in kernel buffers: unless the server reads it, the client's writes fail once the server
+/// closes (a socket closed with unread input is reset by the kernel).
+async fn send_oversized_request(addr: &str, head: Vec<u8>, trailing: usize) -> OversizedOutcome {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_send_buffer_size(32 * 1024).expect("send buffer");
+    let stream = socket
+        .connect(addr.parse().expect("an address"))
+        .await
+        .expect("connect");
+    let (mut reader, mut writer) = stream.into_split();
+    let sending = tokio::spawn(async move {
+        const PIECE: usize = 64 * 1024;
+        let filler = vec![b'a'; PIECE];
+        for piece in head.chunks(PIECE) {
+            writer.write_all(piece).await?;
+        }
+        let mut sent = 0;
+        while sent < trailing {
+            let n = PIECE.min(trailing - sent);
+            writer.write_all(&filler[..n]).await?;
+            sent += n;
+        }
+        Ok(())
+    });
+    // Read until the server closes (or resets), keeping the first bytes: the status line and
+    // headers are all this needs.
+    let reading = async {
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 4096];
+        while answer.len() < 64 * 1024 {
+            match reader.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+        answer
+    };
+    // Guards against a hang, not timing assertions: both end long before.
+    let answer = tokio::time::timeout(Duration::from_secs(60), reading)
+        .await
+        .expect("the server answers and closes");
+    let sent_in_full = tokio::time::timeout(Duration::from_secs(60), sending)
+        .await
+        .expect("the client's writes end")
+        .expect("the sending task");
+    OversizedOutcome {
+        answer: String::from_utf8_lossy(&answer).into_owned(),
+        sent_in_full,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memstore_refusals_of_oversized_requests_reach_a_client_that_is_still_sending() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nodes = start_cluster(dir.path()).await;
+    let addr = nodes[0].url.trim_start_matches("http://").to_string();
+    const MIB: usize = 1024 * 1024;
+    // Each request is well under the server's lingering bound (`http1::LINGER_MAX_BYTES`), so
+    // the server reads all of it after answering.
+    let cases: [(&str, Vec<u8>, usize, &str); 3] = [
+        (
+            // The request line alone outgrows hyper's read buffer (about 400 KiB): 431.
+            "a 1 MiB URL",
+            b"GET /store/".to_vec(),
+            MIB,
+            "HTTP/1.1 431 ",
+        ),
+        (
+            // A URL hyper reads whole but refuses (over 64 KiB), then a body still coming: 414.
+            "a 100 KiB URL with a 1 MiB body",
+            format!(
+                "PUT /store/{} HTTP/1.1\r\nhost: x\r\ncontent-length: {MIB}\r\n\r\n",
+                "k".repeat(100 * 1024),
+            )
+            .into_bytes(),
+            MIB,
+            "HTTP/1.1 414 ",
+        ),
+        (
+            // A body over the value limit, refused by the router from its length alone: 413.
+            "a 1 MiB body",
+            format!("PUT /store/big HTTP/1.1\r\nhost: x\r\ncontent-length: {MIB}\r\n\r\n")
+                .into_bytes(),
+            MIB,
+            "HTTP/1.1 413 ",
+        ),
+    ];
+    const _: () = assert!(MIB + 200 * 1024 < http1::LINGER_MAX_BYTES);
+    let mut failures = Vec::new();
+    for (what, head, trailing, status_line) in cases {
+        let seen = send_oversized_request(&addr, head, trailing).await;
+        if !seen.answer.starts_with(status_line) {
+            let start: String = seen.answer.chars().take(80).collect();
+            failures.push(format!("{what}: expected {status_line:?}, read {start:?}"));
+        }
+        // A client that sends its whole request before it reads (many do) sees the answer only
+        // if its writes are not refused first.
+        if let Err(e) = seen.sent_in_full {
+            failures.push(format!("{what}: the rest of the request was refused: {e}"));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+    // The node keeps serving.
+    let http = http_client(Duration::from_secs(15));
+    let put = http
+        .put(format!("{}/store/after/ok", nodes[0].url))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(put.status(), 200);
+    for node in &nodes {
+        node.raft.quit().await.expect("quit");
+    }
+}
