@@ -427,6 +427,107 @@ async fn memstore_routes_answer_with_values_and_clear_status_codes() {
     }
 }
 
+/// `POST /incr/{key}` on `url`: the status, the outcome header and the body.
+async fn incr(http: &reqwest::Client, url: &str, key: &str) -> (u16, Option<String>, String) {
+    let response = http
+        .post(format!("{url}/incr/{key}"))
+        .send()
+        .await
+        .expect("incr");
+    let status = response.status().as_u16();
+    let outcome = outcome(&response).map(str::to_string);
+    (status, outcome, response.text().await.expect("body"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memstore_incr_counts_through_the_log_on_any_node_and_refuses_values_that_are_not_numbers()
+{
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nodes = start_cluster(dir.path()).await;
+    let http = http_client(Duration::from_secs(15));
+    let leader_id = nodes[0].raft.get_leader_id();
+    let leader = nodes
+        .iter()
+        .find(|n| n.raft.id() == leader_id)
+        .expect("the leader");
+    let follower = nodes
+        .iter()
+        .find(|n| n.raft.id() != leader_id)
+        .expect("a follower");
+
+    // A missing key counts from zero; each increment answers the new value, and a read sees it.
+    let first = incr(&http, &leader.url, "hits").await;
+    assert_eq!((first.0, first.2.as_str()), (200, "1"));
+    let second = incr(&http, &leader.url, "hits").await;
+    assert_eq!((second.0, second.2.as_str()), (200, "2"));
+    let got = http
+        .get(format!("{}/store/hits", leader.url))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(got.status(), 200);
+    assert_eq!(got.text().await.expect("body"), "2");
+
+    // Through a follower: forwarded to the leader, counted once, read back on the follower (a
+    // linearizable read, so it sees the increment it answered).
+    let third = incr(&http, &follower.url, "hits").await;
+    assert_eq!((third.0, third.2.as_str()), (200, "3"));
+    let got = http
+        .get(format!("{}/store/hits", follower.url))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(got.text().await.expect("body"), "3");
+
+    // A key holding text is no counter: refused with a one-line reason, nothing changed, and
+    // the header says a retry cannot count twice.
+    let put = http
+        .put(format!("{}/store/name/alice", leader.url))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(put.status(), 200);
+    let (status, outcome, reason) = incr(&http, &follower.url, "name").await;
+    assert_eq!(status, 409, "{reason:?}");
+    assert_eq!(outcome.as_deref(), Some("not-applied"));
+    assert_eq!(
+        reason.trim().lines().count(),
+        1,
+        "one-line reason: {reason:?}"
+    );
+    assert!(reason.contains("not a counter"), "{reason:?}");
+    // Every node applied the refused entry and kept the value.
+    let last = leader.raft.status().applied;
+    for node in &nodes {
+        support::eventually(
+            Duration::from_secs(10),
+            "every node applies the refused increment",
+            || node.raft.status().applied >= last,
+        )
+        .await;
+        let got = http
+            .get(format!("{}/store/name?consistency=stale", node.url))
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(
+            got.text().await.expect("body"),
+            "alice",
+            "node {}",
+            node.raft.id()
+        );
+    }
+
+    // A key over the limit is refused before anything is proposed.
+    let long_key = "k".repeat(web::MAX_KEY_BYTES + 1);
+    let (status, outcome, _) = incr(&http, &leader.url, &long_key).await;
+    assert_eq!((status, outcome.as_deref()), (400, Some("not-applied")));
+
+    for node in &nodes {
+        node.raft.quit().await.expect("quit");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memstore_write_without_quorum_answers_503_instead_of_hanging() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -565,16 +666,22 @@ async fn memstore_snapshot_streamed_to_disk_restores_every_key_after_restart() {
             .expect("put");
         assert_eq!(put.status(), 200);
     }
+    // A counter is a value like any other: it lives in the snapshot too.
+    for expected in 1..=3 {
+        let (status, _, body) = incr(&http, &nodes[0].url, "counter").await;
+        assert_eq!((status, body), (200, expected.to_string()));
+    }
     // Node 1 answered every write (forwarding when it is not the leader), but may still be
     // applying the last ones: take the snapshot once it has them all.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
         let got = http
-            .get(format!("{}/store/key-199?consistency=stale", nodes[0].url))
+            .get(format!("{}/store/counter?consistency=stale", nodes[0].url))
             .send()
             .await
             .expect("get");
-        if got.status() == 200 {
+        // The counter is the last write: at 3, node 1 has applied them all.
+        if got.status() == 200 && got.text().await.expect("body") == "3" {
             break;
         }
         assert!(
@@ -597,6 +704,7 @@ async fn memstore_snapshot_streamed_to_disk_restores_every_key_after_restart() {
     let restarted = Raft::bootstrap(1, peers[&1].clone(), store.clone(), config, test_logger())
         .await
         .expect("restart from the streamed snapshot");
+    assert_eq!(store.get("counter").as_deref(), Some("3"), "the counter");
     for i in 0..200 {
         assert_eq!(
             store.get(&format!("key-{i}")),
@@ -675,6 +783,131 @@ async fn memstore_follower_behind_a_compacted_log_installs_the_snapshot_file_and
     }
     restarted.quit().await.expect("quit");
     for node in nodes.iter().filter(|n| n.raft.id() != behind_id) {
+        node.raft.quit().await.expect("quit");
+    }
+}
+
+/// What a client that sends an oversized request saw: the start of the answer it read, and
+/// whether every byte of its request was sent without the connection failing.
+struct OversizedOutcome {
+    answer: String,
+    sent_in_full: Result<(), std::io::Error>,
+}
+
+/// Send `head` and then `trailing` bytes of filler to `addr` in 64 KiB pieces, while reading
+/// what the server answers. The client's send buffer is kept small, so the request cannot hide
+/// in kernel buffers: unless the server reads it, the client's writes fail once the server
+/// closes (a socket closed with unread input is reset by the kernel).
+async fn send_oversized_request(addr: &str, head: Vec<u8>, trailing: usize) -> OversizedOutcome {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_send_buffer_size(32 * 1024).expect("send buffer");
+    let stream = socket
+        .connect(addr.parse().expect("an address"))
+        .await
+        .expect("connect");
+    let (mut reader, mut writer) = stream.into_split();
+    let sending = tokio::spawn(async move {
+        const PIECE: usize = 64 * 1024;
+        let filler = vec![b'a'; PIECE];
+        for piece in head.chunks(PIECE) {
+            writer.write_all(piece).await?;
+        }
+        let mut sent = 0;
+        while sent < trailing {
+            let n = PIECE.min(trailing - sent);
+            writer.write_all(&filler[..n]).await?;
+            sent += n;
+        }
+        Ok(())
+    });
+    // Read until the server closes (or resets), keeping the first bytes: the status line and
+    // headers are all this needs.
+    let reading = async {
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 4096];
+        while answer.len() < 64 * 1024 {
+            match reader.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+        answer
+    };
+    // Guards against a hang, not timing assertions: both end long before.
+    let answer = tokio::time::timeout(Duration::from_secs(60), reading)
+        .await
+        .expect("the server answers and closes");
+    let sent_in_full = tokio::time::timeout(Duration::from_secs(60), sending)
+        .await
+        .expect("the client's writes end")
+        .expect("the sending task");
+    OversizedOutcome {
+        answer: String::from_utf8_lossy(&answer).into_owned(),
+        sent_in_full,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memstore_refusals_of_oversized_requests_reach_a_client_that_is_still_sending() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nodes = start_cluster(dir.path()).await;
+    let addr = nodes[0].url.trim_start_matches("http://").to_string();
+    const MIB: usize = 1024 * 1024;
+    // Each request is well under the server's lingering bound (`http1::LINGER_MAX_BYTES`), so
+    // the server reads all of it after answering.
+    let cases: [(&str, Vec<u8>, usize, &str); 3] = [
+        (
+            // The request line alone outgrows hyper's read buffer (about 400 KiB): 431.
+            "a 1 MiB URL",
+            b"GET /store/".to_vec(),
+            MIB,
+            "HTTP/1.1 431 ",
+        ),
+        (
+            // A URL hyper reads whole but refuses (over 64 KiB), then a body still coming: 414.
+            "a 100 KiB URL with a 1 MiB body",
+            format!(
+                "PUT /store/{} HTTP/1.1\r\nhost: x\r\ncontent-length: {MIB}\r\n\r\n",
+                "k".repeat(100 * 1024),
+            )
+            .into_bytes(),
+            MIB,
+            "HTTP/1.1 414 ",
+        ),
+        (
+            // A body over the value limit, refused by the router from its length alone: 413.
+            "a 1 MiB body",
+            format!("PUT /store/big HTTP/1.1\r\nhost: x\r\ncontent-length: {MIB}\r\n\r\n")
+                .into_bytes(),
+            MIB,
+            "HTTP/1.1 413 ",
+        ),
+    ];
+    const _: () = assert!(MIB + 200 * 1024 < http1::LINGER_MAX_BYTES);
+    let mut failures = Vec::new();
+    for (what, head, trailing, status_line) in cases {
+        let seen = send_oversized_request(&addr, head, trailing).await;
+        if !seen.answer.starts_with(status_line) {
+            let start: String = seen.answer.chars().take(80).collect();
+            failures.push(format!("{what}: expected {status_line:?}, read {start:?}"));
+        }
+        // A client that sends its whole request before it reads (many do) sees the answer only
+        // if its writes are not refused first.
+        if let Err(e) = seen.sent_in_full {
+            failures.push(format!("{what}: the rest of the request was refused: {e}"));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+    // The node keeps serving.
+    let http = http_client(Duration::from_secs(15));
+    let put = http
+        .put(format!("{}/store/after/ok", nodes[0].url))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(put.status(), 200);
+    for node in &nodes {
         node.raft.quit().await.expect("quit");
     }
 }

@@ -349,6 +349,7 @@ async fn real_main(
             use pontoon::AbstractLogEntry;
             store::LogEntry::decode(bytes).ok().map(|e| match e {
                 store::LogEntry::Insert { key, value } => format!("insert {key} = {value}"),
+                store::LogEntry::Incr { key } => format!("incr {key}"),
             })
         };
         let state = pontoon::debug::read_persisted(dir, None, None, Some(&formatter))?;

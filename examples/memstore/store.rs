@@ -1,4 +1,9 @@
 //! The memstore state machine: a string -> string map replicated by pontoon.
+//!
+//! Counters share the map with plain values: a counter is a key whose value is a decimal number
+//! (ASCII digits only, below 2^64), so `GET /store/{key}` reads it like any value and a `PUT`
+//! can set or reset it. `Incr` of a key that holds anything else is refused and leaves the
+//! value as it was; a missing key counts from zero.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -12,7 +17,38 @@ use serde::{Deserialize, Serialize};
 /// A command in the log.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub enum LogEntry {
-    Insert { key: String, value: String },
+    Insert {
+        key: String,
+        value: String,
+    },
+    /// Add one to the counter at `key`. Appended after `Insert`: bincode encodes a variant as
+    /// its position, so entries already in logs and snapshots decode as before.
+    Incr {
+        key: String,
+    },
+}
+
+/// What `apply` answers to an `Incr`, bincode-encoded. A refusal is decided by `apply` itself,
+/// from the replicated value alone, so every node refuses the same entry the same way; it is an
+/// answer like a success (the entry is committed either way), and the proposer decodes it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub enum IncrReply {
+    /// The counter's value after adding one.
+    Counted(u64),
+    /// The key holds a value that is not a counter; it is left as it was.
+    NotACounter,
+    /// The counter is at `u64::MAX`; it is left as it was rather than wrapping to zero.
+    AtMaximum,
+}
+
+/// The counter a stored value holds, or None when the value is not a counter. Strict (digits
+/// only, no sign or spaces) so that what counts as a counter is obvious from the value.
+fn counter(value: &str) -> Option<u64> {
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    // Digits only, so the one way to fail is a number of 2^64 or more: not a counter either.
+    value.parse().ok()
 }
 
 impl AbstractLogEntry for LogEntry {
@@ -64,6 +100,23 @@ impl State {
                 self.recent.insert(key, value);
             }
         }
+    }
+
+    /// Add one to the counter at `key` (a missing key counts from zero). Anything else is left
+    /// untouched and the reply says why.
+    fn incr(&mut self, key: Box<str>) -> IncrReply {
+        let current = match self.get(&key) {
+            None => 0,
+            Some(value) => match counter(value) {
+                Some(n) => n,
+                None => return IncrReply::NotACounter,
+            },
+        };
+        let Some(next) = current.checked_add(1) else {
+            return IncrReply::AtMaximum;
+        };
+        self.insert(key, next.to_string().into_boxed_str());
+        IncrReply::Counted(next)
     }
 
     /// Every key in one shared map: `base` with `recent` folded in. Copies the map only if a
@@ -128,7 +181,7 @@ fn write_map(map: &Map, out: &mut SnapshotSink) -> Result<()> {
 
 #[async_trait]
 impl AbstractStateMachine for HashStore {
-    /// Insert and answer with the stored value.
+    /// `Insert` answers with the stored value, `Incr` with an `IncrReply`.
     async fn apply(&mut self, log_entry: Vec<u8>) -> Result<Vec<u8>> {
         match LogEntry::decode(&log_entry)? {
             LogEntry::Insert { key, value } => {
@@ -138,6 +191,14 @@ impl AbstractStateMachine for HashStore {
                     .unwrap_or_else(|p| p.into_inner())
                     .insert(key.into_boxed_str(), value.into_boxed_str());
                 Ok(answer)
+            }
+            LogEntry::Incr { key } => {
+                let reply = self
+                    .0
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .incr(key.into_boxed_str());
+                Ok(bincode::serialize(&reply)?)
             }
         }
     }
@@ -184,6 +245,24 @@ mod tests {
 
     fn put(state: &mut State, key: &str, value: &str) {
         state.insert(boxed(key), boxed(value));
+    }
+
+    #[test]
+    fn incr_counts_from_zero_and_refuses_values_that_are_not_counters() {
+        let mut state = State::default();
+        assert_eq!(state.incr(boxed("c")), IncrReply::Counted(1));
+        assert_eq!(state.incr(boxed("c")), IncrReply::Counted(2));
+        assert_eq!(state.get("c"), Some("2"));
+        put(&mut state, "z", "007");
+        assert_eq!(state.incr(boxed("z")), IncrReply::Counted(8));
+        for value in ["hello", "", "-1", "+1", " 1", "1.5", "18446744073709551616"] {
+            put(&mut state, "s", value);
+            assert_eq!(state.incr(boxed("s")), IncrReply::NotACounter, "{value:?}");
+            assert_eq!(state.get("s"), Some(value), "left untouched");
+        }
+        put(&mut state, "max", &u64::MAX.to_string());
+        assert_eq!(state.incr(boxed("max")), IncrReply::AtMaximum);
+        assert_eq!(state.get("max"), Some(&*u64::MAX.to_string()));
     }
 
     #[test]

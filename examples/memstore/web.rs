@@ -15,7 +15,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 
-use crate::store::{HashStore, LogEntry};
+use crate::store::{HashStore, IncrReply, LogEntry};
 use crate::write_route::put_path;
 
 /// Longest value accepted by `PUT /store/{key}/{value}` and `PUT /store/{key}` (body). A larger
@@ -25,10 +25,11 @@ pub const MAX_VALUE_BYTES: usize = 4 * 1024;
 /// Longest key accepted by the write routes: keys live in every node's map and every snapshot.
 pub const MAX_KEY_BYTES: usize = 1024;
 
-/// Response header on every error answer of a write: `not-applied` when the write is definitely
-/// not in the log (safe to retry), `unknown` when it may still be committed and applied later
-/// (a timeout, the node stopping, the leader changing mid-flight). Clients that must not apply a
-/// write twice check this before retrying.
+/// Response header on every error answer of a write: `not-applied` when the write definitely
+/// changed nothing (it is not in the log, or the store refused it as it applied it, as with
+/// `POST /incr` of a value that is not a counter), so a retry cannot apply it twice; `unknown`
+/// when it may still be committed and applied later (a timeout, the node stopping, the leader
+/// changing mid-flight). Clients that must not apply a write twice check this before retrying.
 pub const OUTCOME_HEADER: &str = "pontoon-outcome";
 
 #[derive(Clone)]
@@ -86,6 +87,7 @@ pub fn router(state: AppState) -> Router {
                 .put(put_body)
                 .layer(DefaultBodyLimit::max(MAX_VALUE_BYTES)),
         )
+        .route("/incr/{key}", post(incr))
         .route("/leader", get(leader))
         .route("/peers", get(peers))
         .route("/debug", get(debug))
@@ -245,6 +247,55 @@ async fn insert(s: AppState, key: String, value: String) -> Response {
     match s.raft.propose(bytes).await {
         Ok(answer) => (StatusCode::OK, answer).into_response(),
         Err(e) => error_response(e),
+    }
+}
+
+/// `POST /incr/{key}`: add one to the key's counter and answer its new value. The counter is the
+/// key's value as a decimal number (see `store`), so `GET /store/{key}` reads it.
+async fn incr(State(s): State<AppState>, Path(key): Path<String>) -> Response {
+    if key.len() > MAX_KEY_BYTES {
+        return (
+            StatusCode::BAD_REQUEST,
+            [(OUTCOME_HEADER, "not-applied")],
+            format!("key must be 1 to {MAX_KEY_BYTES} bytes\n"),
+        )
+            .into_response();
+    }
+    let entry = LogEntry::Incr { key: key.clone() };
+    let bytes = match entry.encode() {
+        Ok(b) => b,
+        Err(e) => return error_response(e),
+    };
+    let answer = match s.raft.propose(bytes).await {
+        Ok(answer) => answer,
+        Err(e) => return error_response(e),
+    };
+    // The store refused the increment as it applied it: committed, but nothing changed, on
+    // every node alike, so the outcome is `not-applied`.
+    let refused = |reason: String| {
+        (
+            StatusCode::CONFLICT,
+            [(OUTCOME_HEADER, "not-applied")],
+            reason,
+        )
+            .into_response()
+    };
+    match bincode::deserialize::<IncrReply>(&answer) {
+        Ok(IncrReply::Counted(n)) => (StatusCode::OK, n.to_string()).into_response(),
+        Ok(IncrReply::NotACounter) => refused(format!(
+            "key {key:?} holds a value that is not a counter (digits only, below 2^64); left unchanged\n"
+        )),
+        Ok(IncrReply::AtMaximum) => refused(format!(
+            "counter {key:?} is at its maximum, 2^64-1; left unchanged\n"
+        )),
+        // Only a store that answers in another encoding gets here. The increment was applied
+        // (or refused) all the same: what happened is unknown to this client.
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(OUTCOME_HEADER, "unknown")],
+            format!("the store's answer to the increment is unreadable: {e}\n"),
+        )
+            .into_response(),
     }
 }
 
