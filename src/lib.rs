@@ -43,6 +43,7 @@ pub use cluster::{default_logger, JoinTicket, Raft};
 pub use config::{parse_peers, Config, Peers};
 pub use error::{Error, Result};
 pub use node::{NodeStatus, PeerRole, RaftNode, Role, SoftStatus};
+pub use node::SessionCommand;
 pub use session::Session;
 pub use state_machine::{
     AbstractLogEntry, AbstractStateMachine, FrozenState, SnapshotSink, SnapshotSource,

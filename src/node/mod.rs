@@ -82,6 +82,7 @@ pub(crate) use rpc_results::{
 };
 pub(crate) use run_loop::RunLoop;
 pub(crate) use session_table::SessionTable;
-pub(crate) use session_table::{decode_opened, SessionCommand};
+pub(crate) use session_table::decode_opened;
+pub use session_table::SessionCommand;
 pub(crate) use snapshotting::restore_checked;
 pub(crate) use writer::Writer;

@@ -75,8 +75,11 @@ impl RaftNode {
     }
 
     /// Open a client session through the log (forwarded to the leader); answers its id and the
-    /// window granted. See `crate::Session`.
-    pub(crate) async fn open_session(&self, window: u64) -> Result<(u64, u64)> {
+    /// window granted (`window` 0 or above the leader's `Config::session_window` gets that).
+    /// Most callers want `RaftNode::session`, which numbers and retries commands itself; this
+    /// and `propose_in_session` are for a front end whose own clients number their commands
+    /// (memstore's HTTP sessions, say).
+    pub async fn open_session(&self, window: u64) -> Result<(u64, u64)> {
         let answer = self.submit(Submission::OpenSession { window }).await?;
         decode_opened(&answer)
     }
@@ -88,9 +91,12 @@ impl RaftNode {
             .await
     }
 
-    /// Send one command of a session (forwarded to the leader); one attempt. Answers what
-    /// `apply` returned the first time this (session, seq) applied.
-    pub(crate) async fn propose_in_session(
+    /// Send one command of a session (forwarded to the leader); one attempt, no retry. Answers
+    /// what `apply` returned the first time this (session, seq) applied, without applying it
+    /// again. `SessionExpired` when the session is not open or the number was acknowledged;
+    /// `InvalidRequest` when the number is beyond the session's window past `header.acked`.
+    /// Other errors are those of `propose`, and retrying with the same header is always safe.
+    pub async fn propose_in_session(
         &self,
         header: SessionCommand,
         data: Vec<u8>,
