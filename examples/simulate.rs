@@ -38,14 +38,20 @@ struct Args {
     /// With --seed: no node logs.
     #[arg(long)]
     quiet: bool,
+    /// With --seed: clients write through sessions (a sweep runs odd seeds with sessions and
+    /// even ones without; a failure's replay command says which).
+    #[arg(long)]
+    sessions: bool,
 }
 
 fn describe(report: &RunReport) -> String {
     format!(
-        "seed {}: {} ops ({} acknowledged writes), {:.0} simulated s, faults {:?}, network {:?}, fingerprint {:016x}",
+        "seed {}{}: {} ops ({} acknowledged writes, {} session writes answered after a retry), {:.0} simulated s, faults {:?}, network {:?}, fingerprint {:016x}",
         report.seed,
+        if report.sessions { " (sessions)" } else { "" },
         report.ops,
         report.acknowledged_writes,
+        report.session_retries,
         report.simulated.as_secs_f64(),
         report.faults,
         report.network,
@@ -58,7 +64,7 @@ fn print_failure(report: &RunReport) {
     for failure in &report.failures {
         eprintln!("  {failure}");
     }
-    eprintln!("  replay: {}", replay_command(report.seed));
+    eprintln!("  replay: {}", replay_command(report.seed, report.sessions));
 }
 
 fn main() {
@@ -69,6 +75,7 @@ fn main() {
             seed,
             fault_time,
             verbose: !args.quiet,
+            sessions: args.sessions,
         };
         let report = run(&options);
         println!("{}", describe(&report));
@@ -93,9 +100,8 @@ fn main() {
                     return;
                 }
                 let report = run(&SimOptions {
-                    seed,
                     fault_time,
-                    verbose: false,
+                    ..SimOptions::sweep(seed)
                 });
                 let count = done.fetch_add(1, Ordering::SeqCst) + 1;
                 if !report.passed() {

@@ -42,15 +42,29 @@ pub struct SimOptions {
     pub fault_time: Duration,
     /// Log what the nodes do (info level) to stderr.
     pub verbose: bool,
+    /// Half the clients write through client sessions, retrying every write whose outcome is
+    /// unknown until it is answered (see `workload`). Off, the run is what it was before
+    /// sessions existed, so a seed recorded then replays the same run.
+    pub sessions: bool,
 }
 
 impl SimOptions {
-    /// A run of `seed` with 60 simulated seconds of faults, without logs.
+    /// A run of `seed` with 60 simulated seconds of faults, without logs or sessions.
     pub fn new(seed: u64) -> Self {
         SimOptions {
             seed,
             fault_time: Duration::from_secs(60),
             verbose: false,
+            sessions: false,
+        }
+    }
+
+    /// How a sweep runs `seed`: odd seeds with sessions, even ones without, so one sweep
+    /// covers both.
+    pub fn sweep(seed: u64) -> Self {
+        SimOptions {
+            sessions: seed % 2 == 1,
+            ..SimOptions::new(seed)
         }
     }
 }
@@ -87,6 +101,11 @@ pub struct FaultCounts {
 pub struct RunReport {
     /// The seed that replays it.
     pub seed: u64,
+    /// Whether clients used sessions (`SimOptions::sessions`); part of what replays it.
+    pub sessions: bool,
+    /// Session writes that were retried after an unknown outcome and then answered: the
+    /// retries the exactly-once check is about.
+    pub session_retries: usize,
     /// Every check that failed; empty when the run passed.
     pub failures: Vec<String>,
     /// Client operations recorded.
@@ -112,8 +131,11 @@ impl RunReport {
 }
 
 /// The one command that replays run `seed` with logs.
-pub fn replay_command(seed: u64) -> String {
-    format!("cargo run --release --features simulation --example simulate -- --seed {seed}")
+pub fn replay_command(seed: u64, sessions: bool) -> String {
+    format!(
+        "cargo run --release --features simulation --example simulate -- --seed {seed}{}",
+        if sessions { " --sessions" } else { "" }
+    )
 }
 
 thread_local! {
@@ -146,6 +168,8 @@ pub fn run(options: &SimOptions) -> RunReport {
     let _ = std::fs::remove_dir_all(&dir);
     let mut report = RunReport {
         seed,
+        sessions: options.sessions,
+        session_retries: 0,
         failures: Vec::new(),
         ops: 0,
         acknowledged_writes: 0,
@@ -652,6 +676,7 @@ async fn simulate(options: &SimOptions, dir: &Path, logger: Logger, report: &mut
         stop_at: fault_end,
         keys: rng.random_range(2..6),
         timeout: Duration::from_secs(4),
+        sessions: options.sessions,
     };
     let clients: Vec<JoinHandle<()>> = (0..rng.random_range(3..6u64))
         .map(|client| {
@@ -742,6 +767,7 @@ async fn simulate(options: &SimOptions, dir: &Path, logger: Logger, report: &mut
 
     report.failures.extend(failures);
     report.ops = recorded.ops.len();
+    report.session_retries = recorded.session_retries;
     report.acknowledged_writes = recorded
         .ops
         .iter()
