@@ -66,6 +66,10 @@ struct Args {
     /// After the load, print every node's metrics (Prometheus text) to stderr.
     #[arg(long)]
     dump_metrics: bool,
+    /// Write mode: every proposer opens its own client session and writes through
+    /// `Session::propose` (exactly-once), to measure what sessions cost.
+    #[arg(long)]
+    sessions: bool,
 }
 
 /// Counts applied entries and keeps the bytes of large ones (so a snapshot has real size);
@@ -340,6 +344,20 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     }
     let before = leader.metrics_text();
 
+    // One session per proposer, opened before the clock starts (one entry through the log each).
+    let mut sessions = Vec::with_capacity(args.clients);
+    for c in 0..args.clients {
+        let target = if args.all_nodes {
+            &nodes[c % nodes.len()]
+        } else {
+            &leader
+        };
+        sessions.push(if args.sessions && args.mode == "write" {
+            Some(target.session().await?)
+        } else {
+            None
+        });
+    }
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -351,6 +369,7 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
         };
         let read = args.mode == "read";
         let size = args.size;
+        let session = sessions[c].clone();
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut errors = 0u64;
@@ -358,6 +377,8 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
                 let t = Instant::now();
                 let ok = if read {
                     target.read_index().await.is_ok()
+                } else if let Some(session) = &session {
+                    session.propose(vec![7u8; size]).await.is_ok()
                 } else {
                     target.propose(vec![7u8; size]).await.is_ok()
                 };
@@ -389,6 +410,7 @@ async fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     let per = |n: f64, d: f64| if d > 0.0 { n / d } else { 0.0 };
     let result = serde_json::json!({
         "mode": args.mode,
+        "sessions": args.sessions,
         "setup": format!("{} nodes in one process, loopback gRPC, WAL + LMDB with fsync on", args.nodes),
         "clients": args.clients,
         "entry_bytes": args.size,

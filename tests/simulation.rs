@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use pontoon::simulation::{replay_command, run, RunReport, SimOptions};
+use pontoon::simulation::{run, RunReport, SimOptions, SMALL_SEGMENT_BYTES};
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -49,7 +49,7 @@ fn a_sweep_of_simulated_clusters_passes_every_check() {
             "seed {} failed:\n  {}\n  replay: {}\n",
             report.seed,
             report.failures.join("\n  "),
-            replay_command(report.seed, report.sessions)
+            report.options.replay_command()
         ));
     }
     assert!(
@@ -138,13 +138,22 @@ fn one_seed_replays_the_same_run() {
 ///   ("append at 50 overwrites compacted log"); replay now lets such an overwrite restart the gap.
 #[test]
 fn seeds_that_once_failed_pass_every_check() {
-    for seed in [253, 22, 77, 100645, 201973, 13] {
-        let report = run(&SimOptions::new(seed));
+    let small_segments = |seed| SimOptions {
+        wal_segment_bytes: SMALL_SEGMENT_BYTES,
+        ..SimOptions::new(seed)
+    };
+    let seeds = [253, 22, 77, 100645, 201973]
+        .map(SimOptions::new)
+        .into_iter()
+        .chain([small_segments(13)]);
+    for options in seeds {
+        let report = run(&options);
         assert!(
             report.passed(),
-            "seed {seed} failed again:\n  {}\n  replay: {}",
+            "seed {} failed again:\n  {}\n  replay: {}",
+            options.seed,
             report.failures.join("\n  "),
-            replay_command(seed, false)
+            options.replay_command()
         );
     }
 }

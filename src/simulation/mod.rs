@@ -25,4 +25,6 @@ pub mod nodes;
 pub mod runner;
 pub mod workload;
 
-pub use runner::{replay_command, run, FaultCounts, RunReport, SimOptions};
+pub use runner::{
+    run, FaultCounts, RunReport, SimOptions, DEFAULT_SEGMENT_BYTES, SMALL_SEGMENT_BYTES,
+};

@@ -27,12 +27,6 @@ use crate::node::RaftNode;
 use crate::storage::fs::{CrashReport, FileSystem, SimDisk, SimFaults};
 use crate::storage::StorageOptions;
 
-/// WAL segment size of simulated nodes: one page, a few dozen records. A run writes some tens
-/// of kilobytes per node, so with larger segments most runs never rolled over and never
-/// replayed a log whose older segments were deleted (issue 21's defect 2 went unfound in 5000
-/// seeds at 64 KiB).
-const SEGMENT_BYTES: u64 = 4 << 10;
-
 /// The raft address of simulated node `id` (never dialled; the network routes by id).
 pub fn sim_addr(id: u64) -> String {
     format!("10.0.0.{id}:7000")
@@ -105,6 +99,8 @@ pub struct SimNode {
     dir: PathBuf,
     /// Its disk for the WAL and the snapshot files; it outlives the process.
     disk: SimDisk,
+    /// Its WAL's segment size (`SimOptions::wal_segment_bytes`).
+    segment_bytes: u64,
     running: Option<Running>,
     /// It knows it was removed: never started again.
     pub removed: bool,
@@ -119,11 +115,12 @@ pub struct SimNode {
 impl SimNode {
     /// A node that has not started yet, keeping its data in `dir` (LMDB) and on a simulated
     /// disk drawn from `disk_seed` (the rest).
-    pub fn new(id: u64, dir: PathBuf, disk_seed: u64) -> Self {
+    pub fn new(id: u64, dir: PathBuf, disk_seed: u64, segment_bytes: u64) -> Self {
         SimNode {
             id,
             dir,
             disk: SimDisk::new(disk_seed),
+            segment_bytes,
             running: None,
             removed: false,
             starts: 0,
@@ -205,7 +202,7 @@ impl SimNode {
                     fs: fs.clone(),
                     // Small segments: preallocation stays small on the in-memory disk, and the
                     // WAL rolls over and drops segments often.
-                    segment_bytes: SEGMENT_BYTES,
+                    segment_bytes: self.segment_bytes,
                     ..StorageOptions::default()
                 },
                 move |_| transport_net.transport(id),
