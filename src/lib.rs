@@ -42,8 +42,8 @@ pub mod transport;
 pub use cluster::{default_logger, JoinTicket, Raft};
 pub use config::{parse_peers, Config, Peers};
 pub use error::{Error, Result};
-pub use node::{NodeStatus, PeerRole, RaftNode, Role, SoftStatus};
 pub use node::SessionCommand;
+pub use node::{NodeStatus, PeerRole, RaftNode, Role, SoftStatus};
 pub use session::Session;
 pub use state_machine::{
     AbstractLogEntry, AbstractStateMachine, FrozenState, SnapshotSink, SnapshotSource,

@@ -81,8 +81,8 @@ pub(crate) use rpc_results::{
     describe_status, is_connect_error, response_to_result, result_to_response,
 };
 pub(crate) use run_loop::RunLoop;
-pub(crate) use session_table::SessionTable;
 pub(crate) use session_table::decode_opened;
 pub use session_table::SessionCommand;
+pub(crate) use session_table::SessionTable;
 pub(crate) use snapshotting::restore_checked;
 pub(crate) use writer::Writer;
