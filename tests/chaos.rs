@@ -1,8 +1,8 @@
 //! A short chaos run in the test suite: three memstore processes, about a minute of `kill -9`
-//! (leader included), partitions and snapshots under client load, then the linearizability check
-//! the lost-write check and the exactly-once counter check (increments through client sessions,
-//! retried until a definite answer: none lost, none doubled) of `examples/chaos`. The long run is the same binary with a larger
-//! `--duration` (see docs/testing.md).
+//! (leader included), partitions and snapshots under client load, then the linearizability
+//! check, the lost-write check and the exactly-once counter check (increments through client
+//! sessions, retried until a definite answer: none lost, none doubled) of `examples/chaos`. The
+//! long run is the same binary with a larger `--duration` (see docs/testing.md).
 //!
 //! `cargo test` builds the examples next to each other (target/<profile>/examples/); this test
 //! runs them from there. Run alone it needs them built first:
