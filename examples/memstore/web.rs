@@ -29,7 +29,9 @@ pub const MAX_KEY_BYTES: usize = 1024;
 /// changed nothing (it is not in the log, or the store refused it as it applied it, as with
 /// `POST /incr` of a value that is not a counter), so a retry cannot apply it twice; `unknown`
 /// when it may still be committed and applied later (a timeout, the node stopping, the leader
-/// changing mid-flight). Clients that must not apply a write twice check this before retrying.
+/// changing mid-flight). Clients that must not apply a write twice check this before retrying,
+/// or send the write through a client session (`SESSION_HEADER`), where a retry with the same
+/// number is always safe whatever this says.
 pub const OUTCOME_HEADER: &str = "pontoon-outcome";
 
 /// Request headers that send a write through a client session (see `session_header`): the
@@ -239,7 +241,7 @@ fn error_response(e: Error) -> Response {
 /// client with several writes in flight must send it, or the earlier writes' answers are
 /// dropped and their retries refused with 410.
 pub fn session_header(headers: &HeaderMap) -> Result<Option<SessionCommand>, String> {
-    // One value, decimal, at least 1 (session ids and numbers start at 1).
+    // One value, decimal (zero is refused below: session ids and numbers start at 1).
     let number = |name: &str| -> Result<Option<u64>, String> {
         let mut values = headers.get_all(name).iter();
         let Some(value) = values.next() else {
