@@ -1,7 +1,8 @@
 //! A short chaos run in the test suite: three memstore processes, about a minute of `kill -9`
-//! (leader included), partitions and snapshots under client load, then the linearizability check
-//! and the lost-write check of `examples/chaos`. The long run is the same binary with a larger
-//! `--duration` (see docs/testing.md).
+//! (leader included), partitions and snapshots under client load, then the linearizability
+//! check, the lost-write check and the exactly-once counter check (increments through client
+//! sessions, retried until a definite answer: none lost, none doubled) of `examples/chaos`. The
+//! long run is the same binary with a larger `--duration` (see docs/testing.md).
 //!
 //! `cargo test` builds the examples next to each other (target/<profile>/examples/); this test
 //! runs them from there. Run alone it needs them built first:
@@ -68,6 +69,10 @@ fn chaos_run_with_kills_and_partitions_is_linearizable_and_loses_no_acknowledged
     assert_eq!(report["violations"], 0, "{stdout}");
     assert_eq!(report["acknowledged_writes_lost"], 0, "{stdout}");
     assert_eq!(report["converged"], true, "{stdout}");
+    assert_eq!(report["sessions"], true, "{stdout}");
+    assert_eq!(report["counter_lost"], 0, "{stdout}");
+    assert_eq!(report["counter_doubled"], 0, "{stdout}");
+    assert_eq!(report["counter_unresolved"], 0, "{stdout}");
     // The run really exercised something: faults happened (a leader was killed or isolated),
     // nodes were restarted, and clients got writes and reads through.
     assert!(
@@ -80,6 +85,10 @@ fn chaos_run_with_kills_and_partitions_is_linearizable_and_loses_no_acknowledged
     );
     assert!(report["writes_ok"].as_u64().unwrap_or(0) >= 50, "{stdout}");
     assert!(report["reads_ok"].as_u64().unwrap_or(0) >= 50, "{stdout}");
+    assert!(
+        report["counter_increments_acked"].as_u64().unwrap_or(0) >= 50,
+        "{stdout}"
+    );
     assert!(
         report["ops_checked"].as_u64().unwrap_or(0) >= 100,
         "{stdout}"

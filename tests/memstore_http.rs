@@ -911,3 +911,269 @@ async fn memstore_refusals_of_oversized_requests_reach_a_client_that_is_still_se
         node.raft.quit().await.expect("quit");
     }
 }
+
+/// `POST /sessions` on `url`: the new session's id.
+async fn open_session(http: &reqwest::Client, url: &str) -> u64 {
+    let response = http
+        .post(format!("{url}/sessions"))
+        .send()
+        .await
+        .expect("open session");
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers().contains_key(web::WINDOW_HEADER),
+        "the answer says the window"
+    );
+    let body = response.text().await.expect("body");
+    body.trim().parse().expect("a decimal session id")
+}
+
+/// Send `request` with `headers` (name, value): the status, the outcome header and the body.
+async fn send_with(
+    request: reqwest::RequestBuilder,
+    headers: &[(&str, String)],
+) -> (u16, Option<String>, String) {
+    let request = headers
+        .iter()
+        .fold(request, |r, (name, value)| r.header(*name, value));
+    let response = request.send().await.expect("an answer");
+    let status = response.status().as_u16();
+    let outcome = outcome(&response).map(str::to_string);
+    (status, outcome, response.text().await.expect("body"))
+}
+
+/// The headers of write `seq` of `session` (acked left to its default, seq - 1).
+fn in_session(session: u64, seq: u64) -> Vec<(&'static str, String)> {
+    vec![
+        (web::SESSION_HEADER, session.to_string()),
+        (web::SEQ_HEADER, seq.to_string()),
+    ]
+}
+
+/// `key`'s value as node `url` holds it right now.
+async fn stale_value(http: &reqwest::Client, url: &str, key: &str) -> Option<String> {
+    let got = http
+        .get(format!("{url}/store/{key}?consistency=stale"))
+        .send()
+        .await
+        .expect("get");
+    match got.status().as_u16() {
+        200 => Some(got.text().await.expect("body")),
+        404 => None,
+        other => panic!("GET {key}: status {other}"),
+    }
+}
+
+/// Wait until every node has applied what the leader had applied when called.
+async fn every_node_caught_up(nodes: &[HttpNode]) {
+    let leader = nodes[0].raft.get_leader_id();
+    let target = nodes
+        .iter()
+        .find(|n| n.raft.id() == leader)
+        .map_or(0, |n| n.raft.status().applied);
+    for node in nodes {
+        support::eventually(Duration::from_secs(10), "every node caught up", || {
+            node.raft.status().applied >= target
+        })
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memstore_a_session_write_retried_on_another_node_is_answered_as_before_and_applied_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nodes = start_cluster(dir.path()).await;
+    let http = http_client(Duration::from_secs(15));
+    let (a, b) = (&nodes[0].url, &nodes[1].url);
+    let session = open_session(&http, &nodes[2].url).await;
+
+    // Increment 1 of the session on node a; a plain increment moves the counter after it.
+    let first = send_with(http.post(format!("{a}/incr/hits")), &in_session(session, 1)).await;
+    assert_eq!((first.0, first.2.as_str()), (200, "1"), "{first:?}");
+    let plain = incr(&http, a, "hits").await;
+    assert_eq!((plain.0, plain.2.as_str()), (200, "2"));
+    // The retry (the client never saw the first answer) on node b: the same answer, from the
+    // session table, and the counter does not move.
+    let retry = send_with(http.post(format!("{b}/incr/hits")), &in_session(session, 1)).await;
+    assert_eq!(
+        retry, first,
+        "the retry answers exactly as the first attempt"
+    );
+    let got = http
+        .get(format!("{b}/store/hits"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(got.text().await.expect("body"), "2", "counted once");
+
+    // A refusal is an answer too: an increment of a value that is no counter, retried after the
+    // value became one, is answered with the same 409 and counts nothing.
+    let put = http
+        .put(format!("{a}/store/name/alice"))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(put.status(), 200);
+    let refused = send_with(http.post(format!("{a}/incr/name")), &in_session(session, 2)).await;
+    assert_eq!(refused.0, 409, "{refused:?}");
+    let put = http
+        .put(format!("{a}/store/name/7"))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(put.status(), 200);
+    let retry = send_with(http.post(format!("{b}/incr/name")), &in_session(session, 2)).await;
+    assert_eq!(retry, refused);
+
+    // The PUT routes, the path form (which has a shortcut) and the body form: a retry of an
+    // old number answers the old value and does not overwrite what was written since.
+    let put = send_with(
+        http.put(format!("{a}/store/color/red")),
+        &in_session(session, 3),
+    )
+    .await;
+    assert_eq!((put.0, put.2.as_str()), (200, "red"));
+    let later = http
+        .put(format!("{a}/store/color/blue"))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(later.status(), 200);
+    let retry = send_with(
+        http.put(format!("{b}/store/color/red")),
+        &in_session(session, 3),
+    )
+    .await;
+    assert_eq!(retry, put);
+    let body = send_with(
+        http.put(format!("{a}/store/shape")).body("round"),
+        &in_session(session, 4),
+    )
+    .await;
+    assert_eq!((body.0, body.2.as_str()), (200, "round"));
+    let later = http
+        .put(format!("{a}/store/shape/square"))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(later.status(), 200);
+    let retry = send_with(
+        http.put(format!("{b}/store/shape")).body("round"),
+        &in_session(session, 4),
+    )
+    .await;
+    assert_eq!(retry, body);
+
+    every_node_caught_up(&nodes).await;
+    for node in &nodes {
+        let url = &node.url;
+        assert_eq!(stale_value(&http, url, "hits").await.as_deref(), Some("2"));
+        assert_eq!(stale_value(&http, url, "name").await.as_deref(), Some("7"));
+        assert_eq!(
+            stale_value(&http, url, "color").await.as_deref(),
+            Some("blue")
+        );
+        assert_eq!(
+            stale_value(&http, url, "shape").await.as_deref(),
+            Some("square")
+        );
+    }
+    for node in &nodes {
+        node.raft.quit().await.expect("quit");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memstore_a_write_of_an_expired_session_answers_410_and_applies_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // One session kept: opening a second expires the first.
+    let nodes = start_cluster_with(dir.path(), |c| c.max_sessions = 1).await;
+    let http = http_client(Duration::from_secs(15));
+    let url = &nodes[0].url;
+    let old = open_session(&http, url).await;
+    let first = send_with(http.post(format!("{url}/incr/hits")), &in_session(old, 1)).await;
+    assert_eq!((first.0, first.2.as_str()), (200, "1"));
+    let new = open_session(&http, &nodes[1].url).await;
+    assert_ne!(old, new);
+
+    // Every write route of the expired session: 410, marked as having applied nothing, with a
+    // one-line reason, and indeed nothing changed.
+    let writes = [
+        http.post(format!("{url}/incr/hits")),
+        http.put(format!("{url}/store/k/v")),
+        http.put(format!("{url}/store/k")).body("v"),
+    ];
+    for (i, request) in writes.into_iter().enumerate() {
+        let (status, outcome, reason) = send_with(request, &in_session(old, 2 + i as u64)).await;
+        assert_eq!(status, 410, "{reason}");
+        assert_eq!(outcome.as_deref(), Some("not-applied"));
+        assert_eq!(reason.trim().lines().count(), 1, "{reason:?}");
+        assert!(reason.contains("session"), "{reason:?}");
+    }
+    // The new session works.
+    let counted = send_with(http.post(format!("{url}/incr/hits")), &in_session(new, 1)).await;
+    assert_eq!((counted.0, counted.2.as_str()), (200, "2"));
+    every_node_caught_up(&nodes).await;
+    for node in &nodes {
+        assert_eq!(
+            stale_value(&http, &node.url, "hits").await.as_deref(),
+            Some("2")
+        );
+        assert_eq!(stale_value(&http, &node.url, "k").await, None);
+    }
+    for node in &nodes {
+        node.raft.quit().await.expect("quit");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memstore_bad_session_headers_answer_400_and_propose_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nodes = start_cluster(dir.path()).await;
+    let http = http_client(Duration::from_secs(15));
+    let url = &nodes[0].url;
+    let session = open_session(&http, url).await;
+    let applied_before = nodes[0].raft.status().applied;
+    let s = session.to_string();
+    let h = |pairs: &[(&'static str, &str)]| -> Vec<(&'static str, String)> {
+        pairs.iter().map(|(n, v)| (*n, v.to_string())).collect()
+    };
+    let bad = [
+        h(&[(web::SESSION_HEADER, "abc"), (web::SEQ_HEADER, "1")]),
+        h(&[(web::SESSION_HEADER, &s), (web::SEQ_HEADER, "-1")]),
+        h(&[(web::SESSION_HEADER, &s), (web::SEQ_HEADER, "0")]),
+        h(&[(web::SESSION_HEADER, &s)]),
+        h(&[(web::SEQ_HEADER, "1")]),
+        h(&[(web::ACKED_HEADER, "1")]),
+        h(&[
+            (web::SESSION_HEADER, &s),
+            (web::SEQ_HEADER, "2"),
+            (web::ACKED_HEADER, "2"),
+        ]),
+        h(&[
+            (web::SESSION_HEADER, &s),
+            (web::SEQ_HEADER, "2"),
+            (web::ACKED_HEADER, "x"),
+        ]),
+    ];
+    for headers in &bad {
+        let requests = [
+            http.post(format!("{url}/incr/hits")),
+            http.put(format!("{url}/store/k/v")),
+            http.put(format!("{url}/store/k")).body("v"),
+        ];
+        for request in requests {
+            let (status, outcome, reason) = send_with(request, headers).await;
+            assert_eq!(status, 400, "{headers:?}: {reason}");
+            assert_eq!(outcome.as_deref(), Some("not-applied"), "{headers:?}");
+            assert_eq!(reason.trim().lines().count(), 1, "{reason:?}");
+        }
+    }
+    // Nothing reached the log: no entry was applied anywhere since, and no key exists.
+    assert_eq!(nodes[0].raft.status().applied, applied_before);
+    assert_eq!(stale_value(&http, url, "hits").await, None);
+    assert_eq!(stale_value(&http, url, "k").await, None);
+    for node in &nodes {
+        node.raft.quit().await.expect("quit");
+    }
+}

@@ -19,10 +19,23 @@
 //! 4. heals everything, waits until every node has applied a final barrier write and holds the
 //!    same values, reads every hot key through every node, and checks that every acknowledged
 //!    ledger write is on every node;
-//! 5. checks the history per key against a register model (tests/support/linearizability/) and
+//! 5. reads every counter of the counter workload (below) on every node and compares it with the
+//!    increments its clients were told succeeded;
+//! 6. checks the history per key against a register model (tests/support/linearizability/) and
 //!    writes it as JSON; exits non-zero on a violation, a lost write, a cluster that does not
 //!    converge, a node that exited on its own or did not come back from a restart, or a node log
 //!    with a panic or a fatal stop.
+//!
+//! # Exactly-once counters
+//!
+//! Alongside, `--counter-clients` clients (0: none) each open a client session (`POST
+//! /sessions`) and increment `--counter-keys` counters (`POST /incr/counter-N`) with the session
+//! headers, retrying every increment whose outcome they do not know with the same number, to a
+//! random node, until a definite answer. At the end each counter must equal, on every node, the
+//! increments acknowledged with 200: none lost, none doubled. `--no-sessions` retries the same
+//! way without the session headers: that run is expected to FAIL with doubled increments (a
+//! retry after a timeout or a killed node counts again), which shows the check bites. See
+//! `counters.rs`.
 //!
 //! # Power loss
 //!
@@ -47,6 +60,7 @@
 //! error naming the file and offset, never a panic or applied zeros: a node that stops shows up
 //! as an unexpected exit and a fatal node log line, and fails the run.
 
+mod counters;
 mod lazyfs;
 #[path = "../../tests/support/linearizability/mod.rs"]
 mod linearizability;
@@ -63,6 +77,7 @@ use clap::Parser;
 use serde::Serialize;
 use tokio::time::Instant;
 
+use counters::{check_counter, counter_key, CounterCheck, Counters, Tally};
 use linearizability::{History, OpKind, Outcome};
 use nemesis::FaultCounts;
 use procs::{admin_client, leader_seen_by, post_ok, stale_get, ProcCluster};
@@ -107,6 +122,16 @@ struct Args {
     /// partitions: a run with this flag is expected to FAIL, which shows the check bites.
     #[arg(long)]
     stale_reads: bool,
+    /// Clients of the exactly-once counter workload (see "Exactly-once counters"); 0: none.
+    #[arg(long, default_value_t = 4)]
+    counter_clients: u64,
+    /// Counters they increment (keys counter-0, counter-1, ...).
+    #[arg(long, default_value_t = 4)]
+    counter_keys: u64,
+    /// Counter clients retry without session headers. Retries then apply twice: a run with this
+    /// flag is expected to FAIL with doubled increments, which shows the check bites.
+    #[arg(long)]
+    no_sessions: bool,
     /// Print the report as one JSON line at the end.
     #[arg(long)]
     json: bool,
@@ -134,6 +159,20 @@ struct Report {
     ledger_writes_acked: usize,
     acknowledged_writes_lost: usize,
     converged: bool,
+    counter_clients: u64,
+    /// Whether the counter clients used sessions (false with --no-sessions).
+    sessions: bool,
+    counter_increments_acked: u64,
+    counter_retries: u64,
+    counter_unknown_attempts: u64,
+    /// Increments given up without a definite answer (they may or may not count).
+    counter_unresolved: u64,
+    counter_lost: u64,
+    counter_doubled: u64,
+    counter_sessions_opened: u64,
+    counter_sessions_expired: u64,
+    /// Per counter: acknowledged, unresolved, the value on each node, lost and doubled.
+    counters: Vec<CounterCheck>,
     lazyfs: bool,
     /// Node log lines with a panic or a fatal stop.
     fatal_log_lines: Vec<String>,
@@ -292,13 +331,32 @@ async fn run(args: Args) -> Result<bool, String> {
     let clients: Vec<_> = (0..args.clients)
         .map(|c| tokio::spawn(workload.clone().run_client(c, seed)))
         .collect();
+    let counter_load = Arc::new(Counters {
+        addrs: addrs.clone(),
+        keys: args.counter_keys.max(1),
+        sessions: !args.no_sessions,
+        request_timeout: Duration::from_secs(8),
+        stop: Default::default(),
+        finish_limit: Duration::from_secs(60),
+        tally: Mutex::new(Tally::default()),
+    });
+    let counter_clients: Vec<_> = (0..args.counter_clients)
+        .map(|c| tokio::spawn(counter_load.clone().run_client(c, seed)))
+        .collect();
     let deadline = Instant::now() + Duration::from_secs(args.duration);
     let mut fault_log = |msg: String| log_line(origin, &msg);
     let faults = nemesis::run(&mut cluster, deadline, seed, &mut fault_log).await;
     workload.stop.store(true, Ordering::Relaxed);
+    counter_load.stop.store(true, Ordering::Relaxed);
     for c in clients {
         let _ = c.await;
     }
+    // The cluster is healed: increments still in flight get their definite answer now (each
+    // is retried for at most `finish_limit`), before the barrier below.
+    for c in counter_clients {
+        let _ = c.await;
+    }
+    let tally = counter_load.tally.lock().expect("tally lock").clone();
     log_line(
         origin,
         &format!(
@@ -375,6 +433,35 @@ async fn run(args: Args) -> Result<bool, String> {
             ledger.len()
         ),
     );
+    // Every counter on every node (the barrier above was applied everywhere, and every
+    // acknowledged increment was committed before it was proposed).
+    let mut counter_checks = Vec::new();
+    if args.counter_clients > 0 {
+        for i in 0..counter_load.keys {
+            let key = counter_key(i);
+            let mut values = Vec::new();
+            for addr in &addrs {
+                values.push(stale_get(&http, addr, &key).await);
+            }
+            let acked = tally.acked.get(&key).copied().unwrap_or(0);
+            let unresolved = tally.unresolved.get(&key).copied().unwrap_or(0);
+            let check = check_counter(&key, acked, unresolved, values);
+            if !check.ok {
+                log_line(
+                    origin,
+                    &format!(
+                        "COUNTER {key}: {} acknowledged, {} unresolved, values on the nodes {:?}: \
+                         {} lost, {} doubled",
+                        check.acked, check.unresolved, check.values, check.lost, check.doubled
+                    ),
+                );
+            }
+            counter_checks.push(check);
+        }
+    }
+    let counter_lost: u64 = counter_checks.iter().map(|c| c.lost).sum();
+    let counter_doubled: u64 = counter_checks.iter().map(|c| c.doubled).sum();
+    let counter_unresolved: u64 = tally.unresolved.values().sum();
     cluster.shutdown();
     let fatal_log_lines = cluster.fatal_log_lines();
     for line in &fatal_log_lines {
@@ -399,6 +486,9 @@ async fn run(args: Args) -> Result<bool, String> {
         && report.undecided.is_empty()
         && lost == 0
         && converged
+        // Exact only when no increment was left unresolved: one that was is not a pass.
+        && counter_checks.iter().all(|c| c.ok)
+        && counter_unresolved == 0
         && faults.unexpected_exits.is_empty()
         && faults.restart_failures.is_empty()
         && faults.fault_errors.is_empty()
@@ -420,6 +510,17 @@ async fn run(args: Args) -> Result<bool, String> {
         ledger_writes_acked: ledger.len(),
         acknowledged_writes_lost: lost,
         converged,
+        counter_clients: args.counter_clients,
+        sessions: !args.no_sessions,
+        counter_increments_acked: tally.acked.values().sum(),
+        counter_retries: tally.retries,
+        counter_unknown_attempts: tally.unknown_attempts,
+        counter_unresolved,
+        counter_lost,
+        counter_doubled,
+        counter_sessions_opened: tally.sessions_opened,
+        counter_sessions_expired: tally.sessions_expired,
+        counters: counter_checks,
         lazyfs: args.lazyfs.is_some(),
         fatal_log_lines,
         faults_total: faults.total(),
@@ -435,6 +536,8 @@ async fn run(args: Args) -> Result<bool, String> {
          faults not injected {}; fatal node log lines {}\n\
          linearizability: {} ops on {} keys checked, {} violations, \
          undecided keys {:?}\nacknowledged writes lost: {} of {} ledger writes; converged: {}\n\
+         counters ({} clients, {}): {} increments acknowledged, {} retries ({} attempts of \
+         unknown outcome), {} unresolved; {} lost, {} doubled; sessions opened {}, expired {}\n\
          history: {}\nresult: {}",
         result.nodes,
         result.duration_s,
@@ -468,6 +571,20 @@ async fn run(args: Args) -> Result<bool, String> {
         result.acknowledged_writes_lost,
         result.ledger_writes_acked,
         result.converged,
+        result.counter_clients,
+        if result.sessions {
+            "with sessions"
+        } else {
+            "NO sessions"
+        },
+        result.counter_increments_acked,
+        result.counter_retries,
+        result.counter_unknown_attempts,
+        result.counter_unresolved,
+        result.counter_lost,
+        result.counter_doubled,
+        result.counter_sessions_opened,
+        result.counter_sessions_expired,
         result.history,
         if passed { "PASS" } else { "FAIL" }
     );

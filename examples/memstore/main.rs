@@ -99,6 +99,10 @@ struct Args {
     /// writes wait and are appended together once the commit index moves. 0 never holds.
     #[arg(long, default_value_t = Config::default().append_window)]
     append_window: u64,
+    /// `Config::max_sessions`: client sessions (`POST /sessions`) kept open; opening one more
+    /// expires the least recently used, whose writes are then refused with 410.
+    #[arg(long, default_value_t = Config::default().max_sessions)]
+    max_sessions: u64,
 }
 
 /// TLS material and join token, read and checked once at startup.
@@ -175,6 +179,7 @@ async fn start_node(
         initial_peers: spec.initial_peers,
         propose_timeout: Duration::from_secs(5),
         append_window: args.append_window,
+        max_sessions: args.max_sessions,
         advertise_addr: args.advertise_addr.clone(),
         ..Default::default()
     });

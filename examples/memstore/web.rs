@@ -3,14 +3,14 @@
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use hyper::body::Incoming;
 use hyper::{Method, Request};
 use hyper_util::service::TowerToHyperService;
-use pontoon::{AbstractLogEntry, Error, Raft};
+use pontoon::{AbstractLogEntry, Error, Raft, SessionCommand};
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -29,8 +29,22 @@ pub const MAX_KEY_BYTES: usize = 1024;
 /// changed nothing (it is not in the log, or the store refused it as it applied it, as with
 /// `POST /incr` of a value that is not a counter), so a retry cannot apply it twice; `unknown`
 /// when it may still be committed and applied later (a timeout, the node stopping, the leader
-/// changing mid-flight). Clients that must not apply a write twice check this before retrying.
+/// changing mid-flight). Clients that must not apply a write twice check this before retrying,
+/// or send the write through a client session (`SESSION_HEADER`), where a retry with the same
+/// number is always safe whatever this says.
 pub const OUTCOME_HEADER: &str = "pontoon-outcome";
+
+/// Request headers that send a write through a client session (see `session_header`): the
+/// session's id, as `POST /sessions` answered it ...
+pub const SESSION_HEADER: &str = "pontoon-session";
+/// ... the write's number in that session, from 1 (a retry carries the same number) ...
+pub const SEQ_HEADER: &str = "pontoon-seq";
+/// ... and, optionally, the number up to which the client has every answer (default: seq - 1).
+pub const ACKED_HEADER: &str = "pontoon-acked";
+
+/// Response header of `POST /sessions`: how many unacknowledged numbers the session may use
+/// (numbers beyond `acked` + this are refused with 400).
+pub const WINDOW_HEADER: &str = "pontoon-session-window";
 
 #[derive(Clone)]
 pub struct AppState {
@@ -45,7 +59,8 @@ pub struct AppState {
 /// the rest of the HTTP handling on a two-core machine under wrk. The shortcut answers exactly
 /// as the router's `put_value` would: it takes only paths with two non-empty segments after
 /// `/store/` that percent-decode to UTF-8, and leaves anything else (including what the router
-/// would refuse) to the router.
+/// would refuse) to the router. A PUT that carries any session header goes to the router too:
+/// the shortcut proposes without a session, which would apply a retried write twice.
 #[derive(Clone)]
 pub struct Routes {
     state: AppState,
@@ -67,10 +82,10 @@ impl hyper::service::Service<Request<Incoming>> for Routes {
     type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
-        if req.method() == Method::PUT {
+        if req.method() == Method::PUT && !has_session_headers(req.headers()) {
             if let Some((key, value)) = put_path(req.uri().path()) {
                 let state = self.state.clone();
-                return Box::pin(async move { Ok(insert(state, key, value).await) });
+                return Box::pin(async move { Ok(insert(state, key, value, None).await) });
             }
         }
         let routed = self.router.call(req);
@@ -88,6 +103,7 @@ pub fn router(state: AppState) -> Router {
                 .layer(DefaultBodyLimit::max(MAX_VALUE_BYTES)),
         )
         .route("/incr/{key}", post(incr))
+        .route("/sessions", post(open_session))
         .route("/leader", get(leader))
         .route("/peers", get(peers))
         .route("/debug", get(debug))
@@ -193,12 +209,20 @@ fn error_response(e: Error) -> Response {
         | Error::Busy(_)
         | Error::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         Error::StateMachine(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        // The session is not open (it expired, least recently used first) or the number was
+        // acknowledged by the client: refused where the log is applied, the same on every node.
+        Error::SessionExpired(_) => StatusCode::GONE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
-    // Refused before anything was proposed: safe to retry once the cause is fixed.
+    // Refused before anything was proposed, or (a session's refusal) decided in the log without
+    // applying anything: this request changed nothing.
     let refused = matches!(
         e,
-        Error::UnknownNode(_) | Error::InvalidRequest(_) | Error::Encoding(_) | Error::NotRunning
+        Error::UnknownNode(_)
+            | Error::InvalidRequest(_)
+            | Error::Encoding(_)
+            | Error::NotRunning
+            | Error::SessionExpired(_)
     );
     let outcome = if e.is_retryable() || refused || status == StatusCode::BAD_REQUEST {
         "not-applied"
@@ -208,17 +232,134 @@ fn error_response(e: Error) -> Response {
     (status, [(OUTCOME_HEADER, outcome)], format!("{e}\n")).into_response()
 }
 
+/// The session a write's headers name, checked before anything is proposed: `Ok(None)` when
+/// the request carries none of the session headers (a plain write), `Err` with a one-line
+/// reason when they are malformed or incomplete.
+///
+/// `pontoon-acked` may be left out: it then defaults to `seq - 1`, which is right for a client
+/// with one write in flight at a time (it has every answer before the one it is sending). A
+/// client with several writes in flight must send it, or the earlier writes' answers are
+/// dropped and their retries refused with 410.
+pub fn session_header(headers: &HeaderMap) -> Result<Option<SessionCommand>, String> {
+    // One value, decimal (zero is refused below: session ids and numbers start at 1).
+    let number = |name: &str| -> Result<Option<u64>, String> {
+        let mut values = headers.get_all(name).iter();
+        let Some(value) = values.next() else {
+            return Ok(None);
+        };
+        if values.next().is_some() {
+            return Err(format!("header {name} is given more than once"));
+        }
+        let parsed = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        match parsed {
+            Some(n) => Ok(Some(n)),
+            None => Err(format!("header {name} must be a decimal number")),
+        }
+    };
+    let session = number(SESSION_HEADER)?;
+    let seq = number(SEQ_HEADER)?;
+    let acked = number(ACKED_HEADER)?;
+    match (session, seq) {
+        (None, None) if acked.is_none() => Ok(None),
+        (Some(session), Some(seq)) => {
+            if session == 0 || seq == 0 {
+                return Err(format!(
+                    "headers {SESSION_HEADER} and {SEQ_HEADER} start at 1"
+                ));
+            }
+            let acked = acked.unwrap_or(seq - 1);
+            if acked >= seq {
+                // The table would drop this very write's answer and refuse it: a client bug.
+                return Err(format!(
+                    "header {ACKED_HEADER} ({acked}) must be below {SEQ_HEADER} ({seq})"
+                ));
+            }
+            Ok(Some(SessionCommand {
+                session,
+                seq,
+                acked,
+            }))
+        }
+        _ => Err(format!(
+            "a session write needs both {SESSION_HEADER} and {SEQ_HEADER} \
+             ({ACKED_HEADER} is optional)"
+        )),
+    }
+}
+
+/// Whether a request carries any session header (the PUT shortcut leaves those to the router).
+fn has_session_headers(headers: &HeaderMap) -> bool {
+    [SESSION_HEADER, SEQ_HEADER, ACKED_HEADER]
+        .iter()
+        .any(|name| headers.contains_key(*name))
+}
+
+/// A 400 for bad session headers: nothing was proposed.
+fn bad_session_headers(reason: String) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        [(OUTCOME_HEADER, "not-applied")],
+        format!("{reason}\n"),
+    )
+        .into_response()
+}
+
+/// Propose `bytes`, through the session when the request named one: the first attempt of a
+/// (session, seq) applies, every later one is answered from the session table.
+async fn propose(
+    s: &AppState,
+    session: Option<SessionCommand>,
+    bytes: Vec<u8>,
+) -> pontoon::Result<Vec<u8>> {
+    match session {
+        Some(header) => s.raft.propose_in_session(header, bytes).await,
+        None => s.raft.propose(bytes).await,
+    }
+}
+
+/// `POST /sessions`: open a client session through the log; answers its id (decimal) and its
+/// window in `pontoon-session-window`. Its writes then carry `pontoon-session` and
+/// `pontoon-seq` and apply at most once however often they are retried, to any node.
+async fn open_session(State(s): State<AppState>) -> Response {
+    match s.raft.open_session(0).await {
+        Ok((id, window)) => (
+            StatusCode::OK,
+            [(WINDOW_HEADER, window.to_string())],
+            id.to_string(),
+        )
+            .into_response(),
+        // An unknown outcome may leave an unused session open; it expires like any other.
+        Err(e) => error_response(e),
+    }
+}
+
 async fn put_value(
     State(s): State<AppState>,
+    headers: HeaderMap,
     Path((key, value)): Path<(String, String)>,
 ) -> Response {
-    insert(s, key, value).await
+    match session_header(&headers) {
+        Ok(session) => insert(s, key, value, session).await,
+        Err(reason) => bad_session_headers(reason),
+    }
 }
 
 /// `PUT /store/{key}` with the value as the request body (UTF-8, at most `MAX_VALUE_BYTES`).
-async fn put_body(State(s): State<AppState>, Path(key): Path<String>, body: Bytes) -> Response {
+async fn put_body(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(key): Path<String>,
+    body: Bytes,
+) -> Response {
+    let session = match session_header(&headers) {
+        Ok(session) => session,
+        Err(reason) => return bad_session_headers(reason),
+    };
     match String::from_utf8(body.to_vec()) {
-        Ok(value) => insert(s, key, value).await,
+        Ok(value) => insert(s, key, value, session).await,
         Err(_) => (
             StatusCode::BAD_REQUEST,
             [(OUTCOME_HEADER, "not-applied")],
@@ -228,7 +369,12 @@ async fn put_body(State(s): State<AppState>, Path(key): Path<String>, body: Byte
     }
 }
 
-async fn insert(s: AppState, key: String, value: String) -> Response {
+async fn insert(
+    s: AppState,
+    key: String,
+    value: String,
+    session: Option<SessionCommand>,
+) -> Response {
     if key.is_empty() || key.len() > MAX_KEY_BYTES || value.len() > MAX_VALUE_BYTES {
         return (
             StatusCode::BAD_REQUEST,
@@ -244,15 +390,20 @@ async fn insert(s: AppState, key: String, value: String) -> Response {
         Ok(b) => b,
         Err(e) => return error_response(e),
     };
-    match s.raft.propose(bytes).await {
+    match propose(&s, session, bytes).await {
         Ok(answer) => (StatusCode::OK, answer).into_response(),
         Err(e) => error_response(e),
     }
 }
 
 /// `POST /incr/{key}`: add one to the key's counter and answer its new value. The counter is the
-/// key's value as a decimal number (see `store`), so `GET /store/{key}` reads it.
-async fn incr(State(s): State<AppState>, Path(key): Path<String>) -> Response {
+/// key's value as a decimal number (see `store`), so `GET /store/{key}` reads it. With session
+/// headers a retry is answered exactly as the first attempt that applied, without counting again.
+async fn incr(State(s): State<AppState>, headers: HeaderMap, Path(key): Path<String>) -> Response {
+    let session = match session_header(&headers) {
+        Ok(session) => session,
+        Err(reason) => return bad_session_headers(reason),
+    };
     if key.len() > MAX_KEY_BYTES {
         return (
             StatusCode::BAD_REQUEST,
@@ -266,7 +417,9 @@ async fn incr(State(s): State<AppState>, Path(key): Path<String>) -> Response {
         Ok(b) => b,
         Err(e) => return error_response(e),
     };
-    let answer = match s.raft.propose(bytes).await {
+    // The answer is rendered from `apply`'s bytes alone, and a session keeps those bytes: a
+    // retry gets the same status and body as the attempt that applied.
+    let answer = match propose(&s, session, bytes).await {
         Ok(answer) => answer,
         Err(e) => return error_response(e),
     };
