@@ -103,7 +103,10 @@ impl Workload {
             };
             let key = format!("k{}", rng.random_range(0..self.keys));
             let invoke_ns = self.now_ns();
-            if rng.random_bool(0.6) && uses_session {
+            // One draw decides write or read, for plain and session clients alike, so a run
+            // without sessions draws exactly what it drew before sessions existed.
+            let write = rng.random_bool(0.6);
+            if write && uses_session {
                 written += 1;
                 let value = format!("c{client}-{written}");
                 let put = Put {
@@ -121,7 +124,7 @@ impl Workload {
                     complete_ns: self.now_ns(),
                     outcome,
                 });
-            } else if rng.random_bool(0.6) {
+            } else if write {
                 written += 1;
                 let value = format!("c{client}-{written}");
                 let put = Put {
