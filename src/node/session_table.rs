@@ -13,7 +13,8 @@
 //! The table changes only when entries are applied, and only as a function of the log:
 //! - a session is opened by a `FrameworkEntry::OpenSession` entry, and its id is that entry's
 //!   log index (unique, and never handed out again);
-//! - a command carries `(session, seq, acked)` in front of the user's bytes (`SessionCommand`);
+//! - a command carries `(session, seq, acked)` in front of the user's bytes (`SessionCommand`,
+//!   varints: a few bytes);
 //!   applying it consults and updates the table;
 //! - expiry is by count, never by a clock: when more than `max_sessions` sessions are open, the
 //!   one used least recently (by log index) is dropped. The limit rides in every
@@ -42,8 +43,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-/// Bytes of the header a session command carries before the user's bytes.
-pub const SESSION_HEADER_LEN: usize = 24;
+/// Longest encoding of a session command's header: three LEB128 varints of at most 10 bytes.
+pub const MAX_SESSION_HEADER_LEN: usize = 30;
 
 /// The header of a command sent through a session: which session, which number, and up to which
 /// number the client already has every answer.
@@ -53,42 +54,63 @@ pub struct SessionCommand {
     pub session: u64,
     /// The command's number in its session, from 1. A retry carries the same number.
     pub seq: u64,
-    /// The client has the answers of every command numbered up to this one.
+    /// The client has the answers of every command numbered up to this one (below `seq`).
     pub acked: u64,
 }
 
 impl SessionCommand {
-    /// `session | seq | acked` (u64 big-endian each), then `payload`.
+    /// `session`, `seq` and `seq - acked` as LEB128 varints, then `payload`. Every command of a
+    /// session pays this in every node's log, so it is kept small: a few bytes for a client
+    /// that acknowledges as it goes (`seq - acked` is then 1), against 24 as fixed words.
+    /// An `acked` at or above `seq` (a client bug) becomes a distance of 0, so the command
+    /// arrives acknowledging itself and the table refuses it like any acknowledged number.
     pub fn encode_with(&self, payload: &[u8]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(SESSION_HEADER_LEN + payload.len());
-        out.extend_from_slice(&self.session.to_be_bytes());
-        out.extend_from_slice(&self.seq.to_be_bytes());
-        out.extend_from_slice(&self.acked.to_be_bytes());
+        let mut out = Vec::with_capacity(MAX_SESSION_HEADER_LEN + payload.len());
+        put_varint(&mut out, self.session);
+        put_varint(&mut out, self.seq);
+        put_varint(&mut out, self.seq.saturating_sub(self.acked));
         out.extend_from_slice(payload);
         out
     }
 
-    /// The header and the user's bytes of an encoded session command; bytes too short for a
-    /// header are an `Encoding` error.
+    /// The header and the user's bytes of an encoded session command; a header that is cut
+    /// short or malformed is an `Encoding` error.
     pub fn split(bytes: &[u8]) -> Result<(SessionCommand, &[u8])> {
-        if bytes.len() < SESSION_HEADER_LEN {
-            return Err(Error::Encoding(format!(
-                "session command of {} bytes, shorter than its {SESSION_HEADER_LEN}-byte header",
-                bytes.len()
-            )));
-        }
-        let word = |i: usize| {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(&bytes[i..i + 8]);
-            u64::from_be_bytes(b)
-        };
+        let bad = || Error::Encoding("malformed session command header".into());
+        let (session, rest) = take_varint(bytes).ok_or_else(bad)?;
+        let (seq, rest) = take_varint(rest).ok_or_else(bad)?;
+        let (distance, rest) = take_varint(rest).ok_or_else(bad)?;
         let header = SessionCommand {
-            session: word(0),
-            seq: word(8),
-            acked: word(16),
+            session,
+            seq,
+            acked: seq.saturating_sub(distance),
         };
-        Ok((header, &bytes[SESSION_HEADER_LEN..]))
+        Ok((header, rest))
     }
+}
+
+fn put_varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+/// A LEB128 varint and what follows it; `None` when cut short or longer than a u64.
+fn take_varint(bytes: &[u8]) -> Option<(u64, &[u8])> {
+    let mut value: u64 = 0;
+    for (i, &byte) in bytes.iter().enumerate().take(10) {
+        let part = u64::from(byte & 0x7f);
+        if i == 9 && part > 1 {
+            return None;
+        }
+        value |= part << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some((value, &bytes[i + 1..]));
+        }
+    }
+    None
 }
 
 /// What applying `OpenSession` answers: the session id and its window, u64 big-endian each.
@@ -190,8 +212,14 @@ impl SessionTable {
         state.last_used = index;
         if cmd.acked > state.acked {
             state.acked = cmd.acked;
-            let kept = state.answers.split_off(&(cmd.acked + 1));
-            state.answers = kept;
+            // Usually one answer goes (a client acknowledges as it goes): pop from the front
+            // rather than split the map, which allocates (the run loop applies every command).
+            while let Some(oldest) = state.answers.first_entry() {
+                if *oldest.key() > cmd.acked {
+                    break;
+                }
+                oldest.remove();
+            }
         }
         if let Some(answer) = state.answers.get(&cmd.seq) {
             return Verdict::Answer(answer.clone().map_err(Error::StateMachine));
@@ -291,17 +319,36 @@ mod tests {
     }
 
     #[test]
-    fn a_header_round_trips_and_short_bytes_are_refused() {
-        let c = cmd(7, 3, 2);
-        let bytes = c.encode_with(b"incr x");
+    fn a_header_round_trips_small_and_cut_or_overlong_ones_are_refused() {
+        for c in [
+            cmd(7, 3, 2),
+            cmd(1 << 40, 1 << 33, 5),
+            cmd(u64::MAX, u64::MAX, 0),
+        ] {
+            let bytes = c.encode_with(b"incr x");
+            assert_eq!(
+                SessionCommand::split(&bytes).expect("split"),
+                (c, &b"incr x"[..])
+            );
+            let header_len = bytes.len() - 6;
+            assert!(header_len <= MAX_SESSION_HEADER_LEN);
+            for cut in 0..header_len {
+                assert!(
+                    matches!(
+                        SessionCommand::split(&bytes[..cut]),
+                        Err(Error::Encoding(_))
+                    ),
+                    "{c:?} cut at {cut}"
+                );
+            }
+        }
         assert_eq!(
-            SessionCommand::split(&bytes).expect("split"),
-            (c, &b"incr x"[..])
+            cmd(300, 299, 298).encode_with(b"").len(),
+            5,
+            "a few bytes, not 24"
         );
-        assert!(matches!(
-            SessionCommand::split(&bytes[..SESSION_HEADER_LEN - 1]),
-            Err(Error::Encoding(_))
-        ));
+        // Eleven continuation bytes cannot be a u64.
+        assert!(SessionCommand::split(&[0xff; 11]).is_err());
     }
 
     #[test]
