@@ -218,7 +218,7 @@ impl SessionTable {
                 if *oldest.key() > cmd.acked {
                     break;
                 }
-                oldest.remove();
+                let _dropped = oldest.remove();
             }
         }
         if let Some(answer) = state.answers.get(&cmd.seq) {
