@@ -62,7 +62,8 @@ pub enum Error {
     /// The node id is not a member of this cluster.
     #[error("node {0} is not a member of this cluster")]
     UnknownNode(u64),
-    /// The membership change would leave fewer reachable voters than a quorum.
+    /// The membership change would leave fewer reachable voters than a quorum (counting only
+    /// voters whose log reaches past the bootstrap configuration: the others withhold votes).
     #[error("refused: {0}")]
     WouldLoseQuorum(String),
     /// The user's state machine returned an error while applying or restoring.

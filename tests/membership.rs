@@ -335,3 +335,25 @@ async fn members_remember_a_removal_through_their_snapshots_and_tell_the_removed
     assert!(how.contains("refused its messages"), "{how}");
     cluster.shutdown().await;
 }
+
+/// A voter holding only the bootstrap configuration withholds its vote from longer logs, so a
+/// configuration whose quorum needs such a voter could never elect a leader again. Promoting a
+/// learner that holds nothing yet is refused while it would be the quorum's deciding vote (found
+/// by the simulation, seeds 2681 and 3288).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_learner_that_holds_nothing_is_not_promoted_when_the_quorum_would_need_it() {
+    let cluster = TestCluster::start(1).await;
+    let leader = cluster.wait_for_leader().await;
+    let node = cluster.node(leader).clone();
+    // Nothing listens there: the learner never receives a byte.
+    node.add_learner(9, "127.0.0.1:1".into())
+        .await
+        .expect("add learner");
+    match node.promote(9).await {
+        Err(Error::WouldLoseQuorum(msg)) => assert!(msg.contains("bootstrap"), "{msg}"),
+        other => {
+            panic!("promoting an empty learner into a quorum of 2 must be refused, got {other:?}")
+        }
+    }
+    cluster.shutdown().await;
+}

@@ -199,10 +199,21 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
                 // check, so this leader, not counted after its own removal, could see none.
                 return Ok(());
             }
+            // A voter counts only if it answers and the leader knows its log reaches past the
+            // bootstrap index: one that holds nothing more withholds its vote from any longer
+            // log (`withholds_vote`), so it cannot help elect the next leader. Counting it would
+            // let a change (promoting an empty learner, removing a voter beside an empty one)
+            // commit a configuration whose quorum only such nodes complete: no leader could be
+            // elected again, and so none could ever catch them up (found by the simulation,
+            // seed 2681).
             let active = voters
                 .iter()
                 .filter(|id| {
-                    **id == raft.id || raft.prs().get(**id).is_some_and(|p| p.recent_active)
+                    **id == raft.id
+                        || raft
+                            .prs()
+                            .get(**id)
+                            .is_some_and(|p| p.recent_active && p.matched > super::INITIAL_INDEX)
                 })
                 .count();
             let quorum = voters.len() / 2 + 1;
@@ -213,7 +224,9 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
             }
             if voters.is_empty() || active < quorum {
                 return Err(Error::WouldLoseQuorum(format!(
-                    "only {active} of the {} voters after the change are reachable",
+                    "only {active} of the {} voters after the change are reachable and hold \
+                     the log past the bootstrap configuration (a learner must catch up before \
+                     its promotion)",
                     voters.len()
                 )));
             }

@@ -306,6 +306,15 @@ impl SimNetwork {
         }
         state.stats.delivered += 1;
         drop(state);
+        if !is_snapshot && node.shared.peers.get(from).is_none() {
+            // The gRPC server learns the address of a sender it has none for from the stream's
+            // `pontoon-from-addr` header before it delivers what the stream carries, so the
+            // receiver can answer (`stream_messages`). Snapshots come by another call, which
+            // does not. Without this, a member that missed the entry adding a node never
+            // answers that node once it leads, so the leader never learns it needs a snapshot.
+            let book = Peers::from([(from, super::nodes::sim_addr(from))]);
+            let _ = node.shared.mailbox.try_send(Command::LearnPeers(book));
+        }
         // A full mailbox loses the message, as a full peer queue does; raft retransmits.
         let _ = node.shared.mailbox.try_send(Command::Raft(Box::new(msg)));
         if is_snapshot {
