@@ -22,6 +22,13 @@ use crate::node::{Command, RaftNode};
 use crate::storage::fs::{FileSystem, OpenMode};
 use crate::transport::Transport;
 
+/// The raft address of simulated node `id` (never dialled; the network routes by id). Here, not
+/// beside the nodes, because the network hands it to a receiver that has no address for a
+/// sender, as the gRPC server learns it from a stream's header.
+pub fn sim_addr(id: u64) -> String {
+    format!("10.0.0.{id}:7000")
+}
+
 /// How the network treats messages right now (the nemesis changes it during a run).
 #[derive(Clone, Debug)]
 pub struct LinkFaults {
@@ -312,7 +319,7 @@ impl SimNetwork {
             // receiver can answer (`stream_messages`). Snapshots come by another call, which
             // does not. Without this, a member that missed the entry adding a node never
             // answers that node once it leads, so the leader never learns it needs a snapshot.
-            let book = Peers::from([(from, super::nodes::sim_addr(from))]);
+            let book = Peers::from([(from, sim_addr(from))]);
             let _ = node.shared.mailbox.try_send(Command::LearnPeers(book));
         }
         // A full mailbox loses the message, as a full peer queue does; raft retransmits.

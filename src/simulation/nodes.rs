@@ -19,18 +19,13 @@ use slog::Logger;
 use tokio::task::JoinHandle;
 
 use super::kv::SimKv;
-use super::network::SimNetwork;
+use super::network::{sim_addr, SimNetwork};
 use crate::cluster::{prepare_node, PreparedNode};
 use crate::config::{Config, Peers};
 use crate::error::{Error, Result};
 use crate::node::RaftNode;
 use crate::storage::fs::{CrashReport, FileSystem, SimDisk, SimFaults};
 use crate::storage::StorageOptions;
-
-/// The raft address of simulated node `id` (never dialled; the network routes by id).
-pub fn sim_addr(id: u64) -> String {
-    format!("10.0.0.{id}:7000")
-}
 
 /// Whether a task may be polled: a paused node's task is not.
 #[derive(Default)]

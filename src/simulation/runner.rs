@@ -18,8 +18,9 @@ use tokio::time::Instant;
 
 use super::checks;
 use super::kv::{Put, SimKv};
+use super::network::sim_addr;
 use super::network::{LinkFaults, NetworkStats, SimNetwork};
-use super::nodes::{sim_addr, Ended, SimNode};
+use super::nodes::{Ended, SimNode};
 use super::workload::{Directory, Recorded, Workload};
 use crate::config::{Config, Peers};
 use crate::error::{Error, Result};
