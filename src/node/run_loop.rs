@@ -159,14 +159,18 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
             } else if let Some(ctx) = self.reads.resend_blocked(answerable) {
                 self.raw.read_index(ctx);
             }
+            // A read raft-rs made while it stepped failed, and raft-rs went on with less than
+            // the log holds (see `StagedLog`): stop before its messages or writes leave, as if
+            // the node had crashed a moment earlier.
+            if let Some(e) = self.read_failure() {
+                break Err(e);
+            }
             // 2-9. Handle the Ready this produced.
             if let Err(e) = self.on_ready().await {
                 slog::crit!(self.logger, "run loop stopped by a fatal error"; "error" => %e);
                 break Err(e);
             }
-            if let Some(e) = self.store.take_read_failure() {
-                let e = Error::Storage(e);
-                slog::crit!(self.logger, "run loop stopped: the log could not be read"; "error" => %e);
+            if let Some(e) = self.read_failure() {
                 break Err(e);
             }
             self.publish_status();
@@ -440,6 +444,14 @@ impl<S: LogStore, F: AbstractStateMachine> RunLoop<S, F> {
             self.start_snapshot(None).await;
         }
         Ok(())
+    }
+
+    /// The failed log read raft-rs was not told about, if any (see `StagedLog`), as the error
+    /// the loop stops with.
+    fn read_failure(&self) -> Option<Error> {
+        let e = Error::Storage(self.raw.store().take_read_failure()?);
+        slog::crit!(self.logger, "run loop stopped: the log could not be read"; "error" => %e);
+        Some(e)
     }
 
     /// Read the committed entries the next Ready will hand out (see `StagedLog::read_ahead`).

@@ -166,12 +166,6 @@ pub trait LogStore: raft::Storage + Clone + Send + Sync + 'static {
     fn file_system(&self) -> std::sync::Arc<dyn fs::FileSystem> {
         fs::real()
     }
-    /// A read of the log failed in a way raft could not be told about (raft-rs asked for
-    /// entries to send and was answered "not available yet"): the run loop stops the node with
-    /// this error. Taken once. The default store never fails this way.
-    fn take_read_failure(&self) -> Option<StorageError> {
-        None
-    }
     /// Remove every entry below `compact_index`. Requires `compact_index <= last_index() + 1`.
     fn compact(&self, compact_index: u64) -> Result<(), StorageError>;
     /// The latest stored snapshot's metadata (index 0 when there is none).

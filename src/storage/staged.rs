@@ -21,6 +21,18 @@
 //! taking a Ready, the run loop reads the committed entries that Ready will hand out
 //! (`read_ahead`); a read that fails stops the node with the error, and one that succeeds is
 //! handed to raft-rs when it asks for exactly that range.
+//!
+//! Read failures raft-rs would see: raft-rs copes only with `Compacted` and "not available yet"
+//! from `entries`, and the latter only where it can wait (sending appends). It also reads the
+//! log while it steps, where nothing can be read ahead: before campaigning it scans the
+//! committed entries not yet applied for conf changes, and so does a candidate that learns a
+//! higher commit index from a vote response ("commit by vote"); there it panics on any error.
+//! So a read that fails (bad bytes that did not go away, an I/O error) is never handed to
+//! raft-rs: the error is kept (`take_read_failure`), and raft-rs is told "not yet" where it can
+//! wait and is otherwise given no entries, a short answer it takes as if a size limit had cut
+//! it. raft-rs then decides on less than the log holds (it may campaign despite a pending conf
+//! change), so the run loop stops the node with the kept error before anything raft-rs did
+//! since leaves the node (messages, writes).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -28,7 +40,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use raft::eraftpb::{Entry, Snapshot};
 use raft::{GetEntriesContext, RaftState};
 
-use super::{LogStore, SizeBudget};
+use super::{LogStore, SizeBudget, StorageError};
 
 /// A `LogStore` plus the entries staged for writing; see the module docs.
 #[derive(Clone)]
@@ -36,6 +48,8 @@ pub struct StagedLog<S> {
     store: S,
     tail: Arc<Mutex<VecDeque<(u64, Entry)>>>,
     ahead: Arc<Mutex<Option<ReadAhead>>>,
+    /// The first read failure raft-rs was not told about (see the module docs).
+    read_failure: Arc<Mutex<Option<StorageError>>>,
 }
 
 /// Entries read ahead for the next Ready, with the request they answer.
@@ -53,6 +67,7 @@ impl<S: LogStore> StagedLog<S> {
             store,
             tail: Arc::new(Mutex::new(VecDeque::new())),
             ahead: Arc::new(Mutex::new(None)),
+            read_failure: Arc::new(Mutex::new(None)),
         }
     }
 
@@ -61,8 +76,7 @@ impl<S: LogStore> StagedLog<S> {
     /// the caller's to handle (the run loop stops the node); see the module docs.
     pub fn read_ahead(&self, low: u64, high: u64, max_size: Option<u64>) -> raft::Result<()> {
         self.end_read_ahead();
-        use raft::Storage as _;
-        let entries = self.entries(low, high, max_size, GetEntriesContext::empty(false))?;
+        let entries = self.read(low, high, max_size, GetEntriesContext::empty(false))?;
         *self.ahead.lock().unwrap_or_else(|p| p.into_inner()) = Some(ReadAhead {
             low,
             high,
@@ -75,6 +89,16 @@ impl<S: LogStore> StagedLog<S> {
     /// Drop entries read ahead and not asked for.
     pub fn end_read_ahead(&self) {
         self.ahead.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+
+    /// A read of the log failed while raft-rs was reading it, and raft-rs was told "not yet"
+    /// or given a short answer instead (see the module docs): the node must stop with this
+    /// error before anything raft-rs did since leaves it. Taken once.
+    pub fn take_read_failure(&self) -> Option<StorageError> {
+        self.read_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 
     /// The wrapped store.
@@ -122,32 +146,16 @@ impl<S: LogStore> StagedLog<S> {
     pub fn staged_len(&self) -> usize {
         self.tail().len()
     }
-}
 
-impl<S: LogStore> raft::Storage for StagedLog<S> {
-    fn initial_state(&self) -> raft::Result<RaftState> {
-        self.store.initial_state()
-    }
-
-    fn entries(
+    /// Entries `low..high` within `max_size`: the store's below the staged tail, then the
+    /// tail's. Errors are returned as they are (`entries` decides what raft-rs is told).
+    fn read(
         &self,
         low: u64,
         high: u64,
-        max_size: impl Into<Option<u64>>,
+        max_size: Option<u64>,
         context: GetEntriesContext,
     ) -> raft::Result<Vec<Entry>> {
-        let max_size = max_size.into();
-        {
-            let mut ahead = self.ahead.lock().unwrap_or_else(|p| p.into_inner());
-            if ahead
-                .as_ref()
-                .is_some_and(|a| (a.low, a.high, a.max_size) == (low, high, max_size))
-            {
-                if let Some(a) = ahead.take() {
-                    return Ok(a.entries);
-                }
-            }
-        }
         let tail = self.tail();
         let (base, last) = match (tail.front(), tail.back()) {
             (Some((_, f)), Some((_, l))) => (f.index, l.index),
@@ -181,6 +189,54 @@ impl<S: LogStore> raft::Storage for StagedLog<S> {
             out.push(entry.clone());
         }
         Ok(out)
+    }
+}
+
+impl<S: LogStore> raft::Storage for StagedLog<S> {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        self.store.initial_state()
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        let max_size = max_size.into();
+        {
+            let mut ahead = self.ahead.lock().unwrap_or_else(|p| p.into_inner());
+            if ahead
+                .as_ref()
+                .is_some_and(|a| (a.low, a.high, a.max_size) == (low, high, max_size))
+            {
+                if let Some(a) = ahead.take() {
+                    return Ok(a.entries);
+                }
+            }
+        }
+        let can_wait = context.can_async();
+        match self.read(low, high, max_size, context) {
+            Err(raft::Error::Store(raft::StorageError::Other(e))) => {
+                let err = match e.downcast::<StorageError>() {
+                    Ok(e) => *e,
+                    Err(other) => StorageError::InvalidOperation(other.to_string()),
+                };
+                self.read_failure
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get_or_insert(err);
+                if can_wait {
+                    Err(raft::Error::Store(
+                        raft::StorageError::LogTemporarilyUnavailable,
+                    ))
+                } else {
+                    Ok(Vec::new())
+                }
+            }
+            other => other,
+        }
     }
 
     fn term(&self, idx: u64) -> raft::Result<u64> {
@@ -306,6 +362,107 @@ mod tests {
         assert_eq!(
             indexes_terms(log.entries(3, 6, None, ctx()).expect("entries")),
             vec![(3, 1), (4, 4), (5, 4)]
+        );
+    }
+
+    /// A store on a simulated disk without the entry cache, holding entries 1..=6 of term 1
+    /// with 1..=`commit` committed, in a cluster of three voters; and a `RawNode` over it that
+    /// applied `applied` and uses pre-vote.
+    fn node_over_sim_disk(
+        dir: &std::path::Path,
+        commit: u64,
+        applied: u64,
+    ) -> (
+        crate::storage::fs::SimDisk,
+        raft::RawNode<StagedLog<LmdbStorage>>,
+    ) {
+        let disk = crate::storage::fs::SimDisk::new(1);
+        let options = crate::storage::StorageOptions {
+            initial_map_size: 1 << 20,
+            entry_cache_bytes: 0,
+            fs: Arc::new(disk.clone()),
+            ..Default::default()
+        };
+        let store = LmdbStorage::open_with(dir, 1, "staged-test", options).expect("open");
+        let conf = raft::eraftpb::ConfState {
+            voters: vec![1, 2, 3],
+            ..Default::default()
+        };
+        store
+            .persist(PersistBatch {
+                entries: (1..=6).map(|i| entry(i, 1)).collect(),
+                hard_state: Some(raft::eraftpb::HardState {
+                    term: 1,
+                    vote: 0,
+                    commit,
+                    ..Default::default()
+                }),
+                conf_state: Some((conf, 0)),
+                ..Default::default()
+            })
+            .expect("persist");
+        let config = raft::Config {
+            id: 1,
+            election_tick: 10,
+            heartbeat_tick: 1,
+            pre_vote: true,
+            applied,
+            ..Default::default()
+        };
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let raw = raft::RawNode::new(&config, StagedLog::new(store), &logger).expect("raw node");
+        (disk, raw)
+    }
+
+    /// Found by the simulation (seed 2450): a pre-candidate whose vote was refused by a peer
+    /// with a higher commit index fast-forwards its commit and reads the newly committed
+    /// entries (raft-rs' "commit by vote") to look for conf changes. raft-rs panics on any
+    /// error of that read, so a bad read must come back as a short answer, with the error
+    /// kept for the run loop.
+    #[test]
+    fn a_bad_read_while_committing_by_vote_is_kept_for_the_run_loop() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (disk, mut raw) = node_over_sim_disk(dir.path(), 3, 3);
+        raw.campaign().expect("campaign");
+        assert_eq!(raw.raft.state, raft::StateRole::PreCandidate);
+        disk.bad_next_reads(u32::MAX);
+        let mut refusal = raft::eraftpb::Message::default();
+        refusal.set_msg_type(raft::eraftpb::MessageType::MsgRequestPreVoteResponse);
+        refusal.from = 2;
+        refusal.to = 1;
+        refusal.term = raw.raft.term;
+        refusal.reject = true;
+        refusal.commit = 6;
+        refusal.commit_term = 1;
+        raw.step(refusal).expect("step");
+        assert_eq!(raw.raft.raft_log.committed, 6);
+        let failure = raw
+            .store()
+            .take_read_failure()
+            .expect("the read failure is kept");
+        assert!(
+            matches!(failure, crate::storage::StorageError::Corrupt { .. }),
+            "{failure}"
+        );
+        assert!(raw.store().take_read_failure().is_none(), "taken once");
+    }
+
+    /// The same for an election: raft-rs reads the committed entries not yet applied to look
+    /// for conf changes before it campaigns (a restarted node has many), and panics on any
+    /// error.
+    #[test]
+    fn a_bad_read_before_campaigning_is_kept_for_the_run_loop() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (disk, mut raw) = node_over_sim_disk(dir.path(), 5, 0);
+        disk.bad_next_reads(u32::MAX);
+        raw.campaign().expect("campaign");
+        let failure = raw
+            .store()
+            .take_read_failure()
+            .expect("the read failure is kept");
+        assert!(
+            matches!(failure, crate::storage::StorageError::Corrupt { .. }),
+            "{failure}"
         );
     }
 

@@ -103,14 +103,6 @@ impl LogStore for LmdbStorage {
         self.inner.fs.clone()
     }
 
-    fn take_read_failure(&self) -> Option<StorageError> {
-        self.inner
-            .read_failure
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-    }
-
     fn peers_index(&self) -> u64 {
         self.cache().peers_index
     }

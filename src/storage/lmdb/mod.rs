@@ -115,9 +115,6 @@ struct Inner {
     cache: RwLock<Cache>,
     /// Set when raft asked for a snapshot this store could not serve.
     snapshot_request: AtomicBool,
-    /// A log read that failed where raft could only be told "not yet" (see
-    /// `LogStore::take_read_failure`).
-    read_failure: std::sync::Mutex<Option<StorageError>>,
     path: PathBuf,
     /// Held while a writable store is open (see `dir_lock`); `None` when opened read-only.
     _dir_lock: Option<DataDirLock>,
@@ -318,7 +315,6 @@ impl LmdbStorage {
             txn_gate: RwLock::new(()),
             cache: RwLock::new(Cache::default()),
             snapshot_request: AtomicBool::new(false),
-            read_failure: std::sync::Mutex::new(None),
             path,
             _dir_lock: dir_lock,
         };

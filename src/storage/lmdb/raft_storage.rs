@@ -7,7 +7,7 @@ use raft::eraftpb::{Entry, Snapshot};
 use raft::{GetEntriesContext, RaftState};
 
 use super::LmdbStorage;
-use crate::storage::{LogStore, StorageError};
+use crate::storage::LogStore;
 
 impl raft::Storage for LmdbStorage {
     fn initial_state(&self) -> raft::Result<RaftState> {
@@ -22,34 +22,11 @@ impl raft::Storage for LmdbStorage {
         low: u64,
         high: u64,
         max_size: impl Into<Option<u64>>,
-        context: GetEntriesContext,
+        _context: GetEntriesContext,
     ) -> raft::Result<Vec<Entry>> {
-        match self.inner.wal.entries(low, high, max_size.into()) {
-            Err(raft::Error::Store(raft::StorageError::Other(e))) => {
-                // A read that failed (bad bytes that did not go away, an I/O error). raft-rs
-                // panics on any error but these two; where it can wait ("not available yet") it
-                // does, and the run loop stops the node with the real error. Elsewhere the run
-                // loop reads the entries first (`StagedLog::read_ahead`), so it stops before
-                // raft-rs sees the error.
-                let err = match e.downcast::<StorageError>() {
-                    Ok(e) => *e,
-                    Err(other) => StorageError::InvalidOperation(other.to_string()),
-                };
-                if context.can_async() {
-                    let mut slot = self
-                        .inner
-                        .read_failure
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner());
-                    slot.get_or_insert(err);
-                    return Err(raft::Error::Store(
-                        raft::StorageError::LogTemporarilyUnavailable,
-                    ));
-                }
-                Err(err.into())
-            }
-            other => other,
-        }
+        // A failed read is returned as it is: raft-rs reads through `StagedLog`, which keeps
+        // such errors from reaching it (raft-rs panics on them).
+        self.inner.wal.entries(low, high, max_size.into())
     }
 
     fn term(&self, idx: u64) -> raft::Result<u64> {
