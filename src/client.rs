@@ -104,6 +104,17 @@ impl RaftServiceClient {
     /// Connect to a cluster through any of `addrs` (raft addresses of members) and learn the
     /// other members from the first one that answers. Fails with a clear error when none
     /// answers within the deadline (10 s; see `with_deadline`).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> pontoon::Result<()> {
+    /// use pontoon::client::RaftServiceClient;
+    ///
+    /// let addrs = vec!["10.0.0.1:60061".to_string(), "10.0.0.2:60061".to_string()];
+    /// let client = RaftServiceClient::connect(addrs, "prod").await?;
+    /// let answer = client.propose(b"set x 1".to_vec()).await?; // committed and applied
+    /// let value = client.read(b"get x".to_vec()).await?; // the nodes' query handler answers
+    /// # Ok(()) }
+    /// ```
     pub async fn connect(addrs: Vec<String>, cluster_id: impl Into<String>) -> Result<Self> {
         Self::connect_with(addrs, cluster_id, Duration::from_secs(10)).await
     }

@@ -19,7 +19,9 @@ pub enum Error {
     /// current leader when known, so a client can go there directly.
     #[error("this node is not the leader (leader: {})", leader_hint(*.leader_id, .leader_addr))]
     NotLeader {
+        /// The leader's id, when this node knows one.
         leader_id: Option<u64>,
+        /// The leader's raft address, when this node knows it: send the call there.
         leader_addr: Option<String>,
     },
     /// No leader is known (an election is under way or a quorum is unreachable). Retry later.
@@ -35,7 +37,12 @@ pub enum Error {
     /// Otherwise the call appended nothing (a read, a status call, a leader transfer, which may
     /// still complete after the timeout).
     #[error("{what} timed out{}", if *.outcome_unknown { "; the outcome is unknown (it may still be applied)" } else { "" })]
-    Timeout { what: String, outcome_unknown: bool },
+    Timeout {
+        /// The call that timed out, for the message.
+        what: String,
+        /// True when the call may have appended to the log: its effect may still appear.
+        outcome_unknown: bool,
+    },
     /// The node stopped or the connection broke after the proposal was handed over: the entry may
     /// or may not be committed. Check before retrying a non-idempotent command.
     #[error("outcome unknown: {0}; the entry may still be applied")]
@@ -84,7 +91,12 @@ pub enum Error {
     #[error(
         "cluster id mismatch: this node is in cluster {local:?}, the other side in {remote:?}"
     )]
-    ClusterMismatch { local: String, remote: String },
+    ClusterMismatch {
+        /// This side's cluster id (empty when not known here).
+        local: String,
+        /// The refusing node's cluster id ("unknown" when it did not say).
+        remote: String,
+    },
     /// The call needs the cluster's join token (`Config::join_token`) and none, or a different
     /// one, was presented. Nothing was changed. Configure the same token as the cluster.
     #[error(
@@ -118,7 +130,13 @@ pub enum Error {
         "node {id} was removed from the cluster ({how}); a removed id is never reused: delete \
          this node's data dir and join the cluster again with a new id"
     )]
-    Removed { id: u64, how: String },
+    Removed {
+        /// The removed node's id (this node).
+        id: u64,
+        /// How the removal became known: applied here, or reported by a member that refused
+        /// this node's messages.
+        how: String,
+    },
     /// An error from raft-rs itself.
     #[error("raft: {0}")]
     Raft(#[from] raft::Error),

@@ -119,6 +119,21 @@ impl Session {
     /// Have `data` applied exactly once and answer what `apply` returned. Retries the same
     /// numbered command until a definite answer or `Config::session_retry_timeout`; see the
     /// type's docs for the errors that remain.
+    ///
+    /// Several tasks can propose through clones of one session at once, up to its window.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: pontoon::client::RaftServiceClient) -> pontoon::Result<()> {
+    /// let session = client.session().await?;
+    /// match session.propose(b"withdraw 5".to_vec()).await {
+    ///     Ok(answer) => println!("applied once: {answer:?}"),
+    ///     Err(pontoon::Error::SessionExpired(_)) => {
+    ///         // open a new session; an earlier unanswered attempt may have applied once
+    ///     }
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn propose(&self, data: Vec<u8>) -> Result<Vec<u8>> {
         let deadline = Instant::now() + self.inner.route.retry_timeout();
         let seq = self.take_number(deadline).await?;
@@ -245,6 +260,18 @@ impl crate::node::RaftNode {
     /// Open a client session through the log (forwarded to the leader), with the window of
     /// `Config::session_window`. Opening is always safe to retry: a session whose opening got
     /// no answer is never used and expires like any other.
+    ///
+    /// Use a session for commands that are not idempotent (a transfer, an increment): its
+    /// `propose` retries through timeouts and leader changes and the state machine still sees
+    /// each command once.
+    ///
+    /// ```no_run
+    /// # async fn demo(node: pontoon::RaftNode) -> pontoon::Result<()> {
+    /// let session = node.session().await?;
+    /// // Applied exactly once, however often it had to be sent.
+    /// let answer = session.propose(b"add 10 to x".to_vec()).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn session(&self) -> Result<Session> {
         Session::open(Box::new(self.clone()), 0).await
     }

@@ -29,21 +29,32 @@ pub enum TlsError {
         "cannot read the TLS {what} file {path:?}: {source}; check the path and its permissions"
     )]
     Read {
+        /// Which input: "certificate", "key" or "CA".
         what: &'static str,
+        /// The file that could not be read.
         path: PathBuf,
+        /// The I/O error.
         #[source]
         source: std::io::Error,
     },
     /// The certificate or CA input holds no usable PEM certificate.
     #[error("the TLS {what} ({origin}) is not a PEM certificate: {reason}; expected one or more \"-----BEGIN CERTIFICATE-----\" blocks")]
     BadCertificate {
+        /// Which input: "certificate" or "CA".
         what: &'static str,
+        /// Where the input came from: its file, or "inline PEM".
         origin: String,
+        /// What the PEM parser found wrong.
         reason: String,
     },
     /// The key input holds no usable PEM private key.
     #[error("the TLS key ({origin}) is not a PEM private key: {reason}; expected a PKCS#8, PKCS#1 or SEC1 \"-----BEGIN ... PRIVATE KEY-----\" block")]
-    BadKey { origin: String, reason: String },
+    BadKey {
+        /// Where the key came from: its file, or "inline PEM".
+        origin: String,
+        /// What the PEM parser found wrong.
+        reason: String,
+    },
     /// The server name override is not a valid DNS name or IP address.
     #[error("TLS server name {0:?} is not a valid DNS name or IP address")]
     BadServerName(String),

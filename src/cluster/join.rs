@@ -31,6 +31,7 @@ pub struct JoinTicket {
     pub raft_addr: String,
     /// The leader when the ticket was issued (0 if unknown).
     pub leader_id: u64,
+    /// That leader's raft address (empty if unknown): where the joining node asks first.
     pub leader_addr: String,
     /// Every member's address when the ticket was issued.
     pub peers: Peers,

@@ -95,6 +95,51 @@ impl<F: AbstractStateMachine> Raft<F> {
     ///
     /// Fails with a clear error when the address cannot be bound or the data dir belongs to
     /// another node or cluster. Nothing runs until `run()` is spawned.
+    ///
+    /// A one-node cluster in a temporary directory: bootstrap, run, propose, stop.
+    ///
+    /// ```
+    /// use pontoon::{AbstractStateMachine, Config, Raft, Result};
+    ///
+    /// /// Counts the commands applied; `apply` answers the new count.
+    /// #[derive(Clone, Default)]
+    /// struct Counter(u64);
+    ///
+    /// #[pontoon::async_trait]
+    /// impl AbstractStateMachine for Counter {
+    ///     async fn apply(&mut self, _command: Vec<u8>) -> Result<Vec<u8>> {
+    ///         self.0 += 1;
+    ///         Ok(self.0.to_be_bytes().to_vec())
+    ///     }
+    ///     async fn snapshot(&self) -> Result<Vec<u8>> {
+    ///         Ok(self.0.to_be_bytes().to_vec())
+    ///     }
+    ///     async fn restore(&mut self, snapshot: Vec<u8>) -> Result<()> {
+    ///         let bytes = snapshot.try_into().map_err(|_| pontoon::Error::Encoding("not 8 bytes".into()))?;
+    ///         self.0 = u64::from_be_bytes(bytes);
+    ///         Ok(())
+    ///     }
+    /// }
+    ///
+    /// # #[tokio::main] async fn main() -> Result<()> {
+    /// let dir = tempfile::tempdir()?;
+    /// let config = Config {
+    ///     data_dir: dir.path().join("node-1"),
+    ///     // A static cluster of one; port 0: the system picks a free port.
+    ///     initial_peers: Some(pontoon::parse_peers("1=127.0.0.1:0")?),
+    ///     ..Config::default()
+    /// };
+    /// let raft = Raft::bootstrap(1, "127.0.0.1:0", Counter::default(), config, pontoon::default_logger()).await?;
+    /// let running = tokio::spawn(raft.clone().run());
+    ///
+    /// raft.wait_for_leader(std::time::Duration::from_secs(10)).await?;
+    /// let answer = raft.propose(b"tick".to_vec()).await?;
+    /// assert_eq!(answer, 1u64.to_be_bytes());
+    ///
+    /// raft.quit().await?;
+    /// running.await.expect("run() panicked")?; // Ok: it stopped because it was asked to
+    /// # Ok(()) }
+    /// ```
     pub async fn bootstrap(
         node_id: u64,
         raft_addr: impl Into<String>,
@@ -185,7 +230,24 @@ impl<F: AbstractStateMachine> Raft<F> {
     ///
     /// Returns `Ok` when the node stopped because it was asked to (`quit`, `leave`), and an
     /// error when it stopped on its own: `Error::Removed` once it learns a membership change
-    /// removed it, `Error::LogLost`, a storage or state machine failure.
+    /// removed it, `Error::LogLost`, a storage or state machine failure. Calling it a second
+    /// time (on any clone) fails with `Error::AlreadyRunning`.
+    ///
+    /// ```no_run
+    /// # use pontoon::{AbstractStateMachine, Error, Raft};
+    /// # async fn demo<F: AbstractStateMachine>(raft: Raft<F>) -> pontoon::Result<()> {
+    /// let running = tokio::spawn(raft.clone().run());
+    /// // ... serve the application through `raft` ...
+    /// raft.quit().await?;
+    /// match running.await.expect("run() panicked") {
+    ///     Ok(()) => {} // stopped because it was asked to
+    ///     Err(Error::Removed { .. }) => {
+    ///         // a membership change removed this node: its data dir is of no further use
+    ///     }
+    ///     Err(e) => return Err(e), // storage, state machine, lost log: see the message
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn run(self) -> Result<()> {
         let parts = self
             .parts

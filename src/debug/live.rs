@@ -85,7 +85,9 @@ pub(crate) async fn fetch_peers(
 /// One member as seen in `debug cluster`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberRow {
+    /// The member's node id.
     pub id: u64,
+    /// Its raft address, from the address book of the node that was asked.
     pub addr: String,
     /// `None` when the member did not answer.
     pub status: Option<NodeStatus>,

@@ -32,12 +32,14 @@ pub fn default_formatter(data: &[u8]) -> String {
 /// One log entry, decoded as far as pontoon can.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EntryView {
+    /// The entry's log index.
     pub index: u64,
+    /// The term the entry was proposed in.
     pub term: u64,
     /// `normal`, `conf_change` or `conf_change_v2`.
     pub entry_type: String,
-    /// `user`, `batch` (several user commands in one entry), `framework`, `noop` or
-    /// `membership`.
+    /// `user`, `batch` (several user commands in one entry), `session` (session commands),
+    /// `framework`, `noop` or `membership`.
     pub kind: String,
     /// Size of the entry's data in bytes.
     pub size: usize,
@@ -52,34 +54,55 @@ pub struct EntryView {
 /// How many commands of a batch entry its one-line `data` shows.
 const BATCH_COMMANDS_SHOWN: usize = 4;
 
+/// The latest snapshot stored in a data dir, as `PersistedState::snapshot` shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotView {
+    /// Index of the last entry the snapshot covers.
     pub index: u64,
+    /// Term of that entry.
     pub term: u64,
+    /// The voters as of the snapshot.
     pub voters: Vec<u64>,
+    /// The learners as of the snapshot.
     pub learners: Vec<u64>,
+    /// Size of the stored snapshot in bytes (its file's length).
     pub bytes: usize,
 }
 
 /// Everything `pontoon-cli debug persisted` shows.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PersistedState {
+    /// The node id the data dir belongs to.
     pub node_id: u64,
+    /// The cluster the data dir belongs to.
     pub cluster_id: String,
+    /// The on-disk format version the data dir was written with (see `storage::FORMAT_VERSION`).
     pub format_version: u32,
+    /// The persisted raft term (hard state).
     pub term: u64,
+    /// The node this one voted for in `term` (0: none).
     pub vote: u64,
+    /// The persisted commit index (hard state); the node may have known a higher one.
     pub commit: u64,
+    /// The voters of the latest stored membership (conf state).
     pub voters: Vec<u64>,
+    /// The learners of that membership.
     pub learners: Vec<u64>,
+    /// The outgoing voters while in a joint configuration (empty otherwise).
     pub voters_outgoing: Vec<u64>,
+    /// The log index that membership took effect at.
     pub conf_state_index: u64,
+    /// The first index still in the log (the entries before it are in the snapshot).
     pub first_index: u64,
+    /// The last index in the log.
     pub last_index: u64,
     /// WAL segment files the log spans.
     pub log_segments: usize,
+    /// The latest stored snapshot, if any.
     pub snapshot: Option<SnapshotView>,
+    /// The address book as stored: every member's id and raft address.
     pub peers: Peers,
+    /// The entries asked for (`read_persisted`'s range, clamped to the log), decoded.
     pub entries: Vec<EntryView>,
 }
 

@@ -25,6 +25,7 @@ pub struct AddressBook {
 }
 
 impl AddressBook {
+    /// A book holding `peers`, with no removed ids and no redirects.
     pub fn new(peers: Peers) -> Self {
         AddressBook {
             inner: Arc::new(RwLock::new(peers)),

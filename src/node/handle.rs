@@ -117,6 +117,20 @@ impl RaftNode {
     /// - `Timeout` / `OutcomeUnknown`: the entry may still be committed and applied later. A client
     ///   must not treat these as failures of a non-idempotent command.
     /// - `StateMachine`: the entry was committed and `apply` returned an error.
+    ///
+    /// For a command that must apply exactly once through retries, propose it in a
+    /// [`Session`](crate::Session) instead (`RaftNode::session`).
+    ///
+    /// ```no_run
+    /// # async fn demo(node: pontoon::RaftNode) -> pontoon::Result<()> {
+    /// match node.propose(b"set x 1".to_vec()).await {
+    ///     Ok(answer) => println!("applied: {answer:?}"), // what `apply` returned
+    ///     Err(e) if e.is_retryable() => { /* not in the log: safe to send again */ }
+    ///     Err(e) if e.outcome_unknown() => { /* may still apply: check before resending */ }
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn propose(&self, data: Vec<u8>) -> Result<Vec<u8>> {
         self.submit(Submission::Entry(data)).await
     }

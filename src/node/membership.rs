@@ -24,6 +24,7 @@ use crate::storage::LogStore;
 pub struct ConfChangeContext {
     /// The proposer's `ProposalContext` bytes (empty when nobody waits for this change).
     pub proposal: Vec<u8>,
+    /// The raft addresses of the nodes the change adds.
     pub addrs: Peers,
 }
 

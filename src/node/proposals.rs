@@ -37,16 +37,30 @@ pub enum EntryKind {
 pub enum FrameworkEntry {
     /// Reserve the next node id for a node that will join at `raft_addr`. Applying it answers
     /// the new id (u64 big-endian); every node computes the same id from the same log.
-    ReserveId { raft_addr: String },
+    ReserveId {
+        /// The address the new node will listen on.
+        raft_addr: String,
+    },
     /// Member `node_id` is now reached at `raft_addr` (it restarted on a new address). Applying
     /// it updates every node's address book, durably; an id that is not a member is refused
     /// the same way everywhere. Appended after `ReserveId` so older logs decode unchanged.
-    UpdateAddress { node_id: u64, raft_addr: String },
+    UpdateAddress {
+        /// The member that moved.
+        node_id: u64,
+        /// Its new raft address.
+        raft_addr: String,
+    },
     /// Open a client session. Its id is this entry's log index. The limits ride in the entry
     /// so every node keeps the same sessions whatever its own configuration: at most
     /// `max_sessions` open (the least recently used expires first), and `window`
     /// unacknowledged commands for this one (see `session_table`).
-    OpenSession { max_sessions: u64, window: u64 },
+    OpenSession {
+        /// At most this many sessions stay open; opening one more expires the least recently
+        /// used.
+        max_sessions: u64,
+        /// How many of this session's commands may be unacknowledged at once.
+        window: u64,
+    },
 }
 
 impl FrameworkEntry {
@@ -64,9 +78,14 @@ impl FrameworkEntry {
 /// The identity a proposal carries through the log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProposalContext {
+    /// What kind of entry this is, which decides how it is applied.
     pub kind: EntryKind,
+    /// The node that proposed it: only that node has a waiter for it.
     pub node_id: u64,
+    /// That node's random nonce for this process run, so a restarted node does not take its
+    /// earlier entries (replayed from the log) for proposals it is waiting on.
     pub nonce: u64,
+    /// The proposal's sequence number on that node (the first command's, for a batch).
     pub seq: u64,
 }
 

@@ -26,6 +26,7 @@ pub struct RaftGrpcService {
 }
 
 impl RaftGrpcService {
+    /// The service for `node`; `Raft::run` serves it (see `into_server`).
     pub fn new(node: RaftNode) -> Self {
         RaftGrpcService { node }
     }

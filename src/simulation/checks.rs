@@ -5,7 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::kv::SimKv;
 
-/// The linearizability checker the chaos tests use (std + serde only, shared by path).
+// The linearizability checker the chaos tests use (std + serde only, shared by path); its own
+// module docs (inner, so their links resolve inside it) describe it.
 #[allow(clippy::all, missing_docs)]
 #[path = "../../tests/support/linearizability/mod.rs"]
 pub mod linearizability;

@@ -27,13 +27,16 @@ pub struct SnapshotEnvelope {
     /// Index and term of the snapshot, repeated inside the checksummed body so a snapshot whose
     /// data does not belong to its metadata is refused.
     pub index: u64,
+    /// The snapshot's term (see `index`).
     pub term: u64,
     /// The highest node id ever admitted or reserved, so a reserved or removed id is never
     /// handed out again (see `Raft::request_id`).
     pub max_node_id: u64,
     /// The membership at the snapshot index (voters, learners, outgoing voters).
     pub voters: Vec<u64>,
+    /// The learners at the snapshot index.
     pub learners: Vec<u64>,
+    /// The outgoing voters at the snapshot index, when it falls in a joint configuration.
     pub voters_outgoing: Vec<u64>,
     /// Ids removed from the cluster by membership changes up to the snapshot index, so a node
     /// that installs the snapshot can still tell a removed node so (see `AddressBook`).

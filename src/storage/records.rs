@@ -38,6 +38,7 @@ pub fn encode_pb(key: &str, msg: &impl PbMessage) -> Result<Vec<u8>, StorageErro
     msg.write_to_bytes().map_err(|e| corrupt(key, e))
 }
 
+/// Decode the stored snapshot metadata (protobuf); `Corrupt` when it does not parse.
 pub fn decode_snapshot_meta(bytes: &[u8]) -> Result<SnapshotMetadata, StorageError> {
     SnapshotMetadata::parse_from_bytes(bytes).map_err(|e| corrupt(K_SNAPSHOT_META, e))
 }
@@ -50,6 +51,7 @@ pub fn encode_conf_state(cs: &ConfState, index: u64) -> Result<Vec<u8>, StorageE
     Ok(bytes)
 }
 
+/// Decode what `encode_conf_state` wrote: the conf state and the index of its change.
 pub fn decode_conf_state(bytes: &[u8]) -> Result<(ConfState, u64), StorageError> {
     if bytes.len() < 8 {
         return Err(corrupt(K_CONF_STATE, "shorter than its index prefix"));
@@ -64,6 +66,7 @@ pub fn encode_peers(peers: &Peers) -> Result<Vec<u8>, StorageError> {
     bincode::serialize(peers).map_err(|e| corrupt(K_PEERS, e))
 }
 
+/// Decode what `encode_peers` wrote: the address book.
 pub fn decode_peers(bytes: &[u8]) -> Result<Peers, StorageError> {
     bincode::deserialize(bytes).map_err(|e| corrupt(K_PEERS, e))
 }

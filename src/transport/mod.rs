@@ -22,6 +22,12 @@ use raft::eraftpb::Message;
 use crate::config::Peers;
 
 /// Generated gRPC types for `proto/raft_service.proto`.
+///
+/// The RPCs, messages and fields are described in the proto file; the comments written there
+/// are copied onto the generated items.
+// Generated code (tonic-prost-build, from build.rs): not every message, field and generated
+// helper has a comment in the proto file, and the proto file is where they are documented.
+#[allow(missing_docs)]
 pub mod pb {
     tonic::include_proto!("pontoon");
 }
@@ -34,7 +40,12 @@ pub enum PeerEvent {
     /// A snapshot sent to this peer finished or failed (raft-rs `report_snapshot`).
     SnapshotSent(u64, raft::SnapshotStatus),
     /// The peer `by` refused this node because it applied this node's removal.
-    RemovedBy { by: u64, reason: String },
+    RemovedBy {
+        /// The peer that refused this node.
+        by: u64,
+        /// The refusal's message, as the peer sent it.
+        reason: String,
+    },
 }
 
 /// Where a transport sends its `PeerEvent`s. Reporting never blocks: an event that cannot be

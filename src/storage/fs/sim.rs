@@ -62,9 +62,13 @@ pub struct CrashReport {
 /// Counts of what the disk was asked to do and what it injected, for a simulation's report.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SimDiskStats {
+    /// File and directory syncs asked of the disk, failed ones included.
     pub syncs: u64,
+    /// I/O errors (including out-of-space) the disk injected.
     pub injected_errors: u64,
+    /// Reads that returned zeros instead of the stored bytes.
     pub bad_reads: u64,
+    /// Power cuts (`SimDisk::crash` calls).
     pub crashes: u64,
 }
 

@@ -19,8 +19,11 @@ pub(super) type MetaDb = Database<Str, Bytes>;
 /// Who a data dir belongs to, as recorded in it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredIdentity {
+    /// The node id the data dir was created for.
     pub node_id: u64,
+    /// The cluster it belongs to.
     pub cluster_id: String,
+    /// The storage format version it was written with.
     pub format_version: u32,
 }
 
