@@ -622,6 +622,11 @@ fn build_run_loop<F: AbstractStateMachine>(
             faults,
         }),
     };
+    let waiters = Waiters::new(node_id);
+    // The ReadIndex rounds need a number of their own for this run too (see `node::reads`);
+    // they share the proposals' rather than draw another, which would shift every later draw
+    // and change what the simulation's recorded seeds replay.
+    let reads = ReadBatcher::new(waiters.nonce());
     let run_loop = RunLoop {
         raw,
         writer: Writer::idle(),
@@ -633,7 +638,7 @@ fn build_run_loop<F: AbstractStateMachine>(
         config,
         status_tx,
         logger,
-        waiters: Waiters::new(node_id),
+        waiters,
         applied: start.applied,
         replayed_until,
         commit_dirty: false,
@@ -642,7 +647,7 @@ fn build_run_loop<F: AbstractStateMachine>(
         leader_since: None,
         max_node_id: start.max_node_id,
         sessions: start.sessions,
-        reads: ReadBatcher::default(),
+        reads,
         metrics,
         snapshot_policy: Default::default(),
         snapshot_task: None,

@@ -158,6 +158,11 @@ impl Waiters {
         }
     }
 
+    /// The random number drawn for this run of the node.
+    pub fn nonce(&self) -> u64 {
+        self.nonce
+    }
+
     /// A fresh context for the next proposal of `kind`.
     pub fn next_context(&mut self, kind: EntryKind) -> ProposalContext {
         let seq = self.next_seq;

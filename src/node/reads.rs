@@ -16,6 +16,13 @@
 //! A read is answered only once the node has applied up to the round's read index, so whatever
 //! the caller then reads from its state machine includes every write acknowledged before the
 //! read started.
+//!
+//! A round's context is a random number drawn when the node starts (the proposals' nonce, see
+//! `proposals`) followed by the round's number. The number alone restarts at 1 with the process, and the leader's answer to a round
+//! of the node's previous run can still arrive (delayed, or queued while the node was paused):
+//! it would match the new run's round of the same number and answer it with a read index from
+//! before the read started. The simulation found exactly that (seed 3533): a restarted follower
+//! was answered index 170 for its first round while the cluster had committed 190.
 
 use std::collections::BTreeMap;
 
@@ -39,8 +46,10 @@ struct Round {
 pub const RESEND_TICKS: usize = 3;
 
 /// Read requests of this node, from queued to answered.
-#[derive(Default)]
 pub struct ReadBatcher {
+    /// Random for each run of the node: the first half of every round's context (see the
+    /// module docs).
+    nonce: u64,
     queued: Vec<ReadReply>,
     inflight: Option<Round>,
     /// Reads whose read index is known, waiting for the apply index to reach it.
@@ -51,7 +60,28 @@ pub struct ReadBatcher {
     pub rounds: u64,
 }
 
+/// The context raft carries for round `round` of the run with `nonce`.
+fn context(nonce: u64, round: u64) -> Vec<u8> {
+    let mut ctx = Vec::with_capacity(16);
+    ctx.extend_from_slice(&nonce.to_be_bytes());
+    ctx.extend_from_slice(&round.to_be_bytes());
+    ctx
+}
+
 impl ReadBatcher {
+    /// `nonce`: a random number drawn for this run of the node (see the module docs).
+    pub fn new(nonce: u64) -> Self {
+        ReadBatcher {
+            nonce,
+            queued: Vec::new(),
+            inflight: None,
+            waiting: BTreeMap::new(),
+            next_ctx: 0,
+            requests: 0,
+            rounds: 0,
+        }
+    }
+
     pub fn push(&mut self, reply: ReadReply) {
         self.requests += 1;
         self.queued.push(reply);
@@ -71,7 +101,7 @@ impl ReadBatcher {
             blocked: !answerable,
             replies: std::mem::take(&mut self.queued),
         });
-        Some(self.next_ctx.to_be_bytes().to_vec())
+        Some(context(self.nonce, self.next_ctx))
     }
 
     /// The context of the round in flight, to send again, if it was sent while raft would have
@@ -79,7 +109,7 @@ impl ReadBatcher {
     pub fn resend_blocked(&mut self, answerable: bool) -> Option<Vec<u8>> {
         let round = self.inflight.as_mut().filter(|r| r.blocked && answerable)?;
         round.blocked = false;
-        Some(round.ctx.to_be_bytes().to_vec())
+        Some(context(self.nonce, round.ctx))
     }
 
     /// Raft answered a round: its reads may be served once `index` is applied.
@@ -87,7 +117,7 @@ impl ReadBatcher {
         let matches = self
             .inflight
             .as_ref()
-            .is_some_and(|r| r.ctx.to_be_bytes().as_slice() == request_ctx);
+            .is_some_and(|r| context(self.nonce, r.ctx) == request_ctx);
         if matches {
             if let Some(round) = self.inflight.take() {
                 self.waiting.entry(index).or_default().extend(round.replies);
@@ -114,13 +144,14 @@ impl ReadBatcher {
     /// asked again. Answers the context of a round to send again (every `RESEND_TICKS` while
     /// unanswered).
     pub fn on_tick(&mut self, limit: usize, answerable: bool) -> Option<Vec<u8>> {
+        let nonce = self.nonce;
         let round = self.inflight.as_mut()?;
         if !answerable {
             return None;
         }
         round.ticks += 1;
         if round.ticks <= limit {
-            return (round.ticks % RESEND_TICKS == 0).then(|| round.ctx.to_be_bytes().to_vec());
+            return (round.ticks % RESEND_TICKS == 0).then(|| context(nonce, round.ctx));
         }
         if let Some(round) = self.inflight.take() {
             for reply in round.replies {
@@ -152,7 +183,7 @@ mod tests {
 
     #[test]
     fn reads_queued_during_a_round_share_the_next_round() {
-        let mut b = ReadBatcher::default();
+        let mut b = ReadBatcher::new(7);
         let (tx1, mut rx1) = oneshot::channel();
         b.push(tx1);
         let ctx = b.start_round(true).expect("round");
@@ -182,7 +213,7 @@ mod tests {
 
     #[test]
     fn an_unanswered_round_fails_with_a_retryable_error() {
-        let mut b = ReadBatcher::default();
+        let mut b = ReadBatcher::new(7);
         let (tx, mut rx) = oneshot::channel();
         b.push(tx);
         b.start_round(true).expect("round");
@@ -202,7 +233,7 @@ mod tests {
 
     #[test]
     fn a_round_sent_while_raft_would_drop_it_is_sent_again_once_it_would_not() {
-        let mut b = ReadBatcher::default();
+        let mut b = ReadBatcher::new(7);
         let (tx, mut rx) = oneshot::channel();
         b.push(tx);
         let ctx = b.start_round(false).expect("round");
@@ -226,8 +257,32 @@ mod tests {
     }
 
     #[test]
+    fn an_answer_to_a_round_of_the_previous_run_is_ignored() {
+        // The node's previous run started its first round and stopped before the answer came.
+        let mut before = ReadBatcher::new(1);
+        let (tx, _rx) = oneshot::channel();
+        before.push(tx);
+        let old = before.start_round(true).expect("round");
+        // Restarted, its first round again; the leader's answer to the old one arrives now.
+        let mut b = ReadBatcher::new(2);
+        let (tx, mut rx) = oneshot::channel();
+        b.push(tx);
+        let ctx = b.start_round(true).expect("round");
+        assert_ne!(ctx, old);
+        b.on_read_state(&old, 170);
+        b.on_applied(170);
+        assert!(
+            rx.try_recv().is_err(),
+            "not answered by the old round's index"
+        );
+        b.on_read_state(&ctx, 190);
+        b.on_applied(190);
+        assert_eq!(rx.try_recv().expect("answered").expect("ok"), 190);
+    }
+
+    #[test]
     fn an_unanswered_round_is_sent_again_every_few_ticks_until_it_expires() {
-        let mut b = ReadBatcher::default();
+        let mut b = ReadBatcher::new(7);
         let (tx, _rx) = oneshot::channel();
         b.push(tx);
         let ctx = b.start_round(true).expect("round");
