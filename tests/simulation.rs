@@ -161,10 +161,12 @@ fn seeds_that_once_failed_pass_every_check() {
         wal_segment_bytes: SMALL_SEGMENT_BYTES,
         ..SimOptions::new(seed)
     };
-    let seeds = [253, 22, 77, 100645, 201973, 2681, 3288, 4464, 2450, 3533, 6639]
-        .map(SimOptions::new)
-        .into_iter()
-        .chain([small_segments(13)]);
+    let seeds = [
+        253, 22, 77, 100645, 201973, 2681, 3288, 4464, 2450, 3533, 6639,
+    ]
+    .map(SimOptions::new)
+    .into_iter()
+    .chain([small_segments(13)]);
     for options in seeds {
         let report = run(&options);
         assert!(
