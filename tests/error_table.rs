@@ -92,16 +92,6 @@ fn every_row_of_the_readme_table_has_its_tests() {
     }
 }
 
-/// How many of node `id`'s applied entries are `entry`.
-fn count(cluster: &TestCluster, id: u64, entry: &str) -> usize {
-    cluster.nodes[&id]
-        .fsm
-        .snapshot_entries()
-        .iter()
-        .filter(|e| e.as_str() == entry)
-        .count()
-}
-
 /// Propose `marker` and wait until every node applied it: whatever was proposed before it and
 /// is not applied by then never will be at that position.
 async fn applied_everywhere(cluster: &TestCluster, marker: &str) {
@@ -114,7 +104,7 @@ async fn applied_everywhere(cluster: &TestCluster, marker: &str) {
             cluster
                 .nodes
                 .keys()
-                .all(|&id| count(cluster, id, marker) == 1)
+                .all(|&id| cluster.times_applied(id, marker) == 1)
         },
     )
     .await;
@@ -135,7 +125,11 @@ async fn a_not_leader_answer_means_the_entry_is_not_in_the_log() {
     }
     applied_everywhere(&cluster, "marker").await;
     for &id in cluster.nodes.keys() {
-        assert_eq!(count(&cluster, id, "refused"), 0, "node {id} applied it");
+        assert_eq!(
+            cluster.times_applied(id, "refused"),
+            0,
+            "node {id} applied it"
+        );
     }
     cluster.shutdown().await;
 }
@@ -173,7 +167,7 @@ async fn a_write_that_timed_out_can_still_apply_later() {
             cluster
                 .nodes
                 .keys()
-                .all(|&id| count(&cluster, id, "late") == 1)
+                .all(|&id| cluster.times_applied(id, "late") == 1)
         },
     )
     .await;
@@ -222,7 +216,11 @@ async fn a_proposal_to_a_node_that_stopped_is_refused_and_never_applied() {
     cluster.start_node(stopped).await;
     applied_everywhere(&cluster, "marker").await;
     for &id in cluster.nodes.keys() {
-        assert_eq!(count(&cluster, id, "too late"), 0, "node {id} applied it");
+        assert_eq!(
+            cluster.times_applied(id, "too late"),
+            0,
+            "node {id} applied it"
+        );
     }
     cluster.shutdown().await;
 }

@@ -70,16 +70,6 @@ async fn send(
     }
 }
 
-/// How many times `entry` was applied on node `id`.
-fn times_applied(cluster: &TestCluster, id: u64, entry: &str) -> usize {
-    cluster.nodes[&id]
-        .fsm
-        .snapshot_entries()
-        .iter()
-        .filter(|e| e.as_str() == entry)
-        .count()
-}
-
 /// Every node eventually applied `entry`, each exactly once.
 async fn applied_once_everywhere(cluster: &TestCluster, entry: &str) {
     eventually(
@@ -89,13 +79,13 @@ async fn applied_once_everywhere(cluster: &TestCluster, entry: &str) {
             cluster
                 .nodes
                 .keys()
-                .all(|&id| times_applied(cluster, id, entry) >= 1)
+                .all(|&id| cluster.times_applied(id, entry) >= 1)
         },
     )
     .await;
     for &id in cluster.nodes.keys() {
         assert_eq!(
-            times_applied(cluster, id, entry),
+            cluster.times_applied(id, entry),
             1,
             "node {id} applied {entry} twice"
         );
@@ -217,7 +207,7 @@ async fn a_command_of_an_expired_session_is_refused_and_applies_nothing() {
     assert!(!marker.is_empty());
     applied_once_everywhere(&cluster, "marker").await;
     for &id in cluster.nodes.keys() {
-        assert_eq!(times_applied(&cluster, id, "after-expiry"), 0, "node {id}");
+        assert_eq!(cluster.times_applied(id, "after-expiry"), 0, "node {id}");
     }
     cluster.shutdown().await;
 }

@@ -68,12 +68,13 @@ impl Workload {
         Instant::now().duration_since(self.origin).as_nanos() as u64
     }
 
+    /// What the clients recorded so far (a client that panicked mid-record leaves it usable).
+    fn recorded(&self) -> std::sync::MutexGuard<'_, Recorded> {
+        self.recorded.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn record(&self, op: Op) {
-        self.recorded
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .ops
-            .push(op);
+        self.recorded().ops.push(op);
     }
 
     /// A node to send to: the hinted leader most of the time, otherwise any.
@@ -137,19 +138,11 @@ impl Workload {
                 let outcome = match answer {
                     Ok(_) => Outcome::Ok,
                     Err(e) => {
-                        if let Error::NotLeader {
-                            leader_id: Some(id),
-                            ..
-                        } = &e
-                        {
-                            leader_hint = Some(*id);
-                        }
+                        note_leader(&e, &mut leader_hint);
                         match proposal_outcome(&e) {
                             Some(outcome) => outcome,
                             None => {
-                                self.recorded
-                                    .lock()
-                                    .unwrap_or_else(|p| p.into_inner())
+                                self.recorded()
                                     .unexpected
                                     .push(format!("client {client}, write {value}: {e}"));
                                 Outcome::Unknown
@@ -260,10 +253,7 @@ impl Workload {
             match answer {
                 Ok(_) => {
                     if maybe_applied {
-                        self.recorded
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .session_retries += 1;
+                        self.recorded().session_retries += 1;
                     }
                     return Outcome::Ok;
                 }
@@ -283,9 +273,7 @@ impl Workload {
                         Some(Outcome::Unknown) => maybe_applied = true,
                         Some(_) => {}
                         None => {
-                            self.recorded
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
+                            self.recorded()
                                 .unexpected
                                 .push(format!("client {client}, session write {}: {e}", put.value));
                             return Outcome::Unknown;

@@ -445,6 +445,16 @@ impl TestCluster {
         reference
     }
 
+    /// How many of node `id`'s applied entries are `entry` (a duplicate apply shows as 2).
+    pub fn times_applied(&self, id: u64, entry: &str) -> usize {
+        self.nodes[&id]
+            .fsm
+            .snapshot_entries()
+            .iter()
+            .filter(|e| e.as_str() == entry)
+            .count()
+    }
+
     pub async fn shutdown(mut self) {
         let ids: Vec<u64> = self.nodes.keys().copied().collect();
         for id in ids {
